@@ -1,0 +1,29 @@
+# prefgen: personalized text-to-image generation (PIPE and baselines), raw preferences to tables.
+# Table of contents only: config, schema validation, one rules file per stage, `rule all`.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/user_model.smk"
+include: "workflow/rules/embeddings.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

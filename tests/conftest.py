@@ -1,0 +1,45 @@
+"""Shared test setup: offline hubs, repo root, and the smoke-run fixture used by end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def snakemake(*args: str, cwd: Path = REPO, check: bool = True,
+              timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    """Run the venv's snakemake from ``cwd`` and return the finished process (text output)."""
+    cmd = [str(VENV_BIN / "snakemake"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def workdir_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the workflow's sources in a temp dir, so tests never touch the user's results/."""
+    dest = tmp_path_factory.mktemp("wf")
+    for name in ["Snakefile", "workflow", "config"]:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest

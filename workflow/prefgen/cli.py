@@ -1,0 +1,72 @@
+"""``prefgen <stage>``: the one entry point every Snakemake rule calls.
+
+Each stage module exposes ``add_arguments(parser)`` and ``run(args)`` (``args.params`` is the
+parsed JSON config subset, ``args._command`` the command name, for modules serving several); modules are imported only
+when their command runs, so ``prefgen world`` never pays for importing torch or diffusers.
+Rule names map to commands one to one (``split_pipe`` -> ``prefgen split-pipe``), and to the
+module listed here, so a newcomer goes from a rule to its code in one step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from prefgen.core.config import ConfigError
+
+#: command -> module implementing it (module has add_arguments(parser) and run(args)).
+COMMANDS: dict[str, str] = {
+    "world": "prefgen.data.world",
+    "ingest": "prefgen.data.ingest",
+    "split-pipe": "prefgen.data.splits",
+    "split-ppd": "prefgen.data.splits",
+    "split-lpp": "prefgen.data.splits",
+    "clip": "prefgen.user_model.clip",
+    "features": "prefgen.user_model.features",
+    "fit-pasta": "prefgen.user_model.pasta",
+    "fit-lambda": "prefgen.user_model.lambda_fit",
+    "preference-accuracy": "prefgen.user_model.accuracy",
+    "foundation": "prefgen.generation.foundation",
+    "encode": "prefgen.generation.encode",
+    "user-embeddings": "prefgen.embeddings.pipe",
+    "vlm-embeddings": "prefgen.embeddings.ppd",
+    "train-adapter": "prefgen.generation.train",
+    "sample": "prefgen.generation.sample",
+    "judge": "prefgen.evaluation.judge",
+    "evaluate": "prefgen.evaluation.evaluate",
+    "bundle": "prefgen.evaluation.bundle",
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    module = importlib.import_module(COMMANDS[command])
+    parser = argparse.ArgumentParser(prog=f"prefgen {command}", description=module.__doc__)
+    parser.add_argument("--params", required=True,
+                        help="JSON object: the rule's config subset (Snakemake passes it)")
+    module.add_arguments(parser)
+    parser.set_defaults(_run=module.run, _command=command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        print("usage: prefgen <command> --params JSON [options]\n\ncommands:")
+        for name, module in COMMANDS.items():
+            print(f"  {name:22s} {module}")
+        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    args = build_parser(argv[0]).parse_args(argv[1:])
+    from prefgen.core.config import parse_params
+
+    try:
+        args.params = parse_params(args.params)
+        args._run(args)
+    except ConfigError as exc:
+        print(f"prefgen {argv[0]}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

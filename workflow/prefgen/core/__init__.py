@@ -1,0 +1,1 @@
+"""Shared plumbing every stage uses: config, atomic I/O, seeding, logging."""

@@ -1,0 +1,125 @@
+"""Atomic file writes and the table formats every stage shares.
+
+Snakemake treats an existing output as done. A rule killed half-way must therefore never leave
+a partial file at the output path: everything is written to a temporary sibling and renamed
+into place (rename is atomic on POSIX within one filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write a DataFrame to parquet atomically, without the pandas index."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write JSON atomically with sorted keys, so identical content gives identical bytes."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_tensors(tensors: dict[str, Any], path: str | os.PathLike[str],
+                 metadata: dict[str, str] | None = None) -> None:
+    """Save a dict of torch tensors as safetensors, atomically (never pickles)."""
+    from safetensors.torch import save_file
+
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def write_table(df: pd.DataFrame, stem: str | os.PathLike[str], caption: str = "",
+                float_digits: int = 4) -> list[Path]:
+    """Write one result table as ``stem.csv``, ``stem.md`` and ``stem.tex`` (DESIGN §6).
+
+    The CSV keeps full precision (it is the machine-readable contract); the Markdown and LaTeX
+    versions are rounded for reading. ``caption`` goes under the Markdown table and into the
+    LaTeX caption, so stand-in results are labelled wherever the table is shown.
+    """
+    stem = Path(stem)
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
+    with atomic_path(paths[0]) as tmp:
+        df.to_csv(tmp, index=False)
+    rounded = df.copy()
+    for col in rounded.select_dtypes("float").columns:
+        rounded[col] = rounded[col].round(float_digits)
+    with atomic_path(paths[1]) as tmp:
+        text = rounded.to_markdown(index=False)
+        if caption:
+            text += f"\n\n{caption}\n"
+        tmp.write_text(text + "\n")
+    with atomic_path(paths[2]) as tmp:
+        tmp.write_text(
+            rounded.to_latex(index=False, caption=caption or None,
+                             float_format=f"%.{float_digits}f", escape=True)
+        )
+    return paths
