@@ -42,3 +42,25 @@ slurm-profile:
 	mkdir -p $(HOME)/.config/snakemake
 	ln -sfn $(CURDIR)/workflow/profiles/slurm $(HOME)/.config/snakemake/slurm
 	@echo "linked $(HOME)/.config/snakemake/slurm -> $(CURDIR)/workflow/profiles/slurm"
+
+# The paper-scale external judges (ImageReward, HPSv2, LAION aesthetic, PickScore) in a second
+# venv: their pins (timm==0.6.13, protobuf<4, transformers 4.x) conflict with the core venv. The
+# package list is the pip section of envs/judges.yaml (one source for conda and venv). prefgen is
+# not installed into it: the `judge_external` rule runs it with workflow/ on PYTHONPATH and this
+# interpreter (PREFGEN_JUDGES_PYTHON, exported below whenever the venv exists). Installing
+# downloads no model weights; the judges fetch theirs at paper scale, on the cluster.
+JUDGES_VENV := .venv-judges
+JUDGES_STAMP := $(JUDGES_VENV)/.prefgen-judges-installed
+ifneq ($(wildcard $(JUDGES_VENV)/bin/python),)
+export PREFGEN_JUDGES_PYTHON := $(CURDIR)/$(JUDGES_VENV)/bin/python
+endif
+
+$(JUDGES_STAMP): envs/judges.yaml $(STAMP)
+	test -x $(JUDGES_VENV)/bin/python || python3 -m venv $(JUDGES_VENV)
+	$(JUDGES_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PY) -m prefgen.evaluation.external_judges requirements envs/judges.yaml > $(JUDGES_VENV)/requirements.txt
+	$(JUDGES_VENV)/bin/python -m pip install -q -r $(JUDGES_VENV)/requirements.txt
+	PYTHONPATH=workflow $(JUDGES_VENV)/bin/python -m prefgen.evaluation.external_judges check
+	touch $@
+
+judges-env: $(JUDGES_STAMP)

@@ -1,0 +1,279 @@
+"""The paper-scale judges (ImageReward, HPSv2, LAION aesthetic, PickScore), run in envs/judges.yaml.
+
+PIPE Fig. 2 scores every checkpoint with general-purpose image-quality models beside the PIPE
+user model. Their packages cannot share the core environment (image-reward pins
+``timm==0.6.13``, hpsv2 pins ``protobuf<4``; see envs/judges.yaml), so this module imports each
+package only when its judge is built, and the ``judge_external`` rule runs it with the judges
+environment's interpreter. Every judge is loaded through the package's own entry point
+(``ImageReward.load``, ``hpsv2.score``, ``open_clip.create_model_and_transforms``,
+``transformers.AutoModel.from_pretrained``); their weights come from the hubs at paper scale and
+are never needed by the tests, which check the scoring glue against each documented interface
+with fakes (tests/test_judges.py).
+
+``python -m prefgen.evaluation.external_judges requirements envs/judges.yaml`` prints the pip list
+the Makefile installs into ``.venv-judges``; ``... check`` imports every package (no weights).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from prefgen.evaluation.judges import JudgeContext, JudgeSpec, group_by_caption
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means CUDA when this process sees a GPU (the judges are GPU jobs on the cluster)."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _import(module: str, judge: str) -> Any:
+    """Import an external package, or say which environment provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"judge '{judge}' needs the Python package providing '{module}', which lives in the "
+            "judges environment (envs/judges.yaml): run `make judges-env` and Snakemake with "
+            "PREFGEN_JUDGES_PYTHON=.venv-judges/bin/python, or use `--sdm conda`"
+        ) from exc
+
+
+# --- ImageReward (THUDM, BLIP-based reward trained on human rankings) -----------------------
+class ImageRewardJudge:
+    """``ImageReward.load(name).score(prompt, [images])``: one call per caption (BLIP encodes the
+    prompt once and each image against it; a one-image list comes back as a bare float)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @classmethod
+    def load(cls, options: dict[str, Any], device: str) -> ImageRewardJudge:
+        RM = _import("ImageReward", "imagereward")
+        return cls(RM.load(options["model"], device=device,
+                           download_root=options.get("download_root")))
+
+    def score(self, images: Sequence[Image.Image], captions: Sequence[str],
+              user_ids: np.ndarray) -> np.ndarray:
+        out = np.empty(len(images), dtype=np.float64)
+        for caption, idx in group_by_caption(captions):
+            with torch.no_grad():
+                rewards = self.model.score(caption, [images[i] for i in idx])
+            out[idx] = np.atleast_1d(np.asarray(rewards, dtype=np.float64))
+        return out
+
+
+# --- HPSv2 (human preference score: fine-tuned open_clip ViT-H-14) ---------------------------
+class HPSv2Judge:
+    """``hpsv2.score(images, prompt, hps_version=...)``, the package's documented entry point.
+
+    It takes one prompt per call and reloads its checkpoint on every call, so rows are grouped by
+    caption: one call per distinct prompt in a batch (PIPE's protocol has 500 prompts).
+    """
+
+    def __init__(self, hpsv2: Any, version: str) -> None:
+        self.hpsv2 = hpsv2
+        self.version = version
+
+    @classmethod
+    def load(cls, options: dict[str, Any], device: str) -> HPSv2Judge:
+        # hpsv2 picks its device itself (cuda when available), so `device` is not passed on.
+        return cls(_import("hpsv2", "hpsv2"), str(options["version"]))
+
+    def score(self, images: Sequence[Image.Image], captions: Sequence[str],
+              user_ids: np.ndarray) -> np.ndarray:
+        out = np.empty(len(images), dtype=np.float64)
+        for caption, idx in group_by_caption(captions):
+            scores = self.hpsv2.score([images[i] for i in idx], caption, hps_version=self.version)
+            out[idx] = np.asarray([float(s) for s in scores], dtype=np.float64)
+        return out
+
+
+# --- LAION aesthetic predictor (MLP on CLIP ViT-L/14 image embeddings) ----------------------
+class AestheticMLP(nn.Module):
+    """The improved-aesthetic-predictor head: five linear layers, dropout between, no activation.
+
+    The layer layout (``layers.{0,2,4,6,7}``) must match the published state dict exactly.
+    """
+
+    def __init__(self, input_size: int = 768) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def load_state_dict(path: str | Path) -> dict[str, Any]:
+    """A tensor state dict from ``.safetensors`` or ``.pth`` (tensors only: weights_only)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+class AestheticJudge:
+    """LAION aesthetic score: the MLP applied to the L2-normalised open_clip image embedding."""
+
+    def __init__(self, clip_model: Any, preprocess: Any, mlp: Any, device: str,
+                 batch_size: int = 32) -> None:
+        self.clip_model = clip_model.eval()
+        self.preprocess = preprocess
+        self.mlp = mlp.eval()
+        self.device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, options: dict[str, Any], device: str) -> AestheticJudge:
+        open_clip = _import("open_clip", "aesthetic")
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            options["clip_model"], pretrained=options["clip_pretrained"], device=device)
+        weights = options["mlp_weights"]
+        if options.get("mlp_repo"):
+            hub = _import("huggingface_hub", "aesthetic")
+            weights = hub.hf_hub_download(options["mlp_repo"], weights)
+        state = load_state_dict(weights)
+        mlp = AestheticMLP(int(state["layers.0.weight"].shape[1]))
+        mlp.load_state_dict(state)
+        return cls(model, preprocess, mlp.to(device), device)
+
+    def score(self, images: Sequence[Image.Image], captions: Sequence[str],
+              user_ids: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.stack([self.preprocess(im) for im in
+                                     images[start:start + self.batch_size]]).to(self.device)
+                emb = self.clip_model.encode_image(batch).float()
+                emb = emb / emb.norm(dim=-1, keepdim=True)
+                out.append(self.mlp(emb).squeeze(-1).cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.empty(0)
+
+
+# --- PickScore (CLIP ViT-H-14 fine-tuned on Pick-a-Pic; transformers) ------------------------
+class PickScoreJudge:
+    """``logit_scale.exp() * cos(image, caption)`` with the model's own processor, as in the
+    PickScore model card (each image against its own caption)."""
+
+    def __init__(self, model: Any, processor: Any, device: str, batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, options: dict[str, Any], device: str) -> PickScoreJudge:
+        transformers = _import("transformers", "pickscore")
+        processor = transformers.AutoProcessor.from_pretrained(options["processor"])
+        model = transformers.AutoModel.from_pretrained(options["model"]).to(device)
+        return cls(model, processor, device)
+
+    def score(self, images: Sequence[Image.Image], captions: Sequence[str],
+              user_ids: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                stop = start + self.batch_size
+                img_in = self.processor(images=list(images[start:stop]), return_tensors="pt")
+                txt_in = self.processor(text=list(captions[start:stop]), padding=True,
+                                        truncation=True, max_length=77, return_tensors="pt")
+                img = _features(self.model.get_image_features(
+                    pixel_values=img_in["pixel_values"].to(self.device)))
+                txt = _features(self.model.get_text_features(
+                    **{k: v.to(self.device) for k, v in txt_in.items()}))
+                img = img / img.norm(dim=-1, keepdim=True)
+                txt = txt / txt.norm(dim=-1, keepdim=True)
+                out.append((self.model.logit_scale.exp() * (img * txt).sum(-1)).cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.empty(0)
+
+
+def _features(output: Any) -> Any:
+    """transformers 4 returns the projected embeddings as a tensor; 5 may wrap them in an output."""
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    return output.pooler_output.float()
+
+
+def _builder(cls: Any, name: str) -> Any:
+    def build(ctx: JudgeContext) -> Any:
+        options = ctx.options.get(name)
+        if options is None:
+            raise KeyError(f"judge '{name}': no options under judge.external.models.{name}")
+        return cls.load(options, resolve_device(ctx.device))
+
+    return build
+
+
+EXTERNAL_JUDGES: dict[str, JudgeSpec] = {
+    spec.name: spec for spec in [
+        JudgeSpec("imagereward", "ImageReward (BLIP reward model trained on human rankings)",
+                  environment="judges", personal=False, build=_builder(ImageRewardJudge,
+                                                                       "imagereward")),
+        JudgeSpec("hpsv2", "HPSv2 human preference score (open_clip ViT-H-14)",
+                  environment="judges", personal=False, build=_builder(HPSv2Judge, "hpsv2")),
+        JudgeSpec("aesthetic", "LAION aesthetic predictor (MLP on CLIP ViT-L/14)",
+                  environment="judges", personal=False, build=_builder(AestheticJudge,
+                                                                       "aesthetic")),
+        JudgeSpec("pickscore", "PickScore (CLIP ViT-H-14 fine-tuned on Pick-a-Pic)",
+                  environment="judges", personal=False, build=_builder(PickScoreJudge,
+                                                                       "pickscore")),
+    ]
+}
+
+#: packages recorded beside the external scores (the judges environment's versions)
+EXTERNAL_PACKAGES = ["image-reward", "hpsv2", "open_clip_torch", "transformers", "timm", "torch",
+                     "torchvision", "huggingface_hub", "openai-clip"]
+
+
+def pip_requirements(env_file: str | Path) -> list[str]:
+    """The pip section of a conda env file: the one package list for conda and the venv."""
+    import yaml
+
+    env = yaml.safe_load(Path(env_file).read_text())
+    pips = [d["pip"] for d in env.get("dependencies", []) if isinstance(d, dict) and "pip" in d]
+    if not pips:
+        raise ValueError(f"{env_file}: no pip section under dependencies")
+    return [str(p) for p in pips[0]]
+
+
+def check_imports() -> dict[str, str]:
+    """Import every external judge package (no weights): the judges env is usable."""
+    from importlib.metadata import version
+
+    for module in ["ImageReward", "hpsv2", "open_clip", "transformers"]:
+        importlib.import_module(module)
+    return {p: version(p) for p in EXTERNAL_PACKAGES}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "requirements":
+        print("\n".join(pip_requirements(argv[1])))
+    elif argv == ["check"]:
+        for name, ver in check_imports().items():
+            print(f"{name}=={ver}")
+    else:
+        raise SystemExit("usage: python -m prefgen.evaluation.external_judges "
+                         "{requirements ENV_YAML | check}")
+
+
+if __name__ == "__main__":
+    main()
