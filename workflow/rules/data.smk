@@ -1,0 +1,195 @@
+# Data (issue 3): the synthetic world (or real Pick-a-Pic v2 shards), the reader that validates
+# and quarantines (`ingest`), the three papers' re-splits and the evaluation set of users x
+# unseen prompts every generation method samples.
+
+SYNTHETIC = config["data"]["source"] == "synthetic"
+
+
+def data_targets():
+    """The data stage's final outputs, for `all_targets()`."""
+    return [
+        f"{RUN}/data/clean/stats.json",
+        f"{RUN}/splits/pipe/stats.json",
+        f"{RUN}/splits/ppd/stats.json",
+        f"{RUN}/splits/lpp/stats.json",
+        f"{RUN}/splits/eval_set.parquet",
+    ]
+
+
+def ingest_shards():
+    """The shards `ingest` reads: the world's (synthetic) or data.path (pickapic)."""
+    return f"{RUN}/data/world" if SYNTHETIC else config["data"]["path"]
+
+
+def ingest_inputs(wildcards):
+    return {"shards": rules.world.output.shards} if SYNTHETIC else {}
+
+
+def truth_users():
+    """The world's users (for stratifying by planted type), when there is a world."""
+    return [f"{RUN}/data/truth/users.parquet"] if SYNTHETIC else []
+
+
+rule world:
+    output:
+        shards=directory(f"{RUN}/data/world"),
+        world_json=report(
+            f"{RUN}/data/truth/world.json",
+            caption="../report/data_world.rst",
+            category="data",
+        ),
+        users=f"{RUN}/data/truth/users.parquet",
+    log:
+        f"{LOGS}/world/world.log",
+    params:
+        cfg=stage_params(seed=config["seed"], world=config.get("world")),
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "prefgen world --params {params.cfg:q} --shards {output.shards}"
+        " --world-json {output.world_json} --users {output.users} > {log} 2>&1"
+
+
+rule ingest:
+    input:
+        unpack(ingest_inputs),
+    output:
+        pairs=f"{RUN}/data/clean/pairs.parquet",
+        images=f"{RUN}/data/clean/images.parquet",
+        quarantine=f"{RUN}/data/clean/quarantine.parquet",
+        stats=report(
+            f"{RUN}/data/clean/stats.json",
+            caption="../report/data_ingest.rst",
+            category="data",
+        ),
+    log:
+        f"{LOGS}/ingest/ingest.log",
+    params:
+        cfg=stage_params(data=config["data"]),
+        shards=ingest_shards(),
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=120,
+    shell:
+        "prefgen ingest --params {params.cfg:q} --shards {params.shards:q}"
+        " --pairs {output.pairs} --images {output.images} --quarantine {output.quarantine}"
+        " --stats {output.stats} --threads {threads} > {log} 2>&1"
+
+
+rule split_pipe:
+    input:
+        pairs=rules.ingest.output.pairs,
+    output:
+        train=f"{RUN}/splits/pipe/train.parquet",
+        test=f"{RUN}/splits/pipe/test.parquet",
+        unseen_prompts=f"{RUN}/splits/pipe/unseen_prompts.parquet",
+        stats=report(
+            f"{RUN}/splits/pipe/stats.json",
+            caption="../report/data_split_pipe.rst",
+            category="data",
+        ),
+    log:
+        f"{LOGS}/split_pipe/split_pipe.log",
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            held_out_prompts=config["split"]["held_out"]["prompts"],
+            pipe=config["split"]["pipe"],
+        ),
+        out=f"{RUN}/splits/pipe",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    shell:
+        "prefgen split-pipe --params {params.cfg:q} --pairs {input.pairs} --out {params.out}"
+        " > {log} 2>&1"
+
+
+rule split_ppd:
+    input:
+        pairs=rules.ingest.output.pairs,
+    output:
+        train=f"{RUN}/splits/ppd/train.parquet",
+        val=f"{RUN}/splits/ppd/val.parquet",
+        test_seen=f"{RUN}/splits/ppd/test_seen.parquet",
+        test_unseen=f"{RUN}/splits/ppd/test_unseen.parquet",
+        stats=report(
+            f"{RUN}/splits/ppd/stats.json",
+            caption="../report/data_split_ppd.rst",
+            category="data",
+        ),
+    log:
+        f"{LOGS}/split_ppd/split_ppd.log",
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            held_out=config["split"]["held_out"],
+            ppd=config["split"]["ppd"],
+        ),
+        out=f"{RUN}/splits/ppd",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    shell:
+        "prefgen split-ppd --params {params.cfg:q} --pairs {input.pairs} --out {params.out}"
+        " > {log} 2>&1"
+
+
+rule split_lpp:
+    input:
+        pairs=rules.ingest.output.pairs,
+    output:
+        references=f"{RUN}/splits/lpp/references.parquet",
+        episodes=f"{RUN}/splits/lpp/episodes.parquet",
+        train_items=f"{RUN}/splits/lpp/train_items.parquet",
+        stats=report(
+            f"{RUN}/splits/lpp/stats.json",
+            caption="../report/data_split_lpp.rst",
+            category="data",
+        ),
+    log:
+        f"{LOGS}/split_lpp/split_lpp.log",
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            held_out=config["split"]["held_out"],
+            lpp=config["split"]["lpp"],
+        ),
+        out=f"{RUN}/splits/lpp",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    shell:
+        "prefgen split-lpp --params {params.cfg:q} --pairs {input.pairs} --out {params.out}"
+        " > {log} 2>&1"
+
+
+rule eval_set:
+    input:
+        pipe_train=rules.split_pipe.output.train,
+        unseen_prompts=rules.split_pipe.output.unseen_prompts,
+        ppd_train=rules.split_ppd.output.train,
+        ppd_test_unseen=rules.split_ppd.output.test_unseen,
+        truth_users=truth_users(),
+    output:
+        eval_set=f"{RUN}/splits/eval_set.parquet",
+    log:
+        f"{LOGS}/eval_set/eval_set.log",
+    params:
+        cfg=stage_params(seed=config["seed"], eval_set=config["eval_set"]),
+        truth=" ".join(f"--truth-users {path}" for path in truth_users()),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "prefgen eval-set --params {params.cfg:q} --pipe-train {input.pipe_train}"
+        " --unseen-prompts {input.unseen_prompts} --ppd-train {input.ppd_train}"
+        " --ppd-test-unseen {input.ppd_test_unseen} {params.truth}"
+        " --out {output.eval_set} > {log} 2>&1"
