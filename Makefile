@@ -9,6 +9,8 @@ CORES ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Rules call `prefgen ...`: the venv's bin must be on PATH for Snakemake's shell jobs.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install run test lint format slurm-profile judges-env clean-smoke
 
@@ -30,12 +32,12 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check workflow tests bench
-	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(VENV)/bin/snakefmt --no-sort --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint --configfile config/smoke.yaml
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format workflow tests bench
-	$(VENV)/bin/snakefmt Snakefile workflow/rules
+	$(VENV)/bin/snakefmt --no-sort Snakefile workflow/rules
 
 # Links the repo's Slurm profile where Snakemake looks for `--profile slurm`.
 slurm-profile:

@@ -15,6 +15,8 @@ VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Rules call `prefgen ...`; make the venv's entry points visible to Snakemake's shell jobs.
+os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def snakemake(*args: str, cwd: Path = REPO, check: bool = True,
