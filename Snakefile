@@ -21,6 +21,8 @@ include: "workflow/rules/embeddings.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/premier.smk"
+include: "workflow/rules/lpp.smk"
 
 
 rule all:

@@ -1,4 +1,4 @@
-"""Shared test setup: offline hubs, repo root, and the smoke-run fixture used by end-to-end tests."""
+"""Shared test setup: offline hubs, repo root, a workflow copy for end-to-end tests."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def snakemake(*args: str, cwd: Path = REPO, check: bool = True,
     cmd = [str(VENV_BIN / "snakemake"), *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        tail = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{tail}")
     return proc
 
 

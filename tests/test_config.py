@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from prefgen.core.config import ConfigError, load_config, validate
+
 from tests.conftest import REPO, snakemake
 
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))

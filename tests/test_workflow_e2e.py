@@ -32,9 +32,14 @@ def planned_jobs(root: Path, config: dict) -> dict[str, int]:
     path = root / "config" / "_planned.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = snakemake("-n", "all", "--configfile", str(path), cwd=root)
+    return parse_job_counts(proc.stdout)
+
+
+def parse_job_counts(dry_run_stdout: str) -> dict[str, int]:
+    """The `Job stats` table of a Snakemake dry run, as rule -> count (empty: nothing to do)."""
     counts: dict[str, int] = {}
     in_table = False
-    for line in proc.stdout.splitlines():
+    for line in dry_run_stdout.splitlines():
         if line.startswith("job") and "count" in line:
             in_table = True
             continue

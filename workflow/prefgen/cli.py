@@ -1,8 +1,8 @@
 """``prefgen <stage>``: the one entry point every Snakemake rule calls.
 
-Each stage module exposes ``add_arguments(parser)`` and ``run(args)`` (``args.params`` is the
-parsed JSON config subset, ``args._command`` the command name, for modules serving several); modules are imported only
-when their command runs, so ``prefgen world`` never pays for importing torch or diffusers.
+Each stage module exposes ``add_arguments(parser)`` and ``run(args)`` (``args.params`` is
+the parsed JSON config subset, ``args._command`` the command name, for modules serving
+several); modules are imported only when their command runs, so ``prefgen world`` never pays for importing torch or diffusers.
 Rule names map to commands one to one (``split_pipe`` -> ``prefgen split-pipe``), and to the
 module listed here, so a newcomer goes from a rule to its code in one step.
 """
@@ -22,20 +22,31 @@ COMMANDS: dict[str, str] = {
     "split-pipe": "prefgen.data.splits",
     "split-ppd": "prefgen.data.splits",
     "split-lpp": "prefgen.data.splits",
+    "eval-set": "prefgen.data.eval_set",
     "clip": "prefgen.user_model.clip",
     "features": "prefgen.user_model.features",
     "fit-pasta": "prefgen.user_model.pasta",
     "fit-lambda": "prefgen.user_model.lambda_fit",
     "preference-accuracy": "prefgen.user_model.accuracy",
+    "user-model-recovery": "prefgen.user_model.recovery",
     "foundation": "prefgen.generation.foundation",
     "encode": "prefgen.generation.encode",
     "user-embeddings": "prefgen.embeddings.pipe",
     "vlm-embeddings": "prefgen.embeddings.ppd",
+    "user-embedding-probe": "prefgen.embeddings.probe",
     "train-adapter": "prefgen.generation.train",
+    "premier-init": "prefgen.generation.premier_init",
+    "premier-new-users": "prefgen.generation.premier_new_users",
+    "premier-history": "prefgen.evaluation.premier_history",
+    "premier-ablation": "prefgen.evaluation.premier_ablation",
     "sample": "prefgen.generation.sample",
     "judge": "prefgen.evaluation.judge",
+    "judge-external": "prefgen.evaluation.judge",
     "evaluate": "prefgen.evaluation.evaluate",
     "bundle": "prefgen.evaluation.bundle",
+    "train-lpp": "prefgen.lpp.train",
+    "lpp-evaluate": "prefgen.lpp.evaluate",
+    "lpp-prototypes": "prefgen.lpp.prototypes",
 }
 
 

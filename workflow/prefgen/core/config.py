@@ -127,7 +127,7 @@ def schema_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m prefgen.core.config run-name CONFIG`` prints the run name (used by the Makefile)."""
+    """``python -m prefgen.core.config run-name CONFIG``: the run name, for the Makefile."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "run-name":
         print(load_config(argv[1])["run_name"])
@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     elif argv == ["docs"]:
         sys.stdout.write(schema_markdown())
     else:
-        raise SystemExit("usage: python -m prefgen.core.config {run-name CONFIG|check CONFIG|docs}")
+        raise SystemExit(
+            "usage: python -m prefgen.core.config {run-name CONFIG|check CONFIG|docs}"
+        )
 
 
 if __name__ == "__main__":
