@@ -1,0 +1,231 @@
+# User model (issue 4, PIPE §2-3.2): the CLIP model whose frozen encoders feed everything
+# (`clip`), its embeddings of the PIPE split's images and captions (`features`), PASTA's K user
+# types and the K=1 population model fitted by EM over users (`fit_pasta`), every user's type
+# weights lambda_u in one batched regression (`fit_lambda`), the preference-accuracy table
+# (`preference_accuracy`) and, on the synthetic world, recovery of the planted truth.
+
+
+def user_model_targets():
+    """The user-model stage's final outputs, for `all_targets()`."""
+    targets = [
+        f"{RUN}/tables/clip_retrieval.csv",
+        f"{RUN}/user_model/lambda.parquet",
+        f"{RUN}/tables/preference_accuracy.csv",
+        f"{RUN}/figures/accuracy_vs_history.png",
+    ]
+    if SYNTHETIC:
+        targets.append(f"{RUN}/tables/user_model_recovery.csv")
+    return targets
+
+
+def pasta_params(wildcards):
+    """fit_pasta's config subset: the population variant (K=1, one EM run) ignores n_types and
+    restarts, so changing them reruns only the `pasta` variant."""
+    pasta = dict(config["pasta"])
+    if wildcards.variant == "population":
+        pasta = {k: v for k, v in pasta.items() if k not in ("n_types", "restarts")}
+    return stage_params(seed=config["seed"], pasta=pasta)
+
+
+def oracle_inputs(wildcards):
+    """The world's truth and the images the oracle scores (synthetic world only)."""
+    if not SYNTHETIC:
+        return {}
+    return {"truth": rules.world.output.world_json, "images": rules.ingest.output.images}
+
+
+def oracle_args(wildcards, input):
+    if not SYNTHETIC:
+        return ""
+    return f"--truth {os.path.dirname(input.truth)} --images {input.images}"
+
+
+rule clip:
+    input:
+        images=rules.ingest.output.images,
+        pairs=rules.ingest.output.pairs,
+    output:
+        model=directory(f"{RUN}/models/clip"),
+        table=report(
+            f"{RUN}/tables/clip_retrieval.csv",
+            caption="../report/user_model_clip.rst",
+            category="user model",
+        ),
+        md=f"{RUN}/tables/clip_retrieval.md",
+        tex=f"{RUN}/tables/clip_retrieval.tex",
+    log:
+        f"{LOGS}/clip/clip.log",
+    params:
+        cfg=stage_params(seed=config["seed"], clip=config["clip"]),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "prefgen clip --params {params.cfg:q} --images {input.images} --pairs {input.pairs}"
+        " --out-dir {output.model} --table {output.table} --threads {threads} > {log} 2>&1"
+
+
+rule features:
+    input:
+        clip=rules.clip.output.model,
+        images=rules.ingest.output.images,
+        train=rules.split_pipe.output.train,
+        test=rules.split_pipe.output.test,
+    output:
+        images=f"{RUN}/features/images.safetensors",
+        image_index=f"{RUN}/features/images.parquet",
+        captions=f"{RUN}/features/captions.safetensors",
+        caption_index=f"{RUN}/features/captions.parquet",
+    log:
+        f"{LOGS}/features/features.log",
+    params:
+        cfg=stage_params(features=config["features"]),
+        out=f"{RUN}/features",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "prefgen features --params {params.cfg:q} --clip-dir {input.clip}"
+        " --images {input.images} --splits {input.train} {input.test}"
+        " --out-dir {params.out} --threads {threads} > {log} 2>&1"
+
+
+rule fit_pasta:
+    input:
+        features=rules.features.output,
+        train=rules.split_pipe.output.train,
+    output:
+        model=f"{RUN}/user_model/{{variant}}.safetensors",
+        meta=f"{RUN}/user_model/{{variant}}.json",
+        em=report(
+            f"{RUN}/user_model/{{variant}}_em.csv",
+            caption="../report/user_model_em.rst",
+            category="user model",
+        ),
+    log:
+        f"{LOGS}/fit_pasta/{{variant}}.log",
+    params:
+        cfg=pasta_params,
+        features=f"{RUN}/features",
+    wildcard_constraints:
+        variant="pasta|population",
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    shell:
+        "prefgen fit-pasta --params {params.cfg:q} --features {params.features}"
+        " --train {input.train} --variant {wildcards.variant} --model {output.model}"
+        " --em-log {output.em} --threads {threads} > {log} 2>&1"
+
+
+rule fit_lambda:
+    input:
+        features=rules.features.output,
+        model=f"{RUN}/user_model/pasta.safetensors",
+        train=rules.split_pipe.output.train,
+    output:
+        lambdas=f"{RUN}/user_model/lambda.parquet",
+        summary=f"{RUN}/user_model/lambda.json",
+    log:
+        f"{LOGS}/fit_lambda/fit_lambda.log",
+    params:
+        cfg=stage_params(**{"lambda": config["lambda"]}),
+        features=f"{RUN}/features",
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "prefgen fit-lambda --params {params.cfg:q} --features {params.features}"
+        " --model {input.model} --train {input.train} --out {output.lambdas}"
+        " --summary {output.summary} --threads {threads} > {log} 2>&1"
+
+
+rule preference_accuracy:
+    input:
+        unpack(oracle_inputs),
+        features=rules.features.output,
+        pasta=f"{RUN}/user_model/pasta.safetensors",
+        population=f"{RUN}/user_model/population.safetensors",
+        lambdas=rules.fit_lambda.output.lambdas,
+        lambda_summary=rules.fit_lambda.output.summary,
+        train=rules.split_pipe.output.train,
+        test=rules.split_pipe.output.test,
+    output:
+        table=report(
+            f"{RUN}/tables/preference_accuracy.csv",
+            caption="../report/user_model_accuracy.rst",
+            category="user model",
+        ),
+        md=f"{RUN}/tables/preference_accuracy.md",
+        tex=f"{RUN}/tables/preference_accuracy.tex",
+        figure=report(
+            f"{RUN}/figures/accuracy_vs_history.png",
+            caption="../report/user_model_history.rst",
+            category="user model",
+        ),
+        summary=f"{RUN}/user_model/preference_accuracy.json",
+    log:
+        f"{LOGS}/preference_accuracy/preference_accuracy.log",
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            scale=config["scale"],
+            preference_accuracy={
+                k: v
+                for k, v in config["preference_accuracy"].items()
+                if k != "recovery_min_pairs"
+            },
+        ),
+        features=f"{RUN}/features",
+        oracle=oracle_args,
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "prefgen preference-accuracy --params {params.cfg:q} --features {params.features}"
+        " --pasta {input.pasta} --population {input.population} --lambdas {input.lambdas}"
+        " --lambda-summary {input.lambda_summary} --train {input.train} --test {input.test}"
+        " {params.oracle} --table {output.table} --figure {output.figure}"
+        " --summary {output.summary} > {log} 2>&1"
+
+
+rule user_model_recovery:
+    input:
+        features=rules.features.output,
+        pasta=f"{RUN}/user_model/pasta.safetensors",
+        lambdas=rules.fit_lambda.output.lambdas,
+        test=rules.split_pipe.output.test,
+        truth=rules.world.output.world_json,
+        users=rules.world.output.users,
+        images=rules.ingest.output.images,
+    output:
+        table=report(
+            f"{RUN}/tables/user_model_recovery.csv",
+            caption="../report/user_model_recovery.rst",
+            category="user model",
+        ),
+    log:
+        f"{LOGS}/user_model_recovery/user_model_recovery.log",
+    params:
+        cfg=stage_params(
+            preference_accuracy={
+                "recovery_min_pairs": config["preference_accuracy"]["recovery_min_pairs"]
+            }
+        ),
+        features=f"{RUN}/features",
+        truth=f"{RUN}/data/truth",
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    shell:
+        "prefgen user-model-recovery --params {params.cfg:q} --features {params.features}"
+        " --pasta {input.pasta} --lambdas {input.lambdas} --test {input.test}"
+        " --truth {params.truth} --images {input.images} --table {output.table} > {log} 2>&1"
