@@ -1,0 +1,43 @@
+# Sampling (issue 5): every method (base = the frozen foundation, and each adapter method at the
+# checkpoints of sample.steps) generates the evaluation set's (user, unseen prompt, seed) rows,
+# with the same seeds across methods so comparisons are paired.
+
+
+def sample_inputs(wildcards):
+    """base needs only the foundation; an adapter method also its checkpoints and embeddings."""
+    inputs = foundation_input(wildcards)
+    if wildcards.method != "base":
+        inputs["adapter"] = f"{RUN}/adapters/{wildcards.method}/final.json"
+        inputs.update(method_embedding(wildcards))
+    return inputs
+
+
+def adapter_arg(wildcards, input):
+    return f"--adapter {input.adapter}" if "adapter" in input.keys() else ""
+
+
+rule sample:
+    input:
+        unpack(sample_inputs),
+        eval_set=rules.eval_set.output.eval_set,
+    output:
+        index=f"{RUN}/samples/{{method}}/index.parquet",
+    log:
+        f"{LOGS}/sample/{{method}}.log",
+    wildcard_constraints:
+        method="|".join(["base", *adapter_methods()]),
+    params:
+        cfg=stage_params(sample=config["sample"]),
+        foundation=foundation_model(),
+        adapter=adapter_arg,
+        embeddings=embedding_arg,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "prefgen sample --params {params.cfg:q} --method {wildcards.method}"
+        " --foundation {params.foundation:q} --eval-set {input.eval_set}"
+        " {params.adapter} {params.embeddings} --out {output.index}"
+        " --threads {threads} > {log} 2>&1"
