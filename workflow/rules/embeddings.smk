@@ -1,0 +1,113 @@
+# User embeddings (issue 5 and later): one vector per user, embeddings/<name>.safetensors
+# (user_ids, emb), read by the adapter methods of train.methods that name them.
+
+
+rule user_embeddings:
+    input:
+        pasta=f"{RUN}/user_model/pasta.safetensors",
+        pasta_meta=f"{RUN}/user_model/pasta.json",
+        lambdas=f"{RUN}/user_model/lambda.parquet",
+    output:
+        emb=f"{RUN}/embeddings/pipe.safetensors",
+    log:
+        f"{LOGS}/user_embeddings/user_embeddings.log",
+    params:
+        cfg=stage_params(),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "prefgen user-embeddings --params {params.cfg:q} --pasta {input.pasta}"
+        " --lambdas {input.lambdas} --out {output.emb} > {log} 2>&1"
+
+
+# PPD (issue 7): few-shot VLM user embeddings and the user-classification probe (PPD Fig. 2).
+
+
+def ppd_targets():
+    """PPD's final outputs for `all_targets()` (its embedding is pulled in by train_adapter)."""
+    return [f"{RUN}/tables/user_embedding_probe.csv"]
+
+
+def vlm_clip_input():
+    """models/clip/ when the stand-in VLM's vision tower is initialised from it, else nothing."""
+    vlm = config["vlm"]
+    if vlm["model"] == "stand-in" and vlm["stand_in"]["vision_init"] == "clip":
+        return rules.clip.output.model
+    return []
+
+
+def vlm_clip_arg(wildcards, input):
+    """The --clip option for the stand-in's CLIP-initialised vision tower (empty otherwise)."""
+    return f"--clip '{input.clip}'" if input.clip else ""
+
+
+rule vlm_embeddings:
+    input:
+        train=rules.split_ppd.output.train,
+        test_unseen=rules.split_ppd.output.test_unseen,
+        images=rules.ingest.output.images,
+        clip=vlm_clip_input(),
+    output:
+        emb=f"{RUN}/embeddings/ppd.safetensors",
+        shots=f"{RUN}/embeddings/ppd_shots.parquet",
+        stats=f"{RUN}/embeddings/ppd_stats.json",
+    log:
+        f"{LOGS}/vlm_embeddings/vlm_embeddings.log",
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            vlm=config["vlm"],
+            ppd={"embedding": config["ppd"]["embedding"]},
+        ),
+        clip=vlm_clip_arg,
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    shell:
+        "prefgen vlm-embeddings --params {params.cfg:q} --train {input.train:q}"
+        " --test-unseen {input.test_unseen:q} --images {input.images:q} {params.clip}"
+        " --out {output.emb:q} --shots {output.shots:q} --stats {output.stats:q} > {log} 2>&1"
+
+
+rule user_embedding_probe:
+    input:
+        train=rules.split_ppd.output.train,
+        images=rules.ingest.output.images,
+        clip=vlm_clip_input(),
+        features=rules.features.output.images,
+        pasta=f"{RUN}/user_model/pasta.safetensors",
+        pasta_meta=f"{RUN}/user_model/pasta.json",
+    output:
+        table=report(
+            f"{RUN}/tables/user_embedding_probe.csv",
+            caption="../report/embeddings_user_embedding_probe.rst",
+            category="user embeddings",
+        ),
+        md=f"{RUN}/tables/user_embedding_probe.md",
+        tex=f"{RUN}/tables/user_embedding_probe.tex",
+        draws=f"{RUN}/embeddings/probe_draws.parquet",
+    log:
+        f"{LOGS}/user_embedding_probe/user_embedding_probe.log",
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            vlm=config["vlm"],
+            ppd=config["ppd"],
+            **{"lambda": config["lambda"]},
+        ),
+        clip=vlm_clip_arg,
+        stem=f"{RUN}/tables/user_embedding_probe",
+        features=f"{RUN}/features",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    shell:
+        "prefgen user-embedding-probe --params {params.cfg:q} --train {input.train:q}"
+        " --images {input.images:q} {params.clip} --features {params.features:q}"
+        " --pasta {input.pasta:q} --out {params.stem:q} --draws {output.draws:q} > {log} 2>&1"
