@@ -1,0 +1,161 @@
+# LPP baseline (issue 9): a VLM preference predictor with latent preference prototypes, trained
+# per variant (full, without prototypes, without L_aux), evaluated by top-K accuracy on the
+# split_lpp episodes against PIPE's user model, and its prototypes analysed (LPP Fig. 3 in kind).
+
+
+def lpp_targets():
+    """LPP's final outputs, for `all_targets()`."""
+    return [
+        f"{RUN}/tables/preference_prediction_topk.csv",
+        f"{RUN}/tables/lpp_prototypes.csv",
+        f"{RUN}/figures/lpp_prototypes.png",
+    ]
+
+
+LPP_STAND_IN = config["lpp"]["vlm"]["model"] == "stand-in"
+
+
+def lpp_clip_input():
+    """models/clip/ when LPP's stand-in VLM takes its vision tower from the mini CLIP."""
+    if LPP_STAND_IN and config["vlm"]["stand_in"]["vision_init"] == "clip":
+        return f"{RUN}/models/clip"
+    return []
+
+
+def lpp_model_params(**extra):
+    """What building an LPP model reads: the seed, the lpp keys training uses and, for the
+    stand-in, PPD's stand-in shape (evaluation settings are left out: they never retrain).
+    """
+    lpp = {
+        k: v
+        for k, v in config["lpp"].items()
+        if k not in ("evaluate", "prototypes", "variants")
+    }
+    subset = {"seed": config["seed"], "lpp": lpp, **extra}
+    if LPP_STAND_IN:
+        subset["vlm"] = {"stand_in": config["vlm"]["stand_in"]}
+    return subset
+
+
+def lpp_train_params(wildcards):
+    return stage_params(**lpp_model_params(variant=wildcards.variant))
+
+
+def lpp_truth():
+    """The synthetic world's truth (the oracle and the planted types), when there is a world."""
+    return (
+        [rules.world.output.world_json, rules.world.output.users] if SYNTHETIC else []
+    )
+
+
+rule train_lpp:
+    input:
+        references=rules.split_lpp.output.references,
+        train_items=rules.split_lpp.output.train_items,
+        images=rules.ingest.output.images,
+        clip=lpp_clip_input(),
+    output:
+        model=directory(f"{RUN}/models/lpp/{{variant}}"),
+    log:
+        f"{LOGS}/train_lpp/{{variant}}.log",
+    wildcard_constraints:
+        variant="lpp|lpp_no_prototypes|lpp_no_aux",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        cfg=lpp_train_params,
+    shell:
+        "prefgen train-lpp --params {params.cfg:q} --references {input.references:q}"
+        " --train-items {input.train_items:q} --images {input.images:q} --clip {input.clip:q}"
+        " --out {output.model:q} --threads {threads} > {log} 2>&1"
+
+
+rule lpp_evaluate:
+    input:
+        episodes=rules.split_lpp.output.episodes,
+        references=rules.split_lpp.output.references,
+        images=rules.ingest.output.images,
+        models=expand(
+            f"{RUN}/models/lpp/{{variant}}", variant=config["lpp"]["variants"]
+        ),
+        clip=f"{RUN}/models/clip",
+        pasta=f"{RUN}/user_model/pasta.safetensors",
+        pasta_meta=f"{RUN}/user_model/pasta.json",
+        population=f"{RUN}/user_model/population.safetensors",
+        population_meta=f"{RUN}/user_model/population.json",
+        truth=lpp_truth(),
+    output:
+        table=report(
+            f"{RUN}/tables/preference_prediction_topk.csv",
+            caption="../report/lpp_preference_prediction_topk.rst",
+            category="LPP",
+        ),
+        other=multiext(f"{RUN}/tables/preference_prediction_topk", ".md", ".tex"),
+        hits=f"{RUN}/lpp/episode_hits.parquet",
+    log:
+        f"{LOGS}/lpp_evaluate/lpp_evaluate.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            scale=config["scale"],
+            lpp={"evaluate": config["lpp"]["evaluate"]},
+            **{"lambda": config["lambda"]},
+        ),
+        stem=f"{RUN}/tables/preference_prediction_topk",
+        truth=f"--truth {RUN}/data/truth" if SYNTHETIC else "",
+    shell:
+        "prefgen lpp-evaluate --params {params.cfg:q} --episodes {input.episodes:q}"
+        " --references {input.references:q} --images {input.images:q} --models {input.models:q}"
+        " --clip {input.clip:q} --pasta {input.pasta:q} --population {input.population:q}"
+        " {params.truth} --table {params.stem:q} --hits {output.hits:q} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule lpp_prototypes:
+    input:
+        model=f"{RUN}/models/lpp/lpp",
+        episodes=rules.split_lpp.output.episodes,
+        references=rules.split_lpp.output.references,
+        images=rules.ingest.output.images,
+        clip=lpp_clip_input(),
+        truth=lpp_truth(),
+    output:
+        table=report(
+            f"{RUN}/tables/lpp_prototypes.csv",
+            caption="../report/lpp_prototypes_table.rst",
+            category="LPP",
+        ),
+        other=multiext(f"{RUN}/tables/lpp_prototypes", ".md", ".tex"),
+        patterns=f"{RUN}/lpp/prototype_patterns.parquet",
+        figure=report(
+            f"{RUN}/figures/lpp_prototypes.png",
+            caption="../report/lpp_prototypes_figure.rst",
+            category="LPP",
+        ),
+    log:
+        f"{LOGS}/lpp_prototypes/lpp_prototypes.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    params:
+        cfg=stage_params(
+            seed=config["seed"], lpp={"prototypes": config["lpp"]["prototypes"]}
+        ),
+        stem=f"{RUN}/tables/lpp_prototypes",
+        truth=f"--truth-users {RUN}/data/truth/users.parquet" if SYNTHETIC else "",
+    shell:
+        "prefgen lpp-prototypes --params {params.cfg:q} --model {input.model:q}"
+        " --episodes {input.episodes:q} --references {input.references:q}"
+        " --images {input.images:q} --clip {input.clip:q} {params.truth} --table {params.stem:q}"
+        " --patterns {output.patterns:q} --figure {output.figure:q} --threads {threads}"
+        " > {log} 2>&1"
