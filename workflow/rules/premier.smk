@@ -1,0 +1,249 @@
+# Premier baseline (issue 8): learnable user embeddings and a preference adapter that modulates
+# the text tokens, trained by the shared trainer (`prefgen train-adapter`, conditioning
+# `premier`, denoising objective + dispersion loss), then stage 2 (held-out users as combinations
+# of training users) before sampling. Premier is not a key of train.methods: its sampler reads
+# the stage-2 checkpoints, so it has its own train/sample rules around the same commands.
+
+PREMIER_VARIANTS = ["premier", "premier_no_dispersion"]
+
+
+def premier_targets():
+    """Premier's final outputs for `all_targets()` (its samples come in through evaluate)."""
+    return [
+        f"{RUN}/samples/premier/index.parquet",
+        f"{RUN}/tables/premier_history.csv",
+        f"{RUN}/tables/premier_ablation.csv",
+    ]
+
+
+def premier_model_cfg(variant):
+    """The `premier` keys a variant's init file carries; the ablation zeroes the dispersion."""
+    keys = ["user_tokens", "user_dim", "init_std", "adapter", "dispersion"]
+    cfg = {k: config["premier"][k] for k in keys}
+    if variant == "premier_no_dispersion":
+        cfg["dispersion"] = {
+            **cfg["dispersion"],
+            "weight_shared": 0.0,
+            "weight_distinct": 0.0,
+        }
+    return cfg
+
+
+def premier_init_params(wildcards):
+    return stage_params(
+        seed=config["seed"], premier=premier_model_cfg(wildcards.variant)
+    )
+
+
+def premier_train_params(wildcards):
+    """train_adapter's params for a Premier variant: the shared trainer keys, premier.train's
+    overrides, and the method entry naming the variant's init file."""
+    shared = {k: v for k, v in config["train"].items() if k != "methods"}
+    method = {
+        "conditioning": "premier",
+        "embedding": f"{wildcards.variant}_init",
+        "num_tokens": config["premier"]["user_tokens"],
+        "user_dropout": 0.0,
+    }
+    return stage_params(
+        seed=config["seed"],
+        train={**shared, **config["premier"]["train"], "methods": {"premier": method}},
+    )
+
+
+rule premier_init:
+    input:
+        pairs=rules.split_pipe.output.train,
+        holdout=rules.split_ppd.output.test_unseen,
+    output:
+        emb=f"{RUN}/embeddings/{{variant}}_init.safetensors",
+    log:
+        f"{LOGS}/premier_init/{{variant}}.log",
+    wildcard_constraints:
+        variant="|".join(PREMIER_VARIANTS),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        cfg=premier_init_params,
+    shell:
+        "prefgen premier-init --params {params.cfg:q} --pairs {input.pairs}"
+        " --holdout {input.holdout} --out {output.emb} > {log} 2>&1"
+
+
+rule train_premier:
+    input:
+        unpack(foundation_input),
+        embeddings=rules.premier_init.output.emb,
+        encoded=rules.encode.output.latents,
+        image_index=rules.encode.output.image_index,
+        caption_index=rules.encode.output.caption_index,
+        pairs=rules.split_pipe.output.train,
+        holdout=rules.split_ppd.output.test_unseen,
+    output:
+        final=f"{RUN}/adapters/{{variant}}/final.json",
+    log:
+        f"{LOGS}/train_premier/{{variant}}.log",
+    wildcard_constraints:
+        variant="|".join(PREMIER_VARIANTS),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=1,
+    params:
+        cfg=premier_train_params,
+        foundation=foundation_model(),
+    shell:
+        "prefgen train-adapter --params {params.cfg:q} --method premier"
+        " --foundation {params.foundation:q} --encoded {input.encoded}"
+        " --image-index {input.image_index} --caption-index {input.caption_index}"
+        " --pairs {input.pairs} --holdout {input.holdout} --embeddings {input.embeddings}"
+        " --out {output.final} --threads {threads} > {log} 2>&1"
+
+
+rule premier_new_users:
+    input:
+        unpack(foundation_input),
+        adapter=f"{RUN}/adapters/premier/final.json",
+        init=f"{RUN}/embeddings/premier_init.safetensors",
+        pairs=rules.split_ppd.output.test_unseen,
+        images=rules.ingest.output.images,
+        eval_set=rules.eval_set.output.eval_set,
+    output:
+        final=f"{RUN}/adapters/premier_stage2/final.json",
+        emb=f"{RUN}/embeddings/premier.safetensors",
+    log:
+        f"{LOGS}/premier_new_users/premier_new_users.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            premier={"new_users": config["premier"]["new_users"]},
+            sample={"steps": config["sample"]["steps"]},
+        ),
+        foundation=foundation_model(),
+    shell:
+        "prefgen premier-new-users --params {params.cfg:q} --foundation {params.foundation:q}"
+        " --adapter {input.adapter} --init {input.init} --pairs {input.pairs}"
+        " --images {input.images} --eval-set {input.eval_set} --out {output.final}"
+        " --embeddings {output.emb} --threads {threads} > {log} 2>&1"
+
+
+rule sample_premier:
+    input:
+        unpack(foundation_input),
+        adapter=rules.premier_new_users.output.final,
+        init=f"{RUN}/embeddings/premier_init.safetensors",
+        eval_set=rules.eval_set.output.eval_set,
+    output:
+        index=f"{RUN}/samples/premier/index.parquet",
+    log:
+        f"{LOGS}/sample/premier.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        cfg=stage_params(sample=config["sample"]),
+        foundation=foundation_model(),
+    shell:
+        "prefgen sample --params {params.cfg:q} --method premier"
+        " --foundation {params.foundation:q} --eval-set {input.eval_set}"
+        " --adapter {input.adapter} --embeddings {input.init} --out {output.index}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule premier_history:
+    input:
+        unpack(foundation_input),
+        adapter=f"{RUN}/adapters/premier/final.json",
+        init=f"{RUN}/embeddings/premier_init.safetensors",
+        pairs=rules.split_ppd.output.test_unseen,
+        images=rules.ingest.output.images,
+        eval_set=rules.eval_set.output.eval_set,
+        truth=truth_inputs(SYNTHETIC),
+    output:
+        table=report(
+            f"{RUN}/tables/premier_history.csv",
+            caption="../report/premier_history.rst",
+            category="Premier",
+        ),
+        other=multiext(f"{RUN}/tables/premier_history", ".md", ".tex"),
+    log:
+        f"{LOGS}/premier_history/premier_history.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            scale=config["scale"],
+            premier={
+                "history": config["premier"]["history"],
+                "init_std": config["premier"]["init_std"],
+            },
+            evaluate={k: config["evaluate"][k] for k in ("bootstrap", "confidence")},
+            sample=config["sample"],
+        ),
+        foundation=foundation_model(),
+        truth=truth_arg(SYNTHETIC),
+    shell:
+        "prefgen premier-history --params {params.cfg:q} --foundation {params.foundation:q}"
+        " --adapter {input.adapter} --init {input.init} --pairs {input.pairs}"
+        " --images {input.images} --eval-set {input.eval_set} {params.truth}"
+        " --out {output.table} --threads {threads} > {log} 2>&1"
+
+
+rule premier_ablation:
+    input:
+        unpack(foundation_input),
+        premier=f"{RUN}/adapters/premier/final.json",
+        no_dispersion=f"{RUN}/adapters/premier_no_dispersion/final.json",
+        init=f"{RUN}/embeddings/premier_init.safetensors",
+        eval_set=rules.eval_set.output.eval_set,
+        user_model=[
+            f"{RUN}/models/clip",
+            f"{RUN}/user_model/pasta.safetensors",
+            f"{RUN}/user_model/population.safetensors",
+            f"{RUN}/user_model/lambda.parquet",
+        ],
+        truth=truth_inputs(SYNTHETIC),
+    output:
+        table=report(
+            f"{RUN}/tables/premier_ablation.csv",
+            caption="../report/premier_ablation.rst",
+            category="Premier",
+        ),
+        other=multiext(f"{RUN}/tables/premier_ablation", ".md", ".tex"),
+    log:
+        f"{LOGS}/premier_ablation/premier_ablation.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            scale=config["scale"],
+            premier={"ablation": config["premier"]["ablation"]},
+            evaluate={k: config["evaluate"][k] for k in ("bootstrap", "confidence")},
+            sample=config["sample"],
+        ),
+        foundation=foundation_model(),
+        run_dir=RUN,
+        truth=truth_arg(SYNTHETIC),
+    shell:
+        "prefgen premier-ablation --params {params.cfg:q} --foundation {params.foundation:q}"
+        " --premier {input.premier} --no-dispersion {input.no_dispersion} --init {input.init}"
+        " --eval-set {input.eval_set} --run-dir {params.run_dir} {params.truth}"
+        " --out {output.table} --threads {threads} > {log} 2>&1"
