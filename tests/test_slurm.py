@@ -1,0 +1,415 @@
+"""The Slurm profile against a real Slurm: the smoke workflow runs through it end to end.
+
+`tests/cluster/slurm.sh` starts a one-node Slurm (partitions `cpu` and `gpu`, one GPU GRES);
+`make slurm-profile` links the profile into a temporary HOME, so the run is exactly what a user
+types from the repo root: `snakemake --profile slurm all --configfile config/smoke.yaml`.
+While it runs, a background thread records every job from Slurm's own view
+(`scontrol show job -o`), and the tests check what each job asked Slurm for: `train_adapter` the
+GPU partition and a GPU, every CPU rule the CPU partition and no GPU. The captured table is
+written to logs/test_slurm/jobs.md and printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, VENV_BIN
+
+pytestmark = pytest.mark.slurm
+
+CLUSTER = REPO / "tests" / "cluster" / "slurm.sh"
+PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
+TABLE = REPO / "logs" / "test_slurm" / "jobs.md"
+RUN_TIMEOUT = 2400  # seconds; the smoke DAG through Slurm takes minutes on 2 cores
+# Rules that never need a GPU at any scale (DESIGN §3); the profile must keep them on the CPU
+# partition. (clip, foundation and encode are scale-dependent and follow their rule's `gpu`.)
+CPU_RULES = {
+    "world",
+    "ingest",
+    "split_pipe",
+    "split_ppd",
+    "split_lpp",
+    "eval_set",
+    "fit_pasta",
+    "fit_lambda",
+    "preference_accuracy",
+    "user_embeddings",
+    "evaluate",
+    "bundle",
+}
+# Fields of `scontrol show job` that carry a job's GPU/GRES request.
+GRES_FIELDS = ("TresPerJob", "TresPerNode", "TresPerTask", "TresPerSocket", "Gres")
+
+
+def parse_scontrol_jobs(text: str) -> list[dict[str, str]]:
+    """Parse `scontrol show job -o` (one job per line, `Key=Value` tokens) into dicts.
+
+    A token without `=` continues the previous value (a value with spaces, e.g. a command).
+    """
+    jobs = []
+    for line in text.splitlines():
+        if not line.startswith("JobId="):
+            continue
+        record: dict[str, str] = {}
+        last = None
+        for token in line.split():
+            key, sep, value = token.partition("=")
+            if sep:
+                record[key] = value
+                last = key
+            elif last is not None:
+                record[last] += " " + token
+        jobs.append(record)
+    return jobs
+
+
+def rule_of(comment: str) -> tuple[str, str]:
+    """Rule and wildcards from the job comment the executor plugin sets:
+    `rule_<name>` or `rule_<name>_wildcards_<values>`."""
+    if not comment.startswith("rule_"):
+        raise ValueError(f"job comment {comment!r} is not `rule_<name>[_wildcards_<w>]`")
+    name, _, wildcards = comment.removeprefix("rule_").partition("_wildcards_")
+    return name, wildcards
+
+
+@dataclass
+class SlurmJob:
+    """One Slurm job as Slurm last reported it."""
+
+    record: dict[str, str]
+
+    @property
+    def job_id(self) -> int:
+        return int(self.record["JobId"])
+
+    @property
+    def rule(self) -> str:
+        return rule_of(self.record.get("Comment", ""))[0]
+
+    @property
+    def wildcards(self) -> str:
+        return rule_of(self.record.get("Comment", ""))[1]
+
+    @property
+    def partition(self) -> str:
+        return self.record["Partition"]
+
+    @property
+    def gres(self) -> str:
+        """The GPU/GRES request as Slurm recorded it (`-` when none)."""
+        parts = [
+            f"{k}={self.record[k]}"
+            for k in GRES_FIELDS
+            if self.record.get(k) not in (None, "", "(null)", "N/A")
+        ]
+        return " ".join(parts) or "-"
+
+    @property
+    def asks_for_gpu(self) -> bool:
+        return "gpu" in self.gres
+
+    @property
+    def state(self) -> str:
+        return self.record["JobState"]
+
+    def time(self, key: str) -> datetime:
+        return datetime.fromisoformat(self.record[key])
+
+
+def scontrol_jobs() -> list[dict[str, str]]:
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o"], capture_output=True, text=True, timeout=30
+    )
+    return parse_scontrol_jobs(out.stdout) if out.returncode == 0 else []
+
+
+class JobRecorder(threading.Thread):
+    """Polls Slurm once a second and keeps the latest record of every job run from `workdir`."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(daemon=True)
+        self.workdir = str(workdir.resolve())
+        self.jobs: dict[int, dict[str, str]] = {}
+        self.polls = 0
+        self._halt = threading.Event()
+
+    def poll(self) -> None:
+        for record in scontrol_jobs():
+            if record.get("WorkDir") == self.workdir:
+                self.jobs[int(record["JobId"])] = record
+        self.polls += 1
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.poll()
+            self._halt.wait(1.0)
+
+    def finish(self) -> list[SlurmJob]:
+        self._halt.set()
+        self.join(timeout=60)
+        self.poll()  # finished jobs stay visible for MinJobAge (600 s) on the test cluster
+        return [SlurmJob(r) for _, r in sorted(self.jobs.items())]
+
+
+@dataclass
+class SlurmRun:
+    """What one `snakemake --profile slurm all` run did, from Snakemake's and Slurm's side."""
+
+    root: Path
+    returncode: int
+    output: str
+    seconds: float
+    planned: dict[str, int]
+    local_rules: set[str]
+    jobs: list[SlurmJob] = field(default_factory=list)
+
+    def by_rule(self) -> dict[str, list[SlurmJob]]:
+        out: dict[str, list[SlurmJob]] = {}
+        for job in self.jobs:
+            out.setdefault(job.rule, []).append(job)
+        return out
+
+
+def workflow_rules() -> dict[str, str]:
+    """Rule name -> its source block, from workflow/rules/*.smk (one `rule name:` per block)."""
+    blocks: dict[str, str] = {}
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        parts = re.split(r"^(?:rule|checkpoint) (\w+):", path.read_text(), flags=re.M)
+        blocks.update(zip(parts[1::2], parts[2::2], strict=True))
+    return blocks
+
+
+def gpu_rules() -> set[str]:
+    """Rules that declare a GPU (`gpu=` under resources): the ones that must reach a GPU."""
+    return {
+        name
+        for name, block in workflow_rules().items()
+        if re.search(r"^\s+gpu\s*=", block, flags=re.M)
+    }
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count from a dry run's "Job stats" table."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in output.splitlines():
+        if line.startswith("job") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+                counts[parts[0]] = int(parts[1])
+            elif parts and parts[0] == "total":
+                in_table = False
+    return counts
+
+
+def local_rules(output: str) -> set[str]:
+    """Rules Snakemake ran on the submit host itself (`localrule <name>:` in its log)."""
+    return {
+        line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("localrule ")
+    }
+
+
+def job_table(run: SlurmRun) -> str:
+    """The captured jobs as a Markdown table (job -> partition, GPU request, amounts, times)."""
+    head = (
+        "| job | rule | wildcards | partition | GPU/GRES request | CPUs | mem | time limit "
+        "| state | queued s | ran s |"
+    )
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for j in run.jobs:
+        r = j.record
+        queued = (j.time("StartTime") - j.time("SubmitTime")).total_seconds()
+        ran = (j.time("EndTime") - j.time("StartTime")).total_seconds()
+        rows.append(
+            f"| {j.job_id} | {j.rule} | {j.wildcards or '-'} | {j.partition} | "
+            f"{j.gres} | {r.get('NumCPUs')} | {r.get('MinMemoryNode')} | "
+            f"{r.get('TimeLimit')} | {j.state} | {queued:.0f} | {ran:.0f} |"
+        )
+    started = min(j.time("SubmitTime") for j in run.jobs)
+    ended = max(j.time("EndTime") for j in run.jobs)
+    rows.append("")
+    rows.append(
+        f"{len(run.jobs)} Slurm jobs; `snakemake --profile slurm all --configfile "
+        f"config/smoke.yaml` took {run.seconds:.0f} s (first submit to last job end "
+        f"{(ended - started).total_seconds():.0f} s)."
+    )
+    return "\n".join(rows) + "\n"
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A fresh copy of the workflow sources, so the run never touches the user's results/."""
+    for name in ["Snakefile", "workflow", "config"]:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[None]:
+    """The local Slurm, started by tests/cluster/slurm.sh (and stopped if this session did)."""
+    running = subprocess.run([str(CLUSTER), "status"], capture_output=True).returncode == 0
+    if not running:
+        if os.geteuid() != 0:
+            pytest.skip("starting the local Slurm needs root (apt-get, daemons)")
+        start = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
+        assert start.returncode == 0, f"slurm.sh start failed:\n{start.stdout}\n{start.stderr}"
+    yield
+    if not running:
+        subprocess.run([str(CLUSTER), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def user_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HOME where `make slurm-profile` has linked the profile, as a user would have it."""
+    home = tmp_path_factory.mktemp("home")
+    subprocess.run(
+        ["make", "-s", "-C", str(REPO), "slurm-profile", f"HOME={home}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return home
+
+
+@pytest.fixture(scope="session")
+def slurm_run(
+    slurm_cluster: None, user_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> SlurmRun:
+    """`snakemake --profile slurm all --configfile config/smoke.yaml` from a repo-root copy."""
+    root = copy_workflow(tmp_path_factory.mktemp("slurm_wf"))
+    env = {
+        **os.environ,
+        "HOME": str(user_home),
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cmd = [
+        str(VENV_BIN / "snakemake"),
+        "--profile",
+        "slurm",
+        "all",
+        "--configfile",
+        "config/smoke.yaml",
+    ]
+    dry = subprocess.run(
+        [*cmd, "-n"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert dry.returncode == 0, f"dry run failed:\n{dry.stdout[-3000:]}\n{dry.stderr[-3000:]}"
+    planned = planned_jobs(dry.stdout + dry.stderr)
+
+    recorder = JobRecorder(root)
+    recorder.start()
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # the plugin cancels its Slurm jobs on interrupt
+        output, _ = proc.communicate(timeout=120)
+        output += f"\n[test] killed after {RUN_TIMEOUT} s"
+    seconds = time.monotonic() - began
+    run = SlurmRun(
+        root, proc.returncode, output, seconds, planned, local_rules(output), recorder.finish()
+    )
+    if run.jobs:
+        TABLE.parent.mkdir(parents=True, exist_ok=True)
+        TABLE.write_text(job_table(run))
+    return run
+
+
+def test_profile_names_only_rules_of_the_workflow() -> None:
+    """A misspelt rule in set-threads/set-resources is silently ignored by Snakemake."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    named = set(profile["set-threads"]) | set(profile["set-resources"])
+    assert named - set(workflow_rules()) == set()
+
+
+def test_profile_routes_by_the_rules_gpu_declaration() -> None:
+    """Partitions come from partitions.yaml by fit: nothing may pin a partition for all jobs
+    (that turns the selection off), and no GPU rule may be pinned to a partition without GPUs."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    partitions = yaml.safe_load((PROFILE.parent / profile["slurm-partition-config"]).read_text())
+    max_gpu = {name: int(p.get("max_gpu", 0)) for name, p in partitions["partitions"].items()}
+    assert max_gpu == {"cpu": 0, "gpu": 1}  # the test cluster's partitions
+    assert "slurm_partition" not in profile.get("default-resources", {})
+    for rule, res in profile.get("set-resources", {}).items():
+        if rule in gpu_rules() and "slurm_partition" in res:
+            assert max_gpu.get(res["slurm_partition"], 0) > 0, (rule, res)
+    assert "train_adapter" in gpu_rules()
+    assert not gpu_rules() & CPU_RULES, gpu_rules() & CPU_RULES
+
+
+def test_profile_is_linked_where_snakemake_looks(user_home: Path) -> None:
+    link = user_home / ".config" / "snakemake" / "slurm"
+    assert link.is_symlink() and link.resolve() == PROFILE.parent.resolve()
+
+
+def test_smoke_workflow_runs_every_job_through_slurm(slurm_run: SlurmRun) -> None:
+    assert slurm_run.returncode == 0, slurm_run.output[-6000:]
+    assert slurm_run.jobs, "no Slurm job ran from the workflow copy"
+    assert {j.state for j in slurm_run.jobs} == {"COMPLETED"}, job_table(slurm_run)
+    # Every job Snakemake planned (except its local rules) ran as exactly one Slurm job.
+    expected = {r: n for r, n in slurm_run.planned.items() if r not in slurm_run.local_rules}
+    seen = {rule: len(jobs) for rule, jobs in slurm_run.by_rule().items()}
+    assert seen == expected
+
+
+def test_train_adapter_asks_for_the_gpu_partition_and_a_gpu(slurm_run: SlurmRun) -> None:
+    adapters = slurm_run.by_rule().get("train_adapter", [])
+    assert adapters, f"no train_adapter job reached Slurm: {sorted(slurm_run.by_rule())}"
+    for job in adapters:
+        assert job.partition == "gpu", (job.job_id, job.partition)
+        assert job.asks_for_gpu, (job.job_id, job.gres)
+
+
+def test_cpu_rules_ask_for_the_cpu_partition_and_no_gpu(slurm_run: SlurmRun) -> None:
+    gpu = gpu_rules()
+    cpu_jobs = [j for j in slurm_run.jobs if j.rule not in gpu]
+    assert {j.rule for j in cpu_jobs} & CPU_RULES, "no CPU rule reached Slurm"
+    for job in cpu_jobs:
+        assert job.partition == "cpu", (job.rule, job.job_id, job.partition)
+        assert not job.asks_for_gpu, (job.rule, job.job_id, job.gres)
+
+
+def test_every_gpu_rule_asks_for_the_gpu_partition_and_a_gpu(slurm_run: SlurmRun) -> None:
+    gpu_jobs = [j for j in slurm_run.jobs if j.rule in gpu_rules()]
+    assert gpu_jobs
+    for job in gpu_jobs:
+        assert job.partition == "gpu" and job.asks_for_gpu, (job.rule, job.job_id, job.gres)
+
+
+def test_gpu_jobs_never_shared_the_single_gpu(slurm_run: SlurmRun) -> None:
+    """The node has one GPU GRES: Slurm must have run GPU jobs one at a time."""
+    spans = sorted(
+        (j.time("StartTime"), j.time("EndTime"), j.job_id) for j in slurm_run.jobs if j.asks_for_gpu
+    )
+    assert spans
+    for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
+        assert start_b >= end_a, f"GPU jobs {a} and {b} overlapped"
+
+
+def test_job_table_is_written(slurm_run: SlurmRun, capsys: pytest.CaptureFixture[str]) -> None:
+    text = TABLE.read_text()
+    assert all(f"| {j.job_id} | {j.rule} |" in text for j in slurm_run.jobs)
+    with capsys.disabled():
+        print(f"\nSlurm jobs of the smoke run ({TABLE.relative_to(REPO)}):\n{text}")
