@@ -1,110 +1,158 @@
-"""Benchmark of one Diffusion-DPO training step, printing two ratios measured in one run.
+"""Benchmark of one Diffusion-DPO training step; prints the ratios of issue 5, measured in one run.
 
-1. **Reference = the same UNet with the adapter off** (ours) vs **a second, frozen UNet copy**
-   as the reference (what a full fine-tuning Diffusion-DPO script keeps): peak memory
-   (target <= 0.6x) and steps/s (target >= 1.5x).
-2. **Cached latents and text states** (ours: ``encode`` runs once) vs **encoding every step**
-   (VAE on both images of every pair, both text encoders on every caption): steps/s
-   (target >= 3x).
+Variants (each in its own fresh process, so its peak memory is its own):
 
-Each variant runs in its own fresh process (so peak memory is that variant's alone: the peak
-resident set above the process's size before the models are built, or CUDA's peak allocation
-on a GPU), on the model sizes of a config's ``foundation`` section with random weights and
-random images (timing does not depend on training). Usage::
+* ``adapter_off``  — ours: UNet + IP-Adapter, only the adapter trains, the reference is the
+  same UNet with the adapter switched off, latents and text states come from the cache;
+* ``copy_ref``     — the same adapter training, but the reference is a second, frozen UNet copy;
+* ``full_copy``    — diffusers' full Diffusion-DPO recipe (``train_diffusion_dpo_sdxl.py``):
+  the whole UNet trains and a frozen copy is the reference (why one keeps a copy at all);
+* ``encode_each_step`` — ours, but the VAE encodes both images of every pair and both text
+  encoders every caption at every step (no cache).
 
-    .venv/bin/python bench/dpo_step.py [--config config/config.yaml] [--steps 20]
+Ratios: adapter-off reference vs a second UNet copy (peak memory, target <= 0.6x; steps/s,
+target >= 1.5x), against both copy variants; cached vs encoding per step (steps/s, >= 3x).
+
+Peak memory is the peak resident set above the process's size just before the models are
+loaded (or CUDA's peak allocation on a GPU). Models are the config's ``foundation`` sizes (UNet
+channels times ``--width``: the paper's SDXL UNet is 2.6B parameters, where weights dominate
+memory; the mini one is ~1M, where activations do), random weights, random data: timing does
+not depend on training. Usage::
+
+    .venv/bin/python bench/dpo_step.py [--config config/config.yaml] [--steps 20] [--width 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("adapter_off", "second_copy", "encode_each_step")
+VARIANTS = ("adapter_off", "copy_ref", "full_copy", "encode_each_step")
 
 
-def rss_mb() -> float:
-    """Current resident set size in MB (Linux /proc)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
+def status_mb(field: str) -> float:
+    """``VmRSS`` (current) or ``VmHWM`` (peak) resident set size in MB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def worker(variant: str, config: str, steps: int, batch: int | None) -> dict[str, float]:
-    """Time ``steps`` DPO steps of ``variant``; returns steps/s and peak memory (MB)."""
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def build(config: str, width: int, out: Path) -> None:
+    """Save a randomly initialised stand-in (UNet channels x ``width``) to ``out``."""
+    from prefgen.core.config import load_config
+    from prefgen.generation.models import build_tiny_sdxl
+
+    cfg = load_config(config)["foundation"]
+    channels = [c * width for c in cfg["unet"]["block_out_channels"]]
+    unet = cfg["unet"] | {"block_out_channels": channels}
+    pipe = build_tiny_sdxl(cfg | {"unet": unet}, resolution=int(cfg["resolution"]), seed=0)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def worker(variant: str, config: str, folder: str, steps: int, batch: int | None) -> dict:
+    """Time ``steps`` training steps of ``variant``; returns steps/s and peak memory (MB)."""
     from diffusers import DDPMScheduler
     from prefgen.core.config import load_config
     from prefgen.generation.adapters import UserBatch, build_conditioning
     from prefgen.generation.dpo import diffusion_dpo_loss
     from prefgen.generation.images import to_tensor
-    from prefgen.generation.models import add_time_ids, build_tiny_sdxl, encode_text
+    from prefgen.generation.models import (
+        add_time_ids,
+        encode_text,
+        load_denoiser,
+        load_pipeline,
+    )
     from prefgen.generation.train import DPOModel
 
     torch.set_num_threads(1)
-    cfg = load_config(config)
-    fcfg, tcfg = cfg["foundation"], cfg["train"]
+    tcfg = load_config(config)["train"]
     batch = batch or int(tcfg["batch_size"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
-    size = int(fcfg["resolution"])
     words = ["red", "blue", "green", "yellow", "circle", "star", "square", "bright", "dark"]
-    captions = [" ".join(["a", *(words[int(i)] for i in torch.randint(9, (4,), generator=g)),
+    captions = [" ".join(["a", *(words[int(i)] for i in torch.randint(9, (3,), generator=g)),
                           "on", "a", "grey", "background"]) for _ in range(batch)]
-    images = torch.randint(0, 256, (2 * batch, size, size, 3), dtype=torch.uint8, generator=g)
-    base_rss = rss_mb()
+    load_denoiser(folder)  # load once and drop it: lazy imports and allocator pools settle
+    gc.collect()
+    reset_peak_rss()
+    base = status_mb("VmRSS")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    pipe = build_tiny_sdxl(fcfg, resolution=size, seed=0).to(device)
-    for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
-        getattr(pipe, name).eval().requires_grad_(False)
-    ref_unet = copy.deepcopy(pipe.unet) if variant == "second_copy" else None
-    method = tcfg["methods"].get("dpo") or next(iter(tcfg["methods"].values()))
-    cond = build_conditioning(pipe.unet, {**method, "embedding": None}, None).to(device)
-    model = DPOModel(pipe.unet, cond, DDPMScheduler.from_config(pipe.scheduler.config))
-    opt = torch.optim.AdamW(cond.parameters(), lr=1e-4)
-
-    with torch.no_grad():
-        dist = pipe.vae.encode(to_tensor(images.numpy()).to(device)).latent_dist
-        cached_latents = dist.mean * pipe.vae.config.scaling_factor
-        cached_text = encode_text(pipe, captions)
+    if variant == "encode_each_step":
+        pipe = load_pipeline(folder).to(device)
+        den = pipe
+    else:
+        den = load_denoiser(folder)
+        den.unet.to(device)
+    unet = den.unet
+    size = int(unet.config.sample_size * den.vae_scale_factor)
+    images = torch.randint(0, 256, (2 * batch, size, size, 3), dtype=torch.uint8, generator=g)
+    lat_shape = (2 * batch, unet.config.in_channels, unet.config.sample_size,
+                 unet.config.sample_size)
+    cached = torch.randn(lat_shape, generator=g).to(device)
+    text_len = 16  # the stand-in tokenizers' context length
+    cached_text = {"prompt_embeds": torch.randn(batch, text_len, unet.config.cross_attention_dim,
+                                                generator=g).to(device),
+                   "pooled": torch.randn(batch, unet.config.projection_class_embeddings_input_dim
+                                         - 6 * unet.config.addition_time_embed_dim,
+                                         generator=g).to(device)}
+    noise_scheduler = DDPMScheduler.from_config(den.scheduler.config)
+    method = {**(tcfg["methods"].get("dpo") or next(iter(tcfg["methods"].values()))),
+              "embedding": None}
+    ref_unet = copy.deepcopy(unet) if variant in ("copy_ref", "full_copy") else None
+    if variant == "full_copy":
+        unet.requires_grad_(True)
+        params = list(unet.parameters())
+        cond = None
+    else:
+        cond = build_conditioning(unet, method, None).to(device)
+        model = DPOModel(unet, cond, noise_scheduler)
+        params = list(cond.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    time_ids = add_time_ids(den, batch).to(device)
 
     def step() -> None:
         if variant == "encode_each_step":
             with torch.no_grad():
-                d = pipe.vae.encode(to_tensor(images.numpy()).to(device)).latent_dist
-                lat = d.sample() * pipe.vae.config.scaling_factor
-                text = encode_text(pipe, captions)
+                x = to_tensor(images.numpy()).to(device)
+                lat = pipe.vae.encode(x).latent_dist.sample() * pipe.vae.config.scaling_factor
+                text = {k: v.to(device) for k, v in encode_text(pipe, captions).items()}
         else:
-            lat, text = cached_latents, cached_text
+            lat, text = cached, cached_text
         users = UserBatch(user_ids=torch.zeros(batch, dtype=torch.long),
-                          prompt_embeds=text["prompt_embeds"].to(device),
-                          pooled=text["pooled"].to(device),
-                          time_ids=add_time_ids(pipe, batch).to(device),
-                          rand=torch.ones(batch, device=device))
+                          prompt_embeds=text["prompt_embeds"], pooled=text["pooled"],
+                          time_ids=time_ids, rand=torch.ones(batch, device=device))
         noise = torch.randn(lat[:batch].shape, device=device)
         t = torch.randint(0, 1000, (batch,), device=device)
         if ref_unet is None:
             pred, ref, target = model(lat[:batch], lat[batch:], noise, t, users)
-        else:  # the reference is a separate frozen copy with the original processors
-            x0, n2, t2 = torch.cat([lat[:batch], lat[batch:]]), torch.cat([noise, noise]), \
-                torch.cat([t, t])
-            noisy = model.noise_scheduler.add_noise(x0, n2, t2)
+        else:
+            target, t2 = torch.cat([noise, noise]), torch.cat([t, t])
+            noisy = noise_scheduler.add_noise(lat, target, t2)
             both = users.repeat(2)
+            plain = {"encoder_hidden_states": both.prompt_embeds,
+                     "added_cond_kwargs": {"text_embeds": both.pooled, "time_ids": both.time_ids}}
             with torch.no_grad():
-                ref = ref_unet(noisy, t2, encoder_hidden_states=both.prompt_embeds,
-                               added_cond_kwargs={"text_embeds": both.pooled,
-                                                  "time_ids": both.time_ids}).sample
-            pred = pipe.unet(noisy, t2, **cond.unet_inputs(both, train=True)).sample
-            target = n2
+                ref = ref_unet(noisy, t2, **plain).sample
+            inputs = plain if cond is None else cond.unet_inputs(both, train=True)
+            pred = unet(noisy, t2, **inputs).sample
         loss = diffusion_dpo_loss(pred, ref, target, float(tcfg["beta"])).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -120,44 +168,55 @@ def worker(variant: str, config: str, steps: int, batch: int | None) -> dict[str
     if device == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else status_mb("VmHWM") - base)
     return {"variant": variant, "steps_per_s": steps / elapsed, "peak_mb": peak,
-            "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
-            "batch_pairs": batch, "device": device}
+            "unet_params": sum(p.numel() for p in unet.parameters()), "batch_pairs": batch,
+            "device": device}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--width", type=int, default=1, help="multiply the UNet's channels")
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (train.batch_size)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.config, args.steps, args.batch)))
+        print(json.dumps(worker(args.worker, args.config, args.folder, args.steps, args.batch)))
         return
     results = {}
-    for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--worker", variant, "--config", args.config,
-               "--steps", str(args.steps)] + (["--batch", str(args.batch)] if args.batch else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    ours, copy_, enc = (results[v] for v in VARIANTS)
-    print(f"config {args.config}: UNet {ours['unet_params']:,} parameters, "
+    with tempfile.TemporaryDirectory() as tmp:
+        build(args.config, args.width, Path(tmp) / "foundation")
+        for variant in VARIANTS:
+            cmd = [sys.executable, __file__, "--worker", variant, "--config", args.config,
+                   "--folder", str(Path(tmp) / "foundation"), "--steps", str(args.steps)]
+            cmd += ["--batch", str(args.batch)] if args.batch else []
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
+            results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = results["adapter_off"]
+    print(f"{args.config} (UNet channels x{args.width}): UNet {ours['unet_params']:,} parameters, "
           f"{ours['batch_pairs']} pairs/step, {args.steps} timed steps, {ours['device']}")
     for r in results.values():
-        print(f"  {r['variant']:18s} {r['steps_per_s']:7.2f} steps/s   peak {r['peak_mb']:8.1f} MB")
-    mem = ours["peak_mb"] / copy_["peak_mb"]
-    speed = ours["steps_per_s"] / copy_["steps_per_s"]
-    cache = ours["steps_per_s"] / enc["steps_per_s"]
-    print(f"adapter-off reference vs second UNet copy: peak memory {mem:.2f}x (target <= 0.6x: "
-          f"{'met' if mem <= 0.6 else 'NOT met'}), steps/s {speed:.2f}x (target >= 1.5x: "
-          f"{'met' if speed >= 1.5 else 'NOT met'})")
-    print(f"cached latents/text states vs encoding every step: steps/s {cache:.2f}x "
-          f"(target >= 3x: {'met' if cache >= 3 else 'NOT met'})")
+        print(f"  {r['variant']:17s} {r['steps_per_s']:7.2f} steps/s   peak {r['peak_mb']:9.1f} MB")
+
+    def verdict(value: float, target: float, below: bool) -> str:
+        ok = value <= target if below else value >= target
+        sign = "<=" if below else ">="
+        return f"{value:.2f}x (target {sign} {target}x: {'met' if ok else 'NOT met'})"
+
+    for name in ("copy_ref", "full_copy"):
+        other = results[name]
+        print(f"adapter-off reference vs second UNet copy ({name}): peak memory "
+              f"{verdict(ours['peak_mb'] / other['peak_mb'], 0.6, True)}, steps/s "
+              f"{verdict(ours['steps_per_s'] / other['steps_per_s'], 1.5, False)}")
+    enc = results["encode_each_step"]
+    print("cached latents/text states vs encoding every step: steps/s "
+          f"{verdict(ours['steps_per_s'] / enc['steps_per_s'], 3.0, False)}")
 
 
 if __name__ == "__main__":

@@ -59,20 +59,29 @@ def test_batched_equals_one_user_at_a_time() -> None:
 
 
 def test_recovers_planted_lambda_for_users_with_50_pairs() -> None:
-    """A few hundred users on known φ: cosine(λ_u, λ*_u) >= 0.95 once a user has >= 50 pairs."""
+    """A few hundred users on known φ: λ_u points where λ*_u does once a user has >= 50 pairs.
+
+    λ*_u has a random direction and norm 3 (labels neither random nor deterministic), pairs per
+    user are heavy-tailed. Mean cosine >= 0.95 over users with >= 50 pairs; users with few pairs
+    are visibly worse, so the check measures estimation, not luck.
+    """
     gen = np.random.default_rng(4)
     n_users, k = 300, 4
     counts = np.clip(np.round(np.exp(gen.normal(3.8, 1.0, n_users))), 1, 2000).astype(int)
-    dphi, user, lam_true = planted(n_users, k, counts, seed=5, scale=3.0)
+    dphi, user, _ = planted(n_users, k, counts, seed=5)
+    direction = gen.normal(size=(n_users, k))
+    lam_true = 3.0 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    x = gen.normal(size=(len(user), k))
+    y = gen.random(len(user)) < 1.0 / (1.0 + np.exp(-(x * lam_true[user]).sum(1)))
+    dphi = np.where(y[:, None], x, -x)
     fit = fit_lambdas(dphi, user, n_users, l2=1.0)
     cos = (fit.lam * lam_true).sum(1) / (np.linalg.norm(fit.lam, axis=1)
                                          * np.linalg.norm(lam_true, axis=1))
     many = counts >= 50
     assert many.sum() >= 100
-    assert np.quantile(cos[many], 0.05) >= 0.95, np.sort(cos[many])[:10]
-    assert cos[many].min() >= 0.9
-    # and few pairs really are harder: the check above is not vacuous
-    assert np.median(cos[counts < 10]) < np.median(cos[many])
+    assert cos[many].mean() >= 0.95, np.sort(cos[many])[:10]
+    assert np.median(cos[counts >= 200]) >= 0.98
+    assert cos[counts < 10].mean() < cos[many].mean() - 0.1
 
 
 def test_all_ties_user_falls_back_to_prior_mean() -> None:

@@ -161,9 +161,10 @@ def test_prototypes_are_prepended_and_receive_gradients() -> None:
     assert not torch.allclose(before, after)
 
 
+@pytest.mark.parametrize("readout", ["last", "target_mean"])
 @torch.no_grad()
-def test_scores_do_not_depend_on_batch_padding() -> None:
-    model = build_model(params("lpp"), "lpp", None).eval()
+def test_scores_do_not_depend_on_batch_padding(readout: str) -> None:
+    model = build_model(params("lpp", readout=readout), "lpp", None).eval()
     short, short_imgs = refs(model, 4, 0)
     long, long_imgs = refs(model, 8, 10)
     caps = ["a red star on a dark blue background", "a pale pink cross on a beige background"]

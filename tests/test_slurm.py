@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slurm
 CLUSTER = REPO / "tests" / "cluster" / "slurm.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 TABLE = REPO / "logs" / "test_slurm" / "jobs.md"
-RUN_TIMEOUT = 2400  # seconds; the smoke DAG through Slurm takes minutes on 2 cores
+RUN_TIMEOUT = 3600  # seconds; the smoke DAG through Slurm takes minutes on 2 free cores
 # Rules that never need a GPU at any scale (DESIGN §3); the profile must keep them on the CPU
 # partition. (clip, foundation and encode are scale-dependent and follow their rule's `gpu`.)
 CPU_RULES = {

@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from prefgen.cli import main as cli_main
+from prefgen.core.config import ConfigError
 from prefgen.core.io import load_tensors
 from prefgen.embeddings import ppd
 from prefgen.embeddings.vlm import (
@@ -279,6 +280,13 @@ def test_clip_vision_weights_reproduce_the_clip_blocks(tmp_path: Path) -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
     # every CLIP tensor with a SigLIP counterpart: patch, position, 16 per block, final norm
     assert copy_clip_visual_to_siglip(visual, siglip) == 3 + 16 * 2 + 2
+
+    # a ViT SigLIP cannot express (layer scale) is refused, not silently mis-copied
+    clip_params["model_cfg"]["vision_cfg"]["ls_init_value"] = 0.1
+    (tmp_path / "ls").mkdir()
+    save_clip(build_clip(clip_params, tmp_path / "ls")[0], tmp_path / "ls")
+    with pytest.raises(ConfigError, match="layer scale"):
+        build_stand_in(cfg, seed=0, clip_dir=tmp_path / "ls")
 
 
 def test_checkpoint_path_loads_through_from_pretrained(world: dict[str, Path], vlm: Any,

@@ -11,12 +11,12 @@ rule user_embeddings:
         emb=f"{RUN}/embeddings/pipe.safetensors",
     log:
         f"{LOGS}/user_embeddings/user_embeddings.log",
-    params:
-        cfg=stage_params(),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        cfg=stage_params(),
     shell:
         "prefgen user-embeddings --params {params.cfg:q} --pasta {input.pasta}"
         " --lambdas {input.lambdas} --out {output.emb} > {log} 2>&1"
@@ -55,6 +55,11 @@ rule vlm_embeddings:
         stats=f"{RUN}/embeddings/ppd_stats.json",
     log:
         f"{LOGS}/vlm_embeddings/vlm_embeddings.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
     params:
         cfg=stage_params(
             seed=config["seed"],
@@ -62,11 +67,6 @@ rule vlm_embeddings:
             ppd={"embedding": config["ppd"]["embedding"]},
         ),
         clip=vlm_clip_arg,
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
-        gpu=1,
     shell:
         "prefgen vlm-embeddings --params {params.cfg:q} --train {input.train:q}"
         " --test-unseen {input.test_unseen:q} --images {input.images:q} {params.clip}"
@@ -92,6 +92,11 @@ rule user_embedding_probe:
         draws=f"{RUN}/embeddings/probe_draws.parquet",
     log:
         f"{LOGS}/user_embedding_probe/user_embedding_probe.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
     params:
         cfg=stage_params(
             seed=config["seed"],
@@ -102,11 +107,6 @@ rule user_embedding_probe:
         clip=vlm_clip_arg,
         stem=f"{RUN}/tables/user_embedding_probe",
         features=f"{RUN}/features",
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
-        gpu=1,
     shell:
         "prefgen user-embedding-probe --params {params.cfg:q} --train {input.train:q}"
         " --images {input.images:q} {params.clip} --features {params.features:q}"

@@ -26,16 +26,16 @@ rule sample:
         f"{LOGS}/sample/{{method}}.log",
     wildcard_constraints:
         method="|".join(["base", *adapter_methods()]),
-    params:
-        cfg=stage_params(sample=config["sample"]),
-        foundation=foundation_model(),
-        adapter=adapter_arg,
-        embeddings=embedding_arg,
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=1,
+    params:
+        cfg=stage_params(sample=config["sample"]),
+        foundation=foundation_model(),
+        adapter=adapter_arg,
+        embeddings=embedding_arg,
     shell:
         "prefgen sample --params {params.cfg:q} --method {wildcards.method}"
         " --foundation {params.foundation:q} --eval-set {input.eval_set}"

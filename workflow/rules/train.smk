@@ -57,12 +57,12 @@ rule foundation:
         ),
     log:
         f"{LOGS}/foundation/foundation.log",
-    params:
-        cfg=stage_params(seed=config["seed"], foundation=config["foundation"]),
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        cfg=stage_params(seed=config["seed"], foundation=config["foundation"]),
     shell:
         "prefgen foundation --params {params.cfg:q} --images {input.images}"
         " --pairs {input.pairs} --out {output.model} --quality {output.quality}"
@@ -81,14 +81,14 @@ rule encode:
         caption_index=f"{RUN}/cache/encoded/captions.parquet",
     log:
         f"{LOGS}/encode/encode.log",
-    params:
-        cfg=stage_params(encode=config["encode"]),
-        foundation=foundation_model(),
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=1,
+    params:
+        cfg=stage_params(encode=config["encode"]),
+        foundation=foundation_model(),
     shell:
         "prefgen encode --params {params.cfg:q} --foundation {params.foundation:q}"
         " --images {input.images} --pairs {input.pairs} --holdout {input.holdout}"
@@ -111,15 +111,15 @@ rule train_adapter:
         f"{LOGS}/train_adapter/{{method}}.log",
     wildcard_constraints:
         method="|".join(adapter_methods()) or "none",
-    params:
-        cfg=train_params,
-        foundation=foundation_model(),
-        embeddings=embedding_arg,
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=1,
+    params:
+        cfg=train_params,
+        foundation=foundation_model(),
+        embeddings=embedding_arg,
     shell:
         "prefgen train-adapter --params {params.cfg:q} --method {wildcards.method}"
         " --foundation {params.foundation:q} --encoded {input.encoded}"

@@ -14,6 +14,7 @@ as the pipeline does at sampling time (text states via ``encode_prompt`` and ``a
 from __future__ import annotations
 
 import gzip
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,29 @@ def load_pipeline(source: str | Path, dtype: torch.dtype = torch.float32) -> Any
     for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
         getattr(pipe, name).eval().requires_grad_(False)
     return pipe
+
+
+@dataclass
+class Denoiser:
+    """What adapter training needs of a pipeline, and no more: the UNet, the noise schedule and
+    the VAE's downsampling factor (SDXL's VAE and text encoders would be ~0.9B parameters of
+    memory the cached trainer never uses). Quacks like the pipeline for ``image_size`` and
+    ``add_time_ids``."""
+
+    unet: Any
+    scheduler: Any
+    vae_scale_factor: int
+
+
+def load_denoiser(source: str | Path) -> Denoiser:
+    """The frozen UNet, its scheduler and the VAE factor of a pipeline folder or hub id."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(source), subfolder="unet")
+    unet.eval().requires_grad_(False)
+    scheduler = DDPMScheduler.from_pretrained(str(source), subfolder="scheduler")
+    vae_cfg = AutoencoderKL.load_config(str(source), subfolder="vae")
+    return Denoiser(unet, scheduler, 2 ** (len(vae_cfg["block_out_channels"]) - 1))
 
 
 def image_size(pipe: Any) -> int:

@@ -270,6 +270,7 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
           stop_after: int | None = None) -> dict[str, Any]:
     """Train ``method``'s conditioning; returns the summary written to ``final.json``.
 
+    ``pipe`` is a ``models.Denoiser`` (or a whole pipeline): its UNet, scheduler and VAE factor.
     ``cfg`` is the ``train`` config (steps, batch, lr, beta, ...). ``stop_after`` ends the run
     early after that step (tests use it to simulate a killed job).
     """
@@ -371,7 +372,7 @@ def summary(method: str, method_cfg: dict[str, Any], cfg: dict[str, Any], out_di
 
 def run(args: argparse.Namespace) -> None:
     from prefgen.core.seeding import seed_everything
-    from prefgen.generation.models import load_pipeline
+    from prefgen.generation.models import load_denoiser
 
     p = args.params
     methods = p["train"]["methods"]
@@ -392,12 +393,13 @@ def run(args: argparse.Namespace) -> None:
         if missing:
             raise ValueError(f"{args.embeddings}: {len(missing)} training users have no "
                              f"embedding, e.g. {missing[:5]}")
-    pipe = load_pipeline(args.foundation)
+    denoiser = load_denoiser(args.foundation)
     out = Path(args.out)
     fp = fingerprint({k: v for k, v in p["train"].items() if k != "methods"} | {"seed": seed},
                      json.dumps(method_cfg, sort_keys=True),
                      [args.encoded, args.pairs, args.holdout, args.embeddings])
-    result = train(pipe, data, users, args.method, method_cfg, p["train"], seed, out.parent, fp)
+    result = train(denoiser, data, users, args.method, method_cfg, p["train"], seed, out.parent,
+                   fp)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -8,7 +8,10 @@ x_u, appends the target entry without its label, and reads the label the model p
 (Eq. 1), so every token can attend to them (Eqs. 2-3). M+ and M- (the "like" and "dislike"
 logits of Eqs. 4-7) come from a two-row score head on the last hidden state, initialised from
 the language model's output rows of the two label tokens (next-token prediction of the label,
-restricted to the two labels, as LPP reads it).
+restricted to the two labels, as LPP reads it). ``readout: target_mean`` reads the mean over the
+target entry's tokens instead: they attend to the same prototypes and references, but a stand-in
+whose language model starts random need not first learn to route the target's image to the last
+token (an option for the stand-in; LPP and paper.yaml use ``last``).
 
 How it is computed (the part LPP leaves open):
 - **Prototypes are prepended inside the VLM's own forward.** A forward pre-hook on the language
@@ -245,7 +248,12 @@ class LPPModel(nn.Module):
         inputs = self._inputs(texts, images)
         with _PrependPrototypes(self.decoder, self.prototypes) as hook:
             out = self.vlm.model(**inputs, use_cache=True)
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        if cache is None:
+            raise RuntimeError("LPP: the VLM returned no key/value cache for the references "
+                               "(gradient checkpointing turns it off); disable it")
         return Prefix(cache=cache, mask=hook.mask)
 
     def select(self, prefix: Prefix, owner: torch.Tensor) -> Prefix:
@@ -345,7 +353,9 @@ def load_pretrained(name: str, dtype: torch.dtype, quantization: str, skip: list
     if quantization == "nf4":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        # no gradient checkpointing: transformers turns the key/value cache off under it, and
+        # the shared-prefix scoring needs the cache (activation memory of one history fits)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     processor = AutoProcessor.from_pretrained(name, **processor_kwargs)
     return VLM(model=model, processor=processor, name=name, stand_in=False,
                config_json=model.config.to_json_string())

@@ -242,8 +242,8 @@ def fit_pasta(pairs: PairSet, store: FeatureStore, params: dict[str, Any], n_typ
     bad = ~(torch.isfinite(img).all(1) & torch.isfinite(txt).all(1))
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])
-        raise ValueError(f"pasta: non-finite features for image_uid {pairs.item_uid[i]!r} / "
-                         f"caption {pairs.item_caption[i]!r} ({int(bad.sum())} items)")
+        raise ValueError(f"pasta: non-finite features for image_uid {str(pairs.item_uid[i])!r} / "
+                         f"caption {str(pairs.item_caption[i])!r} ({int(bad.sum())} items)")
     restarts = 1 if n_types == 1 else int(params["restarts"])
     best: EMResult | None = None
     rows: list[dict] = []
