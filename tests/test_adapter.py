@@ -127,3 +127,24 @@ def test_stock_pipeline_samples_with_user_tokens(foundation) -> None:
     assert personal[0].shape == base.shape
     assert abs(personal[0] - base).max() > 1e-3  # the adapter changes the images ...
     assert abs(personal[0] - personal[1]).max() > 1e-3  # ... differently per user
+
+
+def test_pipe_embedding_is_lambda_times_w_and_bad_tables_are_named(tmp_path) -> None:
+    """E_u = λ_uᵀW row by row; a lambda table whose K differs from W's is an error."""
+    import numpy as np
+    import pandas as pd
+    from prefgen.embeddings.pipe import pipe_embeddings, read_lambdas
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(3, 5, generator=g)
+    lam = np.array([[1.0, 0.0, 0.0], [0.5, -0.5, 2.0]])
+    E = pipe_embeddings(lam, W)
+    assert torch.allclose(E[0], W[0].double()) and torch.allclose(
+        E[1], (0.5 * W[0] - 0.5 * W[1] + 2.0 * W[2]).double())
+    path = tmp_path / "lambda.parquet"
+    table = {"user_id": [1, 2], "lambda_0": [1.0, 0.5], "lambda_1": [0.0, -0.5]}
+    pd.DataFrame(table).to_parquet(path)
+    with pytest.raises(ValueError, match="K=3"):
+        read_lambdas(str(path), 3)
+    ids, got = read_lambdas(str(path), 2)
+    assert ids.tolist() == [1, 2] and got.shape == (2, 2)

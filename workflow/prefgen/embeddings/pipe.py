@@ -51,7 +51,7 @@ def read_lambdas(path: str, n_types: int) -> tuple[np.ndarray, np.ndarray]:
 
 def pipe_embeddings(lam: np.ndarray, W: torch.Tensor) -> torch.Tensor:
     """E = Λ W: row u is E_u = λ_uᵀW (``[U, K] @ [K, H] -> [U, H]``)."""
-    return torch.from_numpy(lam).to(torch.float64) @ W.detach().to(torch.float64)
+    return torch.tensor(lam, dtype=torch.float64) @ W.detach().to(torch.float64)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -128,7 +128,11 @@ class Conditioning(nn.Module):
         yield
 
     def extra_losses(self, batch: UserBatch) -> dict[str, torch.Tensor]:
-        """Method-specific loss terms added to the DPO loss (Premier's dispersion loss)."""
+        """Method-specific loss terms added to the main loss and logged (Premier's dispersion).
+
+        Return the same keys on every call (a zero tensor when a term does not apply): the
+        per-step logs are reduced across processes as one vector.
+        """
         return {}
 
     def pipeline_inputs(self, user_id: int, users: UserEmbeddings | None,

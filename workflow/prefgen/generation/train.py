@@ -266,13 +266,12 @@ def load_checkpoint(ckpt: Path, cond: Conditioning, opt: torch.optim.Optimizer
 
 # --- the loop --------------------------------------------------------------------------------
 def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
-          method_cfg: dict[str, Any], cfg: dict[str, Any], seed: int, out_dir: Path, fp: str,
-          stop_after: int | None = None) -> dict[str, Any]:
+          method_cfg: dict[str, Any], cfg: dict[str, Any], seed: int, out_dir: Path, fp: str
+          ) -> dict[str, Any]:
     """Train ``method``'s conditioning; returns the summary written to ``final.json``.
 
     ``pipe`` is a ``models.Denoiser`` (or a whole pipeline): its UNet, scheduler and VAE factor.
-    ``cfg`` is the ``train`` config (steps, batch, lr, beta, ...). ``stop_after`` ends the run
-    early after that step (tests use it to simulate a killed job).
+    ``cfg`` is the ``train`` config (steps, batch, lr, beta, ...); ``fp`` the run's fingerprint.
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
@@ -298,8 +297,10 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
     elif any(out_dir.glob("checkpoint-*")):
         log.info("%s: checkpoints in %s are from another config/input; starting over", method,
                  out_dir)
-        for old in out_dir.glob("checkpoint-*"):
-            shutil.rmtree(old)
+        if acc.is_main_process:
+            for old in out_dir.glob("checkpoint-*"):
+                shutil.rmtree(old)
+    acc.wait_for_everyone()
     model, opt = acc.prepare(model, opt)
     global_batch = int(cfg["batch_size"])
     schedule = BatchSchedule(data, seed, global_batch, add_time_ids(pipe, 1),
@@ -311,8 +312,7 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
              method, schedule.n, steps, global_batch * accum, acc.num_processes, accum, beta, lr)
     t0 = time.perf_counter()
     model.train()
-    end = steps if stop_after is None else min(steps, stop_after)
-    for step in tqdm(range(start + 1, end + 1), desc=f"train {method}", mininterval=5,
+    for step in tqdm(range(start + 1, steps + 1), desc=f"train {method}", mininterval=5,
                      disable=not acc.is_local_main_process):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, step / max(1, warmup))
@@ -342,12 +342,12 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
     elapsed = time.perf_counter() - t0
     cond = acc.unwrap_model(model).cond
     return summary(method, method_cfg, cfg, out_dir, history, elapsed, schedule.n, cond, fp,
-                   acc.num_processes, done=end == steps)
+                   acc.num_processes)
 
 
 def summary(method: str, method_cfg: dict[str, Any], cfg: dict[str, Any], out_dir: Path,
             history: list[dict[str, float]], elapsed: float, n_pairs: int, cond: Conditioning,
-            fp: str, processes: int, done: bool) -> dict[str, Any]:
+            fp: str, processes: int) -> dict[str, Any]:
     """What ``final.json`` records: checkpoints, their sizes, and how training went."""
     ckpts = []
     for path in sorted(out_dir.glob("checkpoint-*/adapter.safetensors"),
@@ -358,7 +358,8 @@ def summary(method: str, method_cfg: dict[str, Any], cfg: dict[str, Any], out_di
     first = hist.head(max(1, len(hist) // 10)).mean(numeric_only=True)
     last = hist.tail(max(1, len(hist) // 10)).mean(numeric_only=True)
     return {
-        "method": method, "method_config": method_cfg, "fingerprint": fp, "complete": done,
+        "method": method, "method_config": method_cfg, "fingerprint": fp,
+        "complete": bool(history) and history[-1]["step"] == int(cfg["steps"]),
         "steps": int(cfg["steps"]), "n_pairs": n_pairs, "processes": processes,
         "pairs_per_step": int(cfg["batch_size"]) * int(cfg["gradient_accumulation_steps"]),
         "beta": float(cfg["beta"]), "seconds_this_run": elapsed,
