@@ -39,7 +39,7 @@ def repo() -> Path:
 def workdir_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the workflow's sources in a temp dir, so tests never touch the user's results/."""
     dest = tmp_path_factory.mktemp("wf")
-    for name in ["Snakefile", "workflow", "config"]:
+    for name in ["Snakefile", "workflow", "config", "envs"]:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slurm
 CLUSTER = REPO / "tests" / "cluster" / "slurm.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 TABLE = REPO / "logs" / "test_slurm" / "jobs.md"
-RUN_TIMEOUT = 3600  # seconds; the smoke DAG through Slurm takes minutes on 2 free cores
+# Seconds; the smoke DAG through Slurm takes minutes on 2 free cores (more on a busy machine).
+RUN_TIMEOUT = int(os.environ.get("PREFGEN_SLURM_TIMEOUT", "3600"))
 # Rules that never need a GPU at any scale (DESIGN §3); the profile must keep them on the CPU
 # partition. (clip, foundation and encode are scale-dependent and follow their rule's `gpu`.)
 CPU_RULES = {
@@ -254,7 +255,7 @@ def job_table(run: SlurmRun) -> str:
 
 def copy_workflow(dest: Path) -> Path:
     """A fresh copy of the workflow sources, so the run never touches the user's results/."""
-    for name in ["Snakefile", "workflow", "config"]:
+    for name in ["Snakefile", "workflow", "config", "envs"]:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -1,4 +1,6 @@
-# Helpers shared by every rules file: output root, per-rule config subsets, the final targets.
+# Helpers shared by every rules file: output root, per-rule config subsets, the final targets,
+# then every stage's Python helpers (targets, input and params functions), grouped by rules
+# file: `snakemake --lint` wants the rules files to hold rules only.
 import json
 import os
 
@@ -27,3 +29,330 @@ def all_targets():
     targets += lpp_targets()
     targets += premier_targets()
     return targets
+
+
+# ---- Data (data.smk) ----------------------------------------------------------
+SYNTHETIC = config["data"]["source"] == "synthetic"
+
+
+def data_targets():
+    """The data stage's final outputs, for `all_targets()`."""
+    return [
+        f"{RUN}/data/clean/stats.json",
+        f"{RUN}/splits/pipe/stats.json",
+        f"{RUN}/splits/ppd/stats.json",
+        f"{RUN}/splits/lpp/stats.json",
+        f"{RUN}/splits/eval_set.parquet",
+    ]
+
+
+def ingest_shards(wildcards, input):
+    """The shards `ingest` reads: the world's (its input, synthetic) or data.path (pickapic)."""
+    return str(input.shards) if SYNTHETIC else config["data"]["path"]
+
+
+def ingest_inputs(wildcards):
+    return {"shards": rules.world.output.shards} if SYNTHETIC else {}
+
+
+def truth_users():
+    """The world's users (for stratifying by planted type), when there is a world."""
+    return [rules.world.output.users] if SYNTHETIC else []
+
+
+def truth_users_arg(wildcards, input):
+    """--truth-users for the rule's `truth_users` input (nothing when there is no world)."""
+    return " ".join(f"--truth-users {path}" for path in input.truth_users)
+
+
+# ---- User model (user_model.smk) ----------------------------------------------
+def user_model_targets():
+    """The user-model stage's final outputs, for `all_targets()`."""
+    targets = [
+        f"{RUN}/tables/clip_retrieval.csv",
+        f"{RUN}/user_model/lambda.parquet",
+        f"{RUN}/tables/preference_accuracy.csv",
+        f"{RUN}/figures/accuracy_vs_history.png",
+    ]
+    if SYNTHETIC:
+        targets.append(f"{RUN}/tables/user_model_recovery.csv")
+    return targets
+
+
+def pasta_params(wildcards):
+    """fit_pasta's config subset: the population variant (K=1, one EM run) ignores n_types and
+    restarts, so changing them reruns only the `pasta` variant."""
+    pasta = dict(config["pasta"])
+    if wildcards.variant == "population":
+        pasta = {k: v for k, v in pasta.items() if k not in ("n_types", "restarts")}
+    return stage_params(seed=config["seed"], pasta=pasta)
+
+
+def oracle_inputs(wildcards):
+    """The world's truth and the images the oracle scores (synthetic world only)."""
+    if not SYNTHETIC:
+        return {}
+    return {
+        "truth": rules.world.output.world_json,
+        "images": rules.ingest.output.images,
+    }
+
+
+def features_dir(wildcards, input):
+    """The features/ folder the CLIs read (--features): the parent of the rule's `features`
+    input, which is the features rule's outputs or one of them."""
+    features = input.features
+    first = features if isinstance(features, str) else features[0]
+    return os.path.dirname(first)
+
+
+def oracle_args(wildcards, input):
+    if not SYNTHETIC:
+        return ""
+    return f"--truth {os.path.dirname(input.truth)} --images {input.images}"
+
+
+# ---- User embeddings and PPD (embeddings.smk) ---------------------------------
+def ppd_targets():
+    """PPD's final outputs for `all_targets()` (its embedding is pulled in by train_adapter)."""
+    return [f"{RUN}/tables/user_embedding_probe.csv"]
+
+
+def vlm_clip_input():
+    """models/clip/ when the stand-in VLM's vision tower is initialised from it, else nothing."""
+    vlm = config["vlm"]
+    if vlm["model"] == "stand-in" and vlm["stand_in"]["vision_init"] == "clip":
+        return rules.clip.output.model
+    return []
+
+
+def vlm_clip_arg(wildcards, input):
+    """The --clip option for the stand-in's CLIP-initialised vision tower (empty otherwise)."""
+    return f"--clip '{input.clip}'" if input.clip else ""
+
+
+# ---- Generation: foundation, encoding, adapter training (train.smk) -----------
+def adapter_methods():
+    """Adapter methods the run trains and samples (keys of train.methods)."""
+    return list(config["train"]["methods"])
+
+
+def generation_targets():
+    """Final generation outputs for `all_targets()`: samples of base and every adapter method."""
+    targets = [f"{RUN}/samples/{m}/index.parquet" for m in ["base", *adapter_methods()]]
+    if not config["foundation"]["pretrained"]:
+        targets.append(f"{RUN}/tables/foundation_quality.csv")
+    return targets
+
+
+def foundation_model(wildcards, input):
+    """What the generation rules load: the trained stand-in's folder (their `foundation` input,
+    see foundation_input) or the pretrained id."""
+    if "foundation" in input.keys():
+        return str(input.foundation)
+    return config["foundation"]["pretrained"]
+
+
+def foundation_input(wildcards):
+    """The foundation as a rule input (nothing to wait for when it is a pretrained id)."""
+    if config["foundation"]["pretrained"]:
+        return {}
+    return {"foundation": rules.foundation.output.model}
+
+
+def method_embedding(wildcards):
+    """The user-embedding file a method reads (embeddings/<name>.safetensors), if any."""
+    name = config["train"]["methods"][wildcards.method].get("embedding")
+    return {"embeddings": f"{RUN}/embeddings/{name}.safetensors"} if name else {}
+
+
+def embedding_arg(wildcards, input):
+    return f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
+
+
+def train_params(wildcards):
+    """train_adapter's config subset: the shared trainer keys and this method's entry only."""
+    shared = {k: v for k, v in config["train"].items() if k != "methods"}
+    method = {wildcards.method: config["train"]["methods"][wildcards.method]}
+    return stage_params(seed=config["seed"], train={**shared, "methods": method})
+
+
+# ---- Sampling (sample.smk) ----------------------------------------------------
+def sample_inputs(wildcards):
+    """base needs only the foundation; an adapter method also its checkpoints and embeddings."""
+    inputs = foundation_input(wildcards)
+    if wildcards.method != "base":
+        inputs["adapter"] = f"{RUN}/adapters/{wildcards.method}/final.json"
+        inputs.update(method_embedding(wildcards))
+    return inputs
+
+
+def adapter_arg(wildcards, input):
+    return f"--adapter {input.adapter}" if "adapter" in input.keys() else ""
+
+
+# ---- Evaluation and bundle (evaluate.smk) -------------------------------------
+def eval_methods():
+    """Methods compared by `evaluate`: every method named in evaluate.pairs, first-seen order."""
+    methods = []
+    for pair in config["evaluate"]["pairs"]:
+        methods += [m for m in pair if m not in methods]
+    return methods
+
+
+def external_judges_on():
+    """The paper-scale judges (envs/judges.yaml) run only when the config lists some."""
+    return bool(config["judge"]["external"]["judges"])
+
+
+def all_judges():
+    return config["judge"]["core"]["judges"] + config["judge"]["external"]["judges"]
+
+
+def grid_types():
+    """One sample grid per user type: the world's planted types, or the learned PASTA types."""
+    if config["evaluate"]["grid"]["types_from"] == "truth":
+        return int(config["world"]["n_types"])
+    return int(config["pasta"]["n_types"])
+
+
+def truth_inputs(needed):
+    """The synthetic world's truth files, when a judge or the grids need them."""
+    return [rules.world.output.world_json, rules.world.output.users] if needed else []
+
+
+def truth_arg(wildcards, input):
+    """--truth <the world's truth folder> when the rule takes the truth files (truth_inputs)."""
+    return f"--truth {os.path.dirname(input.truth[0])}" if input.truth else ""
+
+
+def lambdas_arg(wildcards, input):
+    """--lambdas <lambda.parquet> when the rule takes it (evaluate's grids from PASTA types)."""
+    return f"--lambdas {input.lambdas}" if input.lambdas else ""
+
+
+def run_root(output_key, depth):
+    """A params function: the run folder (RUN) as the job sees it, read off its output
+    `output_key`, which lies `depth` path components below RUN (scores/<m>.parquet: 2).
+
+    Derived from the output rather than hard-coded so --run-dir follows the job's files wherever
+    Snakemake puts them (storage plugins, no shared filesystem), as `snakemake --lint` asks.
+    """
+
+    def run_dir(wildcards, output):
+        path = getattr(output, output_key)
+        for _ in range(depth):
+            path = os.path.dirname(path)
+        return path
+
+    return run_dir
+
+
+ORACLE_JUDGED = "oracle" in config["judge"]["core"]["judges"]
+
+GRID_FROM_TRUTH = config["evaluate"]["grid"]["types_from"] == "truth"
+
+
+def evaluate_targets():
+    """The evaluation tables and the bundle index, for `all_targets()`."""
+    return [
+        f"{RUN}/tables/win_rates.csv",
+        f"{RUN}/tables/checkpoint_metrics.csv",
+        f"{RUN}/tables/judge_agreement.csv",
+        f"{RUN}/figures/checkpoint_curves.png",
+        f"{RUN}/MANIFEST.json",
+        f"{RUN}/README.md",
+    ]
+
+
+def bundle_inputs(wildcards):
+    """Every final target except the bundle's own files: the bundle runs last."""
+    own = {f"{RUN}/MANIFEST.json", f"{RUN}/README.md"}
+    return [t for t in all_targets() if str(t) not in own]
+
+
+# ---- Premier (premier.smk) ----------------------------------------------------
+PREMIER_VARIANTS = ["premier", "premier_no_dispersion"]
+
+
+def premier_targets():
+    """Premier's final outputs for `all_targets()` (its samples come in through evaluate)."""
+    return [
+        f"{RUN}/samples/premier/index.parquet",
+        f"{RUN}/tables/premier_history.csv",
+        f"{RUN}/tables/premier_ablation.csv",
+    ]
+
+
+def premier_model_cfg(variant):
+    """The `premier` keys a variant's init file carries; the ablation zeroes the dispersion."""
+    keys = ["user_tokens", "user_dim", "init_std", "adapter", "dispersion"]
+    cfg = {k: config["premier"][k] for k in keys}
+    if variant == "premier_no_dispersion":
+        cfg["dispersion"] = {
+            **cfg["dispersion"],
+            "weight_shared": 0.0,
+            "weight_distinct": 0.0,
+        }
+    return cfg
+
+
+def premier_init_params(wildcards):
+    return stage_params(
+        seed=config["seed"], premier=premier_model_cfg(wildcards.variant)
+    )
+
+
+def premier_train_params(wildcards):
+    """train_adapter's params for a Premier variant: the shared trainer keys, premier.train's
+    overrides, and the method entry naming the variant's init file."""
+    shared = {k: v for k, v in config["train"].items() if k != "methods"}
+    method = {
+        "conditioning": "premier",
+        "embedding": f"{wildcards.variant}_init",
+        "num_tokens": config["premier"]["user_tokens"],
+        "user_dropout": 0.0,
+    }
+    return stage_params(
+        seed=config["seed"],
+        train={**shared, **config["premier"]["train"], "methods": {"premier": method}},
+    )
+
+
+# ---- LPP (lpp.smk) ------------------------------------------------------------
+def lpp_targets():
+    """LPP's final outputs, for `all_targets()`."""
+    return [
+        f"{RUN}/tables/preference_prediction_topk.csv",
+        f"{RUN}/tables/lpp_prototypes.csv",
+        f"{RUN}/figures/lpp_prototypes.png",
+    ]
+
+
+LPP_STAND_IN = config["lpp"]["vlm"]["model"] == "stand-in"
+
+
+def lpp_clip_input():
+    """models/clip/ when LPP's stand-in VLM takes its vision tower from the mini CLIP."""
+    if LPP_STAND_IN and config["vlm"]["stand_in"]["vision_init"] == "clip":
+        return f"{RUN}/models/clip"
+    return []
+
+
+def lpp_model_params(**extra):
+    """What building an LPP model reads: the seed, the lpp keys training uses and, for the
+    stand-in, PPD's stand-in shape (evaluation settings are left out: they never retrain).
+    """
+    lpp = {
+        k: v
+        for k, v in config["lpp"].items()
+        if k not in ("evaluate", "prototypes", "variants")
+    }
+    subset = {"seed": config["seed"], "lpp": lpp, **extra}
+    if LPP_STAND_IN:
+        subset["vlm"] = {"stand_in": config["vlm"]["stand_in"]}
+    return subset
+
+
+def lpp_train_params(wildcards):
+    return stage_params(**lpp_model_params(variant=wildcards.variant))

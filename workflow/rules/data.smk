@@ -2,33 +2,6 @@
 # and quarantines (`ingest`), the three papers' re-splits and the evaluation set of users x
 # unseen prompts every generation method samples.
 
-SYNTHETIC = config["data"]["source"] == "synthetic"
-
-
-def data_targets():
-    """The data stage's final outputs, for `all_targets()`."""
-    return [
-        f"{RUN}/data/clean/stats.json",
-        f"{RUN}/splits/pipe/stats.json",
-        f"{RUN}/splits/ppd/stats.json",
-        f"{RUN}/splits/lpp/stats.json",
-        f"{RUN}/splits/eval_set.parquet",
-    ]
-
-
-def ingest_shards():
-    """The shards `ingest` reads: the world's (synthetic) or data.path (pickapic)."""
-    return f"{RUN}/data/world" if SYNTHETIC else config["data"]["path"]
-
-
-def ingest_inputs(wildcards):
-    return {"shards": rules.world.output.shards} if SYNTHETIC else {}
-
-
-def truth_users():
-    """The world's users (for stratifying by planted type), when there is a world."""
-    return [f"{RUN}/data/truth/users.parquet"] if SYNTHETIC else []
-
 
 rule world:
     output:
@@ -41,6 +14,8 @@ rule world:
         users=f"{RUN}/data/truth/users.parquet",
     log:
         f"{LOGS}/world/world.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(seed=config["seed"], world=config.get("world")),
     threads: 1
@@ -66,9 +41,11 @@ rule ingest:
         ),
     log:
         f"{LOGS}/ingest/ingest.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(data=config["data"]),
-        shards=ingest_shards(),
+        shards=ingest_shards,
     threads: 2
     resources:
         mem_mb=3000,
@@ -93,13 +70,15 @@ rule split_pipe:
         ),
     log:
         f"{LOGS}/split_pipe/split_pipe.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(
             seed=config["seed"],
             held_out_prompts=config["split"]["held_out"]["prompts"],
             pipe=config["split"]["pipe"],
         ),
-        out=f"{RUN}/splits/pipe",
+        out=lambda wildcards, output: os.path.dirname(output.stats),
     threads: 1
     resources:
         mem_mb=2000,
@@ -124,13 +103,15 @@ rule split_ppd:
         ),
     log:
         f"{LOGS}/split_ppd/split_ppd.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(
             seed=config["seed"],
             held_out=config["split"]["held_out"],
             ppd=config["split"]["ppd"],
         ),
-        out=f"{RUN}/splits/ppd",
+        out=lambda wildcards, output: os.path.dirname(output.stats),
     threads: 1
     resources:
         mem_mb=2000,
@@ -154,13 +135,15 @@ rule split_lpp:
         ),
     log:
         f"{LOGS}/split_lpp/split_lpp.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(
             seed=config["seed"],
             held_out=config["split"]["held_out"],
             lpp=config["split"]["lpp"],
         ),
-        out=f"{RUN}/splits/lpp",
+        out=lambda wildcards, output: os.path.dirname(output.stats),
     threads: 1
     resources:
         mem_mb=2000,
@@ -181,9 +164,11 @@ rule eval_set:
         eval_set=f"{RUN}/splits/eval_set.parquet",
     log:
         f"{LOGS}/eval_set/eval_set.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(seed=config["seed"], eval_set=config["eval_set"]),
-        truth=" ".join(f"--truth-users {path}" for path in truth_users()),
+        truth=truth_users_arg,
     threads: 1
     resources:
         mem_mb=1000,

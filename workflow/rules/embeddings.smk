@@ -11,6 +11,8 @@ rule user_embeddings:
         emb=f"{RUN}/embeddings/pipe.safetensors",
     log:
         f"{LOGS}/user_embeddings/user_embeddings.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -25,24 +27,6 @@ rule user_embeddings:
 # PPD (issue 7): few-shot VLM user embeddings and the user-classification probe (PPD Fig. 2).
 
 
-def ppd_targets():
-    """PPD's final outputs for `all_targets()` (its embedding is pulled in by train_adapter)."""
-    return [f"{RUN}/tables/user_embedding_probe.csv"]
-
-
-def vlm_clip_input():
-    """models/clip/ when the stand-in VLM's vision tower is initialised from it, else nothing."""
-    vlm = config["vlm"]
-    if vlm["model"] == "stand-in" and vlm["stand_in"]["vision_init"] == "clip":
-        return rules.clip.output.model
-    return []
-
-
-def vlm_clip_arg(wildcards, input):
-    """The --clip option for the stand-in's CLIP-initialised vision tower (empty otherwise)."""
-    return f"--clip '{input.clip}'" if input.clip else ""
-
-
 rule vlm_embeddings:
     input:
         train=rules.split_ppd.output.train,
@@ -55,6 +39,8 @@ rule vlm_embeddings:
         stats=f"{RUN}/embeddings/ppd_stats.json",
     log:
         f"{LOGS}/vlm_embeddings/vlm_embeddings.log",
+    conda:
+        "../../envs/vlm.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -92,6 +78,8 @@ rule user_embedding_probe:
         draws=f"{RUN}/embeddings/probe_draws.parquet",
     log:
         f"{LOGS}/user_embedding_probe/user_embedding_probe.log",
+    conda:
+        "../../envs/vlm.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -105,8 +93,8 @@ rule user_embedding_probe:
             **{"lambda": config["lambda"]},
         ),
         clip=vlm_clip_arg,
-        stem=f"{RUN}/tables/user_embedding_probe",
-        features=f"{RUN}/features",
+        stem=lambda wildcards, output: os.path.splitext(output.table)[0],
+        features=features_dir,
     shell:
         "prefgen user-embedding-probe --params {params.cfg:q} --train {input.train:q}"
         " --images {input.images:q} {params.clip} --features {params.features:q}"

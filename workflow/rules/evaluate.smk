@@ -3,61 +3,6 @@
 # README.md and MANIFEST.json. `make run` then writes report.html with `snakemake --report`.
 
 
-def eval_methods():
-    """Methods compared by `evaluate`: every method named in evaluate.pairs, first-seen order."""
-    methods = []
-    for pair in config["evaluate"]["pairs"]:
-        methods += [m for m in pair if m not in methods]
-    return methods
-
-
-def external_judges_on():
-    """The paper-scale judges (envs/judges.yaml) run only when the config lists some."""
-    return bool(config["judge"]["external"]["judges"])
-
-
-def all_judges():
-    return config["judge"]["core"]["judges"] + config["judge"]["external"]["judges"]
-
-
-def grid_types():
-    """One sample grid per user type: the world's planted types, or the learned PASTA types."""
-    if config["evaluate"]["grid"]["types_from"] == "truth":
-        return int(config["world"]["n_types"])
-    return int(config["pasta"]["n_types"])
-
-
-def truth_inputs(needed):
-    """The synthetic world's truth files, when a judge or the grids need them."""
-    return [rules.world.output.world_json, rules.world.output.users] if needed else []
-
-
-def truth_arg(needed):
-    return f"--truth {RUN}/data/truth" if needed else ""
-
-
-ORACLE_JUDGED = "oracle" in config["judge"]["core"]["judges"]
-GRID_FROM_TRUTH = config["evaluate"]["grid"]["types_from"] == "truth"
-
-
-def evaluate_targets():
-    """The evaluation tables and the bundle index, for `all_targets()`."""
-    return [
-        f"{RUN}/tables/win_rates.csv",
-        f"{RUN}/tables/checkpoint_metrics.csv",
-        f"{RUN}/tables/judge_agreement.csv",
-        f"{RUN}/figures/checkpoint_curves.png",
-        f"{RUN}/MANIFEST.json",
-        f"{RUN}/README.md",
-    ]
-
-
-def bundle_inputs(wildcards):
-    """Every final target except the bundle's own files: the bundle runs last."""
-    own = {f"{RUN}/MANIFEST.json", f"{RUN}/README.md"}
-    return [t for t in all_targets() if str(t) not in own]
-
-
 rule judge:
     input:
         index=rules.sample.output.index,
@@ -74,14 +19,16 @@ rule judge:
         f"{LOGS}/judge/{{method}}.log",
     wildcard_constraints:
         method="[A-Za-z0-9_]+",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
     params:
         cfg=stage_params(judge=config["judge"]["core"]),
-        run_dir=RUN,
-        truth=truth_arg(ORACLE_JUDGED),
+        run_dir=run_root("scores", depth=2),
+        truth=truth_arg,
     shell:
         "prefgen judge --params {params.cfg:q} --index {input.index} --run-dir {params.run_dir}"
         " {params.truth} --out {output.scores} > {log} 2>&1"
@@ -110,7 +57,7 @@ rule judge_external:
         gpu=1,
     params:
         cfg=stage_params(judge=config["judge"]["external"]),
-        run_dir=RUN,
+        run_dir=run_root("scores", depth=3),
     shell:
         "PYTHONPATH=workflow${{PYTHONPATH:+:$PYTHONPATH}} ${{PREFGEN_JUDGES_PYTHON:-python}}"
         " -m prefgen.cli judge-external --params {params.cfg:q} --index {input.index}"
@@ -175,6 +122,8 @@ rule evaluate:
         ],
     log:
         f"{LOGS}/evaluate/evaluate.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -187,13 +136,15 @@ rule evaluate:
             seed=config["seed"],
             grid_types=grid_types(),
         ),
-        run_dir=RUN,
-        truth=truth_arg(GRID_FROM_TRUTH),
-        lambdas="" if GRID_FROM_TRUTH else f"--lambdas {RUN}/user_model/lambda.parquet",
+        run_dir=run_root("win_rates", depth=2),
+        truth=truth_arg,
+        lambdas=lambdas_arg,
+        tables=lambda wildcards, output: os.path.dirname(output.win_rates),
+        figures=lambda wildcards, output: os.path.dirname(output.curves),
     shell:
         "prefgen evaluate --params {params.cfg:q} --scores {input.scores}"
         " --external {input.external} --run-dir {params.run_dir} {params.truth}"
-        " {params.lambdas} --tables {params.run_dir}/tables --figures {params.run_dir}/figures"
+        " {params.lambdas} --tables {params.tables} --figures {params.figures}"
         " > {log} 2>&1"
 
 
@@ -213,13 +164,15 @@ rule bundle:
         ),
     log:
         f"{LOGS}/bundle/bundle.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
     params:
         cfg=stage_params(config=config),
-        run_dir=RUN,
+        run_dir=run_root("manifest", depth=1),
     shell:
         "prefgen bundle --params {params.cfg:q} --run-dir {params.run_dir}"
         " --readme {output.readme} --manifest {output.manifest} > {log} 2>&1"

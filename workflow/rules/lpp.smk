@@ -3,51 +3,6 @@
 # split_lpp episodes against PIPE's user model, and its prototypes analysed (LPP Fig. 3 in kind).
 
 
-def lpp_targets():
-    """LPP's final outputs, for `all_targets()`."""
-    return [
-        f"{RUN}/tables/preference_prediction_topk.csv",
-        f"{RUN}/tables/lpp_prototypes.csv",
-        f"{RUN}/figures/lpp_prototypes.png",
-    ]
-
-
-LPP_STAND_IN = config["lpp"]["vlm"]["model"] == "stand-in"
-
-
-def lpp_clip_input():
-    """models/clip/ when LPP's stand-in VLM takes its vision tower from the mini CLIP."""
-    if LPP_STAND_IN and config["vlm"]["stand_in"]["vision_init"] == "clip":
-        return f"{RUN}/models/clip"
-    return []
-
-
-def lpp_model_params(**extra):
-    """What building an LPP model reads: the seed, the lpp keys training uses and, for the
-    stand-in, PPD's stand-in shape (evaluation settings are left out: they never retrain).
-    """
-    lpp = {
-        k: v
-        for k, v in config["lpp"].items()
-        if k not in ("evaluate", "prototypes", "variants")
-    }
-    subset = {"seed": config["seed"], "lpp": lpp, **extra}
-    if LPP_STAND_IN:
-        subset["vlm"] = {"stand_in": config["vlm"]["stand_in"]}
-    return subset
-
-
-def lpp_train_params(wildcards):
-    return stage_params(**lpp_model_params(variant=wildcards.variant))
-
-
-def lpp_truth():
-    """The synthetic world's truth (the oracle and the planted types), when there is a world."""
-    return (
-        [rules.world.output.world_json, rules.world.output.users] if SYNTHETIC else []
-    )
-
-
 rule train_lpp:
     input:
         references=rules.split_lpp.output.references,
@@ -60,6 +15,8 @@ rule train_lpp:
         f"{LOGS}/train_lpp/{{variant}}.log",
     wildcard_constraints:
         variant="lpp|lpp_no_prototypes|lpp_no_aux",
+    conda:
+        "../../envs/vlm.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -86,7 +43,7 @@ rule lpp_evaluate:
         pasta_meta=f"{RUN}/user_model/pasta.json",
         population=f"{RUN}/user_model/population.safetensors",
         population_meta=f"{RUN}/user_model/population.json",
-        truth=lpp_truth(),
+        truth=truth_inputs(SYNTHETIC),
     output:
         table=report(
             f"{RUN}/tables/preference_prediction_topk.csv",
@@ -97,6 +54,8 @@ rule lpp_evaluate:
         hits=f"{RUN}/lpp/episode_hits.parquet",
     log:
         f"{LOGS}/lpp_evaluate/lpp_evaluate.log",
+    conda:
+        "../../envs/vlm.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -109,8 +68,8 @@ rule lpp_evaluate:
             lpp={"evaluate": config["lpp"]["evaluate"]},
             **{"lambda": config["lambda"]},
         ),
-        stem=f"{RUN}/tables/preference_prediction_topk",
-        truth=f"--truth {RUN}/data/truth" if SYNTHETIC else "",
+        stem=lambda wildcards, output: os.path.splitext(output.table)[0],
+        truth=truth_arg,
     shell:
         "prefgen lpp-evaluate --params {params.cfg:q} --episodes {input.episodes:q}"
         " --references {input.references:q} --images {input.images:q} --models {input.models:q}"
@@ -126,7 +85,8 @@ rule lpp_prototypes:
         references=rules.split_lpp.output.references,
         images=rules.ingest.output.images,
         clip=lpp_clip_input(),
-        truth=lpp_truth(),
+        truth=[rules.world.output.world_json] if SYNTHETIC else [],
+        truth_users=truth_users(),
     output:
         table=report(
             f"{RUN}/tables/lpp_prototypes.csv",
@@ -142,6 +102,8 @@ rule lpp_prototypes:
         ),
     log:
         f"{LOGS}/lpp_prototypes/lpp_prototypes.log",
+    conda:
+        "../../envs/vlm.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -151,8 +113,8 @@ rule lpp_prototypes:
         cfg=stage_params(
             seed=config["seed"], lpp={"prototypes": config["lpp"]["prototypes"]}
         ),
-        stem=f"{RUN}/tables/lpp_prototypes",
-        truth=f"--truth-users {RUN}/data/truth/users.parquet" if SYNTHETIC else "",
+        stem=lambda wildcards, output: os.path.splitext(output.table)[0],
+        truth=truth_users_arg,
     shell:
         "prefgen lpp-prototypes --params {params.cfg:q} --model {input.model:q}"
         " --episodes {input.episodes:q} --references {input.references:q}"

@@ -4,52 +4,6 @@
 # of training users) before sampling. Premier is not a key of train.methods: its sampler reads
 # the stage-2 checkpoints, so it has its own train/sample rules around the same commands.
 
-PREMIER_VARIANTS = ["premier", "premier_no_dispersion"]
-
-
-def premier_targets():
-    """Premier's final outputs for `all_targets()` (its samples come in through evaluate)."""
-    return [
-        f"{RUN}/samples/premier/index.parquet",
-        f"{RUN}/tables/premier_history.csv",
-        f"{RUN}/tables/premier_ablation.csv",
-    ]
-
-
-def premier_model_cfg(variant):
-    """The `premier` keys a variant's init file carries; the ablation zeroes the dispersion."""
-    keys = ["user_tokens", "user_dim", "init_std", "adapter", "dispersion"]
-    cfg = {k: config["premier"][k] for k in keys}
-    if variant == "premier_no_dispersion":
-        cfg["dispersion"] = {
-            **cfg["dispersion"],
-            "weight_shared": 0.0,
-            "weight_distinct": 0.0,
-        }
-    return cfg
-
-
-def premier_init_params(wildcards):
-    return stage_params(
-        seed=config["seed"], premier=premier_model_cfg(wildcards.variant)
-    )
-
-
-def premier_train_params(wildcards):
-    """train_adapter's params for a Premier variant: the shared trainer keys, premier.train's
-    overrides, and the method entry naming the variant's init file."""
-    shared = {k: v for k, v in config["train"].items() if k != "methods"}
-    method = {
-        "conditioning": "premier",
-        "embedding": f"{wildcards.variant}_init",
-        "num_tokens": config["premier"]["user_tokens"],
-        "user_dropout": 0.0,
-    }
-    return stage_params(
-        seed=config["seed"],
-        train={**shared, **config["premier"]["train"], "methods": {"premier": method}},
-    )
-
 
 rule premier_init:
     input:
@@ -61,6 +15,8 @@ rule premier_init:
         f"{LOGS}/premier_init/{{variant}}.log",
     wildcard_constraints:
         variant="|".join(PREMIER_VARIANTS),
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -87,6 +43,8 @@ rule train_premier:
         f"{LOGS}/train_premier/{{variant}}.log",
     wildcard_constraints:
         variant="|".join(PREMIER_VARIANTS),
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -94,7 +52,7 @@ rule train_premier:
         gpu=1,
     params:
         cfg=premier_train_params,
-        foundation=foundation_model(),
+        foundation=foundation_model,
     shell:
         "prefgen train-adapter --params {params.cfg:q} --method premier"
         " --foundation {params.foundation:q} --encoded {input.encoded}"
@@ -116,6 +74,8 @@ rule premier_new_users:
         emb=f"{RUN}/embeddings/premier.safetensors",
     log:
         f"{LOGS}/premier_new_users/premier_new_users.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -127,7 +87,7 @@ rule premier_new_users:
             premier={"new_users": config["premier"]["new_users"]},
             sample={"steps": config["sample"]["steps"]},
         ),
-        foundation=foundation_model(),
+        foundation=foundation_model,
     shell:
         "prefgen premier-new-users --params {params.cfg:q} --foundation {params.foundation:q}"
         " --adapter {input.adapter} --init {input.init} --pairs {input.pairs}"
@@ -145,6 +105,8 @@ rule sample_premier:
         index=f"{RUN}/samples/premier/index.parquet",
     log:
         f"{LOGS}/sample/premier.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -152,7 +114,7 @@ rule sample_premier:
         gpu=1,
     params:
         cfg=stage_params(sample=config["sample"]),
-        foundation=foundation_model(),
+        foundation=foundation_model,
     shell:
         "prefgen sample --params {params.cfg:q} --method premier"
         " --foundation {params.foundation:q} --eval-set {input.eval_set}"
@@ -178,6 +140,8 @@ rule premier_history:
         other=multiext(f"{RUN}/tables/premier_history", ".md", ".tex"),
     log:
         f"{LOGS}/premier_history/premier_history.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -194,8 +158,8 @@ rule premier_history:
             evaluate={k: config["evaluate"][k] for k in ("bootstrap", "confidence")},
             sample=config["sample"],
         ),
-        foundation=foundation_model(),
-        truth=truth_arg(SYNTHETIC),
+        foundation=foundation_model,
+        truth=truth_arg,
     shell:
         "prefgen premier-history --params {params.cfg:q} --foundation {params.foundation:q}"
         " --adapter {input.adapter} --init {input.init} --pairs {input.pairs}"
@@ -226,6 +190,8 @@ rule premier_ablation:
         other=multiext(f"{RUN}/tables/premier_ablation", ".md", ".tex"),
     log:
         f"{LOGS}/premier_ablation/premier_ablation.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -239,9 +205,9 @@ rule premier_ablation:
             evaluate={k: config["evaluate"][k] for k in ("bootstrap", "confidence")},
             sample=config["sample"],
         ),
-        foundation=foundation_model(),
-        run_dir=RUN,
-        truth=truth_arg(SYNTHETIC),
+        foundation=foundation_model,
+        run_dir=run_root("table", depth=2),
+        truth=truth_arg,
     shell:
         "prefgen premier-ablation --params {params.cfg:q} --foundation {params.foundation:q}"
         " --premier {input.premier} --no-dispersion {input.no_dispersion} --init {input.init}"

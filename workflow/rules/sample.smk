@@ -3,19 +3,6 @@
 # with the same seeds across methods so comparisons are paired.
 
 
-def sample_inputs(wildcards):
-    """base needs only the foundation; an adapter method also its checkpoints and embeddings."""
-    inputs = foundation_input(wildcards)
-    if wildcards.method != "base":
-        inputs["adapter"] = f"{RUN}/adapters/{wildcards.method}/final.json"
-        inputs.update(method_embedding(wildcards))
-    return inputs
-
-
-def adapter_arg(wildcards, input):
-    return f"--adapter {input.adapter}" if "adapter" in input.keys() else ""
-
-
 rule sample:
     input:
         unpack(sample_inputs),
@@ -26,6 +13,8 @@ rule sample:
         f"{LOGS}/sample/{{method}}.log",
     wildcard_constraints:
         method="|".join(["base", *adapter_methods()]),
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -33,7 +22,7 @@ rule sample:
         gpu=1,
     params:
         cfg=stage_params(sample=config["sample"]),
-        foundation=foundation_model(),
+        foundation=foundation_model,
         adapter=adapter_arg,
         embeddings=embedding_arg,
     shell:

@@ -2,48 +2,6 @@
 # one Diffusion-DPO adapter trainer (wildcard `method`, one entry of train.methods each).
 
 
-def adapter_methods():
-    """Adapter methods the run trains and samples (keys of train.methods)."""
-    return list(config["train"]["methods"])
-
-
-def generation_targets():
-    """Final generation outputs for `all_targets()`: samples of base and every adapter method."""
-    targets = [f"{RUN}/samples/{m}/index.parquet" for m in ["base", *adapter_methods()]]
-    if not config["foundation"]["pretrained"]:
-        targets.append(f"{RUN}/tables/foundation_quality.csv")
-    return targets
-
-
-def foundation_model():
-    """What the generation rules load: the trained stand-in's folder, or the pretrained id."""
-    return config["foundation"]["pretrained"] or f"{RUN}/models/foundation"
-
-
-def foundation_input(wildcards):
-    """The foundation as a rule input (nothing to wait for when it is a pretrained id)."""
-    if config["foundation"]["pretrained"]:
-        return {}
-    return {"foundation": rules.foundation.output.model}
-
-
-def method_embedding(wildcards):
-    """The user-embedding file a method reads (embeddings/<name>.safetensors), if any."""
-    name = config["train"]["methods"][wildcards.method].get("embedding")
-    return {"embeddings": f"{RUN}/embeddings/{name}.safetensors"} if name else {}
-
-
-def embedding_arg(wildcards, input):
-    return f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
-
-
-def train_params(wildcards):
-    """train_adapter's config subset: the shared trainer keys and this method's entry only."""
-    shared = {k: v for k, v in config["train"].items() if k != "methods"}
-    method = {wildcards.method: config["train"]["methods"][wildcards.method]}
-    return stage_params(seed=config["seed"], train={**shared, "methods": method})
-
-
 rule foundation:
     input:
         images=rules.ingest.output.images,
@@ -57,6 +15,8 @@ rule foundation:
         ),
     log:
         f"{LOGS}/foundation/foundation.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -81,6 +41,8 @@ rule encode:
         caption_index=f"{RUN}/cache/encoded/captions.parquet",
     log:
         f"{LOGS}/encode/encode.log",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -88,7 +50,7 @@ rule encode:
         gpu=1,
     params:
         cfg=stage_params(encode=config["encode"]),
-        foundation=foundation_model(),
+        foundation=foundation_model,
     shell:
         "prefgen encode --params {params.cfg:q} --foundation {params.foundation:q}"
         " --images {input.images} --pairs {input.pairs} --holdout {input.holdout}"
@@ -111,6 +73,8 @@ rule train_adapter:
         f"{LOGS}/train_adapter/{{method}}.log",
     wildcard_constraints:
         method="|".join(adapter_methods()) or "none",
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -118,7 +82,7 @@ rule train_adapter:
         gpu=1,
     params:
         cfg=train_params,
-        foundation=foundation_model(),
+        foundation=foundation_model,
         embeddings=embedding_arg,
     shell:
         "prefgen train-adapter --params {params.cfg:q} --method {wildcards.method}"

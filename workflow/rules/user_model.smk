@@ -5,41 +5,6 @@
 # (`preference_accuracy`) and, on the synthetic world, recovery of the planted truth.
 
 
-def user_model_targets():
-    """The user-model stage's final outputs, for `all_targets()`."""
-    targets = [
-        f"{RUN}/tables/clip_retrieval.csv",
-        f"{RUN}/user_model/lambda.parquet",
-        f"{RUN}/tables/preference_accuracy.csv",
-        f"{RUN}/figures/accuracy_vs_history.png",
-    ]
-    if SYNTHETIC:
-        targets.append(f"{RUN}/tables/user_model_recovery.csv")
-    return targets
-
-
-def pasta_params(wildcards):
-    """fit_pasta's config subset: the population variant (K=1, one EM run) ignores n_types and
-    restarts, so changing them reruns only the `pasta` variant."""
-    pasta = dict(config["pasta"])
-    if wildcards.variant == "population":
-        pasta = {k: v for k, v in pasta.items() if k not in ("n_types", "restarts")}
-    return stage_params(seed=config["seed"], pasta=pasta)
-
-
-def oracle_inputs(wildcards):
-    """The world's truth and the images the oracle scores (synthetic world only)."""
-    if not SYNTHETIC:
-        return {}
-    return {"truth": rules.world.output.world_json, "images": rules.ingest.output.images}
-
-
-def oracle_args(wildcards, input):
-    if not SYNTHETIC:
-        return ""
-    return f"--truth {os.path.dirname(input.truth)} --images {input.images}"
-
-
 rule clip:
     input:
         images=rules.ingest.output.images,
@@ -55,9 +20,11 @@ rule clip:
         tex=f"{RUN}/tables/clip_retrieval.tex",
     log:
         f"{LOGS}/clip/clip.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(seed=config["seed"], clip=config["clip"]),
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
@@ -80,10 +47,12 @@ rule features:
         caption_index=f"{RUN}/features/captions.parquet",
     log:
         f"{LOGS}/features/features.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(features=config["features"]),
-        out=f"{RUN}/features",
-    threads: 2
+        out=lambda wildcards, output: os.path.dirname(output.images),
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
@@ -108,9 +77,11 @@ rule fit_pasta:
         ),
     log:
         f"{LOGS}/fit_pasta/{{variant}}.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=pasta_params,
-        features=f"{RUN}/features",
+        features=features_dir,
     wildcard_constraints:
         variant="pasta|population",
     threads: 1
@@ -133,9 +104,11 @@ rule fit_lambda:
         summary=f"{RUN}/user_model/lambda.json",
     log:
         f"{LOGS}/fit_lambda/fit_lambda.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(**{"lambda": config["lambda"]}),
-        features=f"{RUN}/features",
+        features=features_dir,
     threads: 1
     resources:
         mem_mb=3000,
@@ -172,6 +145,8 @@ rule preference_accuracy:
         summary=f"{RUN}/user_model/preference_accuracy.json",
     log:
         f"{LOGS}/preference_accuracy/preference_accuracy.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(
             seed=config["seed"],
@@ -182,7 +157,7 @@ rule preference_accuracy:
                 if k != "recovery_min_pairs"
             },
         ),
-        features=f"{RUN}/features",
+        features=features_dir,
         oracle=oracle_args,
     threads: 1
     resources:
@@ -213,14 +188,18 @@ rule user_model_recovery:
         ),
     log:
         f"{LOGS}/user_model_recovery/user_model_recovery.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         cfg=stage_params(
             preference_accuracy={
-                "recovery_min_pairs": config["preference_accuracy"]["recovery_min_pairs"]
+                "recovery_min_pairs": config["preference_accuracy"][
+                    "recovery_min_pairs"
+                ]
             }
         ),
-        features=f"{RUN}/features",
-        truth=f"{RUN}/data/truth",
+        features=features_dir,
+        truth=lambda wildcards, input: os.path.dirname(input.truth),
     threads: 1
     resources:
         mem_mb=3000,
