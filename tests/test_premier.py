@@ -239,10 +239,12 @@ def test_stage2_checkpoint_carries_new_users_to_the_sampler() -> None:
     w = cond.table.weight
     torch.testing.assert_close(tokens[0], w[1])
     torch.testing.assert_close(tokens[1], 0.5 * w[0] + 0.25 * w[1] + 0.25 * w[2])
-    kwargs, own = fresh.pipeline_inputs([2, 50, 99], None, guidance=True)
-    extra = kwargs["cross_attention_kwargs"]
-    assert extra[USERS_KEY].shape == (6, 2, 8)  # [uncond; cond]: the same user in both
-    assert extra[MASK_KEY].tolist() == [True, True, False] * 2
+    for user, expected in ((50, True), (99, False)):
+        kwargs, own = fresh.pipeline_inputs(user, None, guidance=True)
+        extra = kwargs["cross_attention_kwargs"]
+        assert own is expected
+        assert extra[USERS_KEY].shape == (1, 2, 8)  # one user for the whole pipeline call
+        assert extra[MASK_KEY].tolist() == [expected]
     with pytest.raises(ValueError, match="training users"):
         cond.set_new_users(torch.tensor([2]), torch.ones(1, 3))
 
@@ -317,11 +319,9 @@ def test_conditioning_is_built_from_its_init_file(tmp_path) -> None:
 
 def test_shared_trainer_trains_premier_with_the_denoising_objective(tmp_path) -> None:
     """The real trainer loop (prefgen.generation.train) on a tiny pipeline."""
-    from prefgen.generation import dpo, train
+    from prefgen.generation import train
     from prefgen.generation.models import build_tiny_sdxl
 
-    if not hasattr(dpo, "denoising_terms"):
-        pytest.skip("the shared trainer has no Conditioning.objective hook yet (issue 8 report)")
     cfg = {"text_encoder": {"hidden_size": 8, "layers": 1, "heads": 2, "max_length": 8},
            "vae": {"block_out_channels": [4, 4], "layers_per_block": 1, "latent_channels": 4,
                    "norm_num_groups": 2},

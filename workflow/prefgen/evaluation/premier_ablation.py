@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> None:
             adapter_json = args.premier if variant == "premier" else args.no_dispersion
             cond.load_adapter_state_dict(load_tensors(Path(adapter_json).parent / last["path"]))
 
-            def extra(ids: list[int], guidance: bool) -> Any:
-                return cond.pipeline_inputs(ids, None, guidance)
+            def extra(user_id: int, guidance: bool) -> Any:
+                return cond.pipeline_inputs(user_id, None, guidance)
 
         images, _ = generate(pipe, grid, p["sample"], extra)
         pil = [Image.fromarray(im) for im in images]

@@ -166,10 +166,9 @@ def run_history(args: argparse.Namespace) -> None:
             # finds each row's tokens; the oracle scores for the real user
             virtual = grid.assign(user_id=[vid[(arm, h, int(u))] for u in grid["user_id"]])
 
-            def extra(ids: list[int], guidance: bool) -> tuple[dict[str, Any], np.ndarray]:
-                tok = embed(torch.tensor(ids)).detach()
-                both = torch.cat([tok, tok]) if guidance else tok
-                return {"cross_attention_kwargs": {USERS_KEY: both}}, np.ones(len(ids), bool)
+            def extra(user_id: int, guidance: bool) -> tuple[dict[str, Any], bool]:
+                tok = embed(torch.tensor([user_id])).detach()  # [1, T, D]: every row, both CFG
+                return {"cross_attention_kwargs": {USERS_KEY: tok}}, True
 
             imgs, _ = generate(pipe, virtual, p["sample"], extra)
             r = oracle_reward(np.stack(imgs), grid["caption"].tolist(),

@@ -24,6 +24,7 @@ user" input.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib
 from collections.abc import Iterator
@@ -108,7 +109,7 @@ class UserEmbeddings:
         return self.emb[[self._row[u] for u in ids]]
 
 
-class Conditioning(nn.Module):
+class Conditioning(nn.Module, metaclass=abc.ABCMeta):
     """Interface every method's conditioning implements (see the module docstring)."""
 
     #: "embedding" (a per-user vector from a file), "constant" (no user input), or own kinds.
@@ -117,15 +118,16 @@ class Conditioning(nn.Module):
     #: denoising loss on the preferred image of each pair (no reference pass; Premier).
     objective: str = "dpo"
 
+    @abc.abstractmethod
     def unet_inputs(self, batch: UserBatch, train: bool) -> dict[str, Any]:
         """Keyword arguments for ``unet(noisy, t, **inputs)`` with this method's user signal."""
-        raise NotImplementedError
 
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        """Within the block the UNet behaves as the frozen base model (the DPO reference)."""
-        raise NotImplementedError
-        yield
+    @abc.abstractmethod
+    def reference(self) -> contextlib.AbstractContextManager[None]:
+        """Within the block the UNet behaves as the frozen base model (the DPO reference).
+
+        Implement as a ``@contextlib.contextmanager`` generator.
+        """
 
     def extra_losses(self, batch: UserBatch) -> dict[str, torch.Tensor]:
         """Method-specific loss terms added to the main loss and logged (Premier's dispersion).
@@ -135,11 +137,11 @@ class Conditioning(nn.Module):
         """
         return {}
 
+    @abc.abstractmethod
     def pipeline_inputs(self, user_id: int, users: UserEmbeddings | None,
                         guidance: bool) -> tuple[dict[str, Any], bool]:
         """Extra ``StableDiffusionXLPipeline.__call__`` kwargs for one user's batch, and whether
         that user's own embedding was used (the sampler calls the pipeline once per user)."""
-        raise NotImplementedError
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable weights only (what a checkpoint stores)."""

@@ -217,6 +217,11 @@ class PremierController:
         text = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
         if text is None:
             raise ValueError("Premier needs the UNet called with encoder_hidden_states")
+        if users.shape[0] == 1 and text.shape[0] > 1:
+            # one user for the whole call (the sampler batches per user, like IP-Adapter's
+            # single ip_adapter_image_embeds): both CFG branches and every row get that user
+            users = users.expand(text.shape[0], *users.shape[1:])
+            mask = None if mask is None else mask.expand(text.shape[0])
         if users.shape[0] != text.shape[0]:
             raise ValueError(f"{USERS_KEY} has {users.shape[0]} rows for a UNet batch of "
                              f"{text.shape[0]}")
@@ -441,15 +446,15 @@ class PremierConditioning(Conditioning):
                 own[i] = True
         return out, own
 
-    def pipeline_inputs(self, user_ids: list[int], users: UserEmbeddings | None,
-                        guidance: bool) -> tuple[dict[str, Any], np.ndarray]:
-        """``cross_attention_kwargs`` with each row's user tokens (both CFG branches get the
-        same user, as for every other method, so guidance acts on the text only)."""
-        tokens, own = self.user_tokens(user_ids)
+    def pipeline_inputs(self, user_id: int, users: UserEmbeddings | None,
+                        guidance: bool) -> tuple[dict[str, Any], bool]:
+        """``cross_attention_kwargs`` with one user's tokens ``[1, T, D]`` for a whole pipeline
+        call: the controller gives every row and both CFG branches that user, as for every
+        other method, so guidance acts on the text only. A user with no embedding (neither
+        trained nor a stage-2 combination) gets no modulation: the base model, and ``False``."""
+        tokens, own = self.user_tokens([int(user_id)])
         mask = torch.from_numpy(own)
-        if guidance:
-            tokens, mask = torch.cat([tokens, tokens]), torch.cat([mask, mask])
-        return {"cross_attention_kwargs": {USERS_KEY: tokens, MASK_KEY: mask}}, own
+        return {"cross_attention_kwargs": {USERS_KEY: tokens, MASK_KEY: mask}}, bool(own[0])
 
 
 # --- stage 2: new users ----------------------------------------------------------------------

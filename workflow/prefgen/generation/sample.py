@@ -73,18 +73,22 @@ def select_steps(final: dict[str, Any], wanted: list[int] | str, source: str) ->
 
 
 @torch.no_grad()
-def generate(pipe: Any, rows: pd.DataFrame, cfg: dict[str, Any],
-             extra: Any = None) -> tuple[list[np.ndarray], np.ndarray]:
+def generate(pipe: Any, rows: pd.DataFrame, cfg: dict[str, Any], extra: Any = None,
+             per_user: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
     """uint8 images for ``rows`` (user_id, caption, seed), in row order.
 
-    Rows are batched per user: the SDXL pipeline takes one user input per call
-    (``extra(user_id, guidance) -> (pipeline kwargs, own embedding?)``).
+    ``extra(user_id, guidance) -> (pipeline kwargs, own embedding?)`` supplies the user input.
+    The SDXL pipeline takes one user input per call, so with ``per_user`` rows are batched per
+    user; a method whose input is the same for everybody (base, a constant) batches freely.
     """
     images: list[np.ndarray | None] = [None] * len(rows)
     own = np.zeros(len(rows), dtype=bool)
     guidance = float(cfg["guidance_scale"]) > 1.0
     bs = int(cfg["batch_size"])
-    groups = list(rows.groupby("user_id", sort=True).indices.items())
+    if per_user:
+        groups = list(rows.groupby("user_id", sort=True).indices.items())
+    else:
+        groups = [(int(rows["user_id"].iloc[0]), np.arange(len(rows)))]
     for user_id, positions in tqdm(groups, desc="sample", mininterval=5):
         kwargs, flag = ({}, False) if extra is None else extra(int(user_id), guidance)
         for start in range(0, len(positions), bs):
@@ -154,7 +158,8 @@ def run(args: argparse.Namespace) -> None:
             def extra(user_id: int, guidance: bool, _cond: Any = cond) -> Any:
                 return _cond.pipeline_inputs(user_id, users, guidance)
 
-        images, own = generate(pipe, rows, cfg, extra)
+        per_user = ckpt is not None and cond.user_input != "constant"
+        images, own = generate(pipe, rows, cfg, extra, per_user)
         folder = method_dir / f"step-{step}"
         names = write_pngs(images, rows, folder)
         frame = rows.assign(method=args.method, step=step, own_embedding=own,
