@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -38,11 +39,4 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def workdir_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the workflow's sources in a temp dir, so tests never touch the user's results/."""
-    dest = tmp_path_factory.mktemp("wf")
-    for name in ["Snakefile", "workflow", "config", "envs"]:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
+    return copy_workflow(tmp_path_factory.mktemp("wf"))

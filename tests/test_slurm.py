@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, VENV_BIN
+from tests.workflow_copy import copy_workflow
 
 pytestmark = pytest.mark.slurm
 
@@ -251,17 +251,6 @@ def job_table(run: SlurmRun) -> str:
         f"{(ended - started).total_seconds():.0f} s)."
     )
     return "\n".join(rows) + "\n"
-
-
-def copy_workflow(dest: Path) -> Path:
-    """A fresh copy of the workflow sources, so the run never touches the user's results/."""
-    for name in ["Snakefile", "workflow", "config", "envs"]:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 @pytest.fixture(scope="session")

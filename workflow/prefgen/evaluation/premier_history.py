@@ -33,6 +33,7 @@ from prefgen.embeddings.premier import CombinationEmbedding, UserEmbeddingTable
 from prefgen.evaluation.bootstrap import two_way_ci
 from prefgen.generation.premier import USERS_KEY, fit_new_users, heldout_denoising_loss
 from prefgen.generation.premier_new_users import (
+    add_stage2_inputs,
     encode_liked,
     liked_history,
     load_stage1,
@@ -44,12 +45,7 @@ log = get_logger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--foundation", required=True, help="pipeline folder or hub id")
-    parser.add_argument("--adapter", required=True, help="adapters/premier/final.json")
-    parser.add_argument("--init", required=True, help="embeddings/premier_init.safetensors")
-    parser.add_argument("--pairs", required=True, help="splits/ppd/test_unseen.parquet")
-    parser.add_argument("--images", required=True, help="data/clean/images.parquet")
-    parser.add_argument("--eval-set", required=True, help="splits/eval_set.parquet (prompts)")
+    add_stage2_inputs(parser)
     parser.add_argument("--truth", default=None, help="data/truth/ (oracle; synthetic only)")
     parser.add_argument("--out", required=True, help="tables/premier_history.csv")
     parser.add_argument("--threads", type=int, default=1)

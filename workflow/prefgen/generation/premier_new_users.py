@@ -41,13 +41,18 @@ from prefgen.generation.premier import (
 log = get_logger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_stage2_inputs(parser: argparse.ArgumentParser) -> None:
+    """The inputs every stage-2 command reads: the stage-1 model and the new users' history."""
     parser.add_argument("--foundation", required=True, help="pipeline folder or hub id")
     parser.add_argument("--adapter", required=True, help="adapters/premier/final.json")
     parser.add_argument("--init", required=True, help="embeddings/premier_init.safetensors")
     parser.add_argument("--pairs", required=True, help="splits/ppd/test_unseen.parquet")
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
     parser.add_argument("--eval-set", required=True, help="splits/eval_set.parquet")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_stage2_inputs(parser)
     parser.add_argument("--out", required=True, help="adapters/premier_stage2/final.json")
     parser.add_argument("--embeddings", required=True, help="embeddings/premier.safetensors")
     parser.add_argument("--threads", type=int, default=1)
