@@ -2,7 +2,8 @@
 
 Each stage module exposes ``add_arguments(parser)`` and ``run(args)`` (``args.params`` is
 the parsed JSON config subset, ``args._command`` the command name, for modules serving
-several); modules are imported only when their command runs, so ``prefgen world`` never pays for importing torch or diffusers.
+several); modules are imported only when their command runs, so ``prefgen world`` never pays
+for importing torch or diffusers.
 Rule names map to commands one to one (``split_pipe`` -> ``prefgen split-pipe``), and to the
 module listed here, so a newcomer goes from a rule to its code in one step.
 """
