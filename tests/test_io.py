@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from prefgen.core.io import atomic_dir, atomic_path, write_parquet
 
 

@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +371,30 @@ def summary(method: str, method_cfg: dict[str, Any], cfg: dict[str, Any], out_di
     }
 
 
+def users_with_embeddings(data: TrainData, users: UserEmbeddings, method_cfg: dict[str, Any],
+                          source: str) -> tuple[TrainData, dict[str, int]]:
+    """The training pairs of users the method has an embedding for.
+
+    PIPE fits λ for every training user, so a missing one is an error. PPD has no embedding for
+    users with fewer than N few-shot examples and excludes them (PPD §5.2); with
+    ``users_without_embedding: drop`` their pairs leave training, counted and logged.
+    """
+    known = set(users.user_ids.tolist())
+    missing = sorted(set(data.pairs["user_id"].astype(int)) - known)
+    policy = method_cfg.get("users_without_embedding", "error")
+    if missing and policy != "drop":
+        raise ValueError(f"{source}: {len(missing)} training users have no embedding, e.g. "
+                         f"{missing[:5]} (set users_without_embedding: drop to exclude them)")
+    keep = data.pairs["user_id"].astype(int).isin(known).to_numpy()
+    excluded = {"users": len(missing), "pairs": int((~keep).sum())}
+    if missing:
+        log.warning("%s: %d training users without an embedding excluded with their %d pairs "
+                    "(users_without_embedding: drop), e.g. %s", source, excluded["users"],
+                    excluded["pairs"], missing[:5])
+    pairs = data.pairs.loc[keep].reset_index(drop=True)
+    return replace(data, pairs=pairs), excluded
+
+
 def run(args: argparse.Namespace) -> None:
     from prefgen.core.seeding import seed_everything
     from prefgen.generation.models import load_denoiser
@@ -389,11 +413,9 @@ def run(args: argparse.Namespace) -> None:
     users = UserEmbeddings.load(args.embeddings) if method_cfg.get("embedding") else None
     data = TrainData.load(args.encoded, args.image_index, args.caption_index, args.pairs,
                           args.holdout)
+    excluded: dict[str, int] = {"users": 0, "pairs": 0}
     if users is not None:
-        missing = sorted(set(data.pairs["user_id"]) - set(users.user_ids.tolist()))
-        if missing:
-            raise ValueError(f"{args.embeddings}: {len(missing)} training users have no "
-                             f"embedding, e.g. {missing[:5]}")
+        data, excluded = users_with_embeddings(data, users, method_cfg, args.embeddings)
     denoiser = load_denoiser(args.foundation)
     out = Path(args.out)
     fp = fingerprint({k: v for k, v in p["train"].items() if k != "methods"} | {"seed": seed},
@@ -401,6 +423,7 @@ def run(args: argparse.Namespace) -> None:
                      [args.encoded, args.pairs, args.holdout, args.embeddings])
     result = train(denoiser, data, users, args.method, method_cfg, p["train"], seed, out.parent,
                    fp)
+    result["excluded_without_embedding"] = excluded
     from accelerate import PartialState
 
     if PartialState().is_main_process:
