@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from prefgen.user_model.lambda_fit import fit_lambdas, population_lambda, regularised_loss
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from prefgen.user_model.features import FeatureStore
 from prefgen.user_model.pairs import build_pairs
 from prefgen.user_model.pasta import fit_pasta, load_reward_model, save_reward_model
 from prefgen.user_model.recovery import corr_matrix
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

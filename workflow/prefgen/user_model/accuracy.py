@@ -221,5 +221,6 @@ def run(args: argparse.Namespace) -> None:
                f"{int(params['bootstrap'])} user-bootstrap {level:.0%} CIs.{gap_text}{stand_in}")
     write_table(table, Path(args.table).with_suffix(""), caption=caption)
     history_figure(correct, test.user, res["n_train"], args.figure,
-                   f"Accuracy vs training history ({scale or 'run'}){' - stand-in' if stand_in else ''}")
+                   f"Accuracy vs training history ({scale or 'run'})"
+                   + (" - stand-in" if stand_in else ""))
     log.info("preference accuracy:\n%s\n%s", table.to_string(index=False), summary)

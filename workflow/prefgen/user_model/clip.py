@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ ImageBatch = np.ndarray | Sequence[Image.Image] | Sequence[np.ndarray]
 # --------------------------------------------------------------------------- building / loading
 def write_open_clip_config(folder: Path, model_cfg: dict[str, Any],
                            preprocess_cfg: dict[str, Any], extra: dict[str, Any]) -> None:
-    """The local-dir config open_clip reads (``model_cfg``, ``preprocess_cfg``) plus our metadata."""
+    """The local-dir config open_clip reads (``model_cfg``, ``preprocess_cfg``) + our metadata."""
     payload = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "prefgen": extra}
     (folder / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
@@ -121,7 +122,8 @@ def clip_metadata(folder: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- pixels and embeddings
-def pixel_tensor(images: ImageBatch, preprocess: Any, preprocess_cfg: dict[str, Any]) -> torch.Tensor:
+def pixel_tensor(images: ImageBatch, preprocess: Any,
+                 preprocess_cfg: dict[str, Any]) -> torch.Tensor:
     """Raw RGB images -> the normalised ``[N,3,S,S]`` tensor the vision tower expects.
 
     A uint8 array already at the model's size takes a vectorised path (resize and crop are the
@@ -161,8 +163,8 @@ def default_preprocess(preprocess_cfg: dict[str, Any]) -> Any:
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     keys = PreprocessCfg.__dataclass_fields__
-    return image_transform_v2(PreprocessCfg(**{k: v for k, v in preprocess_cfg.items() if k in keys}),
-                              is_train=False)
+    cfg = PreprocessCfg(**{k: v for k, v in preprocess_cfg.items() if k in keys})
+    return image_transform_v2(cfg, is_train=False)
 
 
 @torch.no_grad()
@@ -213,27 +215,62 @@ DESCRIPTOR_WORDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Descriptor that recaptions with the object's colour as the pixels show it.
+OBJECT_COLOUR = "object_colour"
+#: Mean object saturation below which the object is called "grey" (no palette colour).
+GREY_SATURATION = 0.15
+
+
+def observed_colours(images: np.ndarray) -> list[str]:
+    """The colour word of each image's object as seen: the palette hue nearest its mean colour.
+
+    A captioner describing the picture (not the prompt) would say "a blue star" when the
+    generator drew a blue star for "a red star". Uses the world's pixel functions for the object
+    mask and the palette (``prefgen.data.attributes``), never the renderer's latent scene; an
+    unsaturated object is "grey".
+    """
+    from matplotlib.colors import rgb_to_hsv
+
+    from prefgen.data.attributes import PALETTE_HUES, object_mask, to_float_batch
+
+    x = to_float_batch(images)
+    w = object_mask(x)[..., None].astype(np.float32)
+    mean_rgb = (x * w).sum((1, 2)) / np.maximum(w.sum((1, 2)), 1.0)
+    hsv = rgb_to_hsv(np.clip(mean_rgb, 0.0, 1.0))
+    names = sorted(PALETTE_HUES)
+    hues = np.array([PALETTE_HUES[n] for n in names])
+    dh = np.abs(hsv[:, :1] * 360.0 - hues[None, :])
+    nearest = np.minimum(dh, 360.0 - dh).argmin(1)
+    return ["grey" if s < GREY_SATURATION else names[k] for s, k in zip(hsv[:, 1], nearest,
+                                                                          strict=True)]
+
+
 def describe(images: np.ndarray, captions: Sequence[str], attributes: Sequence[str]) -> list[str]:
-    """Training captions with coarse visual descriptors: "a red star on a grey background, large blurry".
+    """Training captions with visual descriptors: "a red star on a grey background, large blurry".
 
     Web alt-text, which real CLIP models learn from, often says how an image looks (dark,
     blurry, close-up), and so real CLIP embeddings encode such properties. The world's captions
     only name the object, colour and background; appending a word for each listed attribute in
     its low or high tercile (measured on the pixels by ``prefgen.data.attributes``) gives the
-    stand-in CLIP the same kind of supervision. Only CLIP *training* sees these words: the
-    features and every later stage embed the plain captions.
+    stand-in CLIP the same kind of supervision. ``object_colour`` recaptions: the caption's
+    colour word becomes the colour the object actually has (:func:`observed_colours`,
+    :func:`recaption`), so the image embedding encodes what was drawn and a prompt asking for
+    another colour ends up far from it (CLIP similarity then measures caption fidelity, as a
+    real CLIP's does). Only CLIP *training* sees these captions: the features and every later
+    stage embed the plain captions.
     """
     if not attributes:
         return [str(c) for c in captions]
     from prefgen.data.attributes import measure_attributes
 
-    unknown = sorted(set(attributes) - set(DESCRIPTOR_WORDS))
+    unknown = sorted(set(attributes) - set(DESCRIPTOR_WORDS) - {OBJECT_COLOUR})
     if unknown:
         raise ValueError(f"clip.train.descriptors: unknown attribute(s) {unknown}; expected some "
-                         f"of {sorted(DESCRIPTOR_WORDS)}")
-    values = measure_attributes(images, list(captions))
-    words = [[] for _ in range(len(captions))]
-    for attr in attributes:
+                         f"of {sorted(DESCRIPTOR_WORDS) + [OBJECT_COLOUR]}")
+    words: list[list[str]] = [[] for _ in range(len(captions))]
+    terciles = [a for a in attributes if a != OBJECT_COLOUR]
+    values = measure_attributes(images, list(captions)) if terciles else None
+    for attr in terciles:
         v = values[attr].to_numpy()
         lo, hi = np.nanquantile(v, [1 / 3, 2 / 3])
         low_word, high_word = DESCRIPTOR_WORDS[attr]
@@ -241,7 +278,27 @@ def describe(images: np.ndarray, captions: Sequence[str], attributes: Sequence[s
             words[i].append(low_word)
         for i in np.flatnonzero(v > hi):
             words[i].append(high_word)
-    return [f"{c}, {' '.join(w)}" if w else str(c) for c, w in zip(captions, words, strict=True)]
+    captions = [str(c) for c in captions]
+    if OBJECT_COLOUR in attributes:
+        captions = [recaption(c, seen) for c, seen in zip(captions, observed_colours(images),
+                                                          strict=True)]
+    return [f"{c}, {' '.join(w)}" if w else c for c, w in zip(captions, words, strict=True)]
+
+
+def recaption(caption: str, seen: str) -> str:
+    """``caption`` with its object colour word replaced by the colour the object has (``seen``).
+
+    "a pale red star on a grey background" drawn blue becomes "a pale blue star on a grey
+    background": the caption describes the picture, as alt-text does, rather than the prompt.
+    Captions naming no palette colour are returned unchanged.
+    """
+    from prefgen.data.attributes import caption_colour
+
+    asked = caption_colour(caption)
+    if asked is None or asked == seen:
+        return caption
+    head, sep, tail = caption.partition(" on ")
+    return re.sub(rf"\b{asked}\b", seen, head, count=1) + sep + tail
 
 
 def caption_split(captions: Sequence[str], holdout_fraction: float, seed: int) -> set[str]:
@@ -274,7 +331,8 @@ def train_clip(model: torch.nn.Module, tokenizer: Any, images: np.ndarray, capti
     warmup = min(int(train["warmup_steps"]), total)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
+        plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name
+        (no_decay if plain else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(train["weight_decay"])},
                              {"params": no_decay, "weight_decay": 0.0}], lr=float(train["lr"]),
                             fused=True)
@@ -355,7 +413,8 @@ def retrieval_table(model: torch.nn.Module, tokenizer: Any, images: np.ndarray,
         if len(idx) == 0:
             continue
         if len(idx) > max_queries:
-            idx = np.sort(rng(seed, "clip", "queries", split).choice(idx, max_queries, replace=False))
+            pick = rng(seed, "clip", "queries", split).choice(idx, max_queries, replace=False)
+            idx = np.sort(pick)
         caps, true = np.unique(captions[idx].astype(str), return_inverse=True)
         if len(caps) < 2:
             continue
@@ -371,11 +430,27 @@ def retrieval_table(model: torch.nn.Module, tokenizer: Any, images: np.ndarray,
 
 
 # --------------------------------------------------------------------------- stage
-def image_caption_pairs(pairs_parquet: str | Path) -> pd.DataFrame:
-    """One row per distinct (image_uid, caption) in the clean pairs: the contrastive data."""
-    pairs = pd.read_parquet(pairs_parquet, columns=["caption", "image_0_uid", "image_1_uid"])
-    both = pd.concat([pairs[["image_0_uid", "caption"]].set_axis(["image_uid", "caption"], axis=1),
-                      pairs[["image_1_uid", "caption"]].set_axis(["image_uid", "caption"], axis=1)])
+def image_caption_pairs(pairs_parquet: str | Path, images: str = "all") -> pd.DataFrame:
+    """One row per distinct (image_uid, caption) in the clean pairs: the contrastive data.
+
+    ``images="preferred"`` keeps only images that won at least one non-tie pair: people prefer
+    images that show what they asked for, so winners pair with their caption more faithfully
+    (fewer wrong-colour objects) than the generator's raw output does.
+    """
+    cols = ["caption", "image_0_uid", "image_1_uid", "label_0", "label_1"]
+    pairs = pd.read_parquet(pairs_parquet, columns=cols)
+    def side(rows: pd.Series, k: int) -> pd.DataFrame:
+        return pairs.loc[rows, [f"image_{k}_uid", "caption"]].set_axis(["image_uid", "caption"],
+                                                                       axis=1)
+
+    if images == "preferred":
+        both = pd.concat([side(pairs["label_0"] > pairs["label_1"], 0),
+                          side(pairs["label_1"] > pairs["label_0"], 1)])
+    elif images == "all":
+        every = pd.Series(True, index=pairs.index)
+        both = pd.concat([side(every, 0), side(every, 1)])
+    else:
+        raise ValueError(f"clip.images: expected 'all' or 'preferred', got {images!r}")
     both = both.dropna().astype({"image_uid": str, "caption": str})
     return both.drop_duplicates().sort_values(["image_uid", "caption"]).reset_index(drop=True)
 
@@ -396,7 +471,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(derive_seed(seed, "clip"))
-    data = image_caption_pairs(args.pairs)
+    data = image_caption_pairs(args.pairs, clip_params["images"])
     held_out = caption_split(data["caption"].tolist(), clip_params["eval"]["holdout_fraction"],
                              seed)
     log.info("clip: %d (image, caption) rows, %d distinct captions, %d held out",

@@ -1,4 +1,4 @@
-"""``prefgen features``: frozen CLIP embeddings of every image and caption the splits use (PIPE Eq. 1).
+"""``prefgen features``: frozen CLIP embeddings of the splits' images and captions (PIPE Eq. 1).
 
 The user model never fine-tunes CLIP (PIPE §2.2: "frozen CLIP image and text encoders"), so
 each image and caption is embedded exactly once here and every later stage indexes the cache:
@@ -67,13 +67,15 @@ class FeatureStore:
         cap = load_tensors(d / "captions.safetensors")["emb"]
         img_idx = pd.read_parquet(d / "images.parquet")
         cap_idx = pd.read_parquet(d / "captions.parquet")
-        return cls(img, pd.Series(img_idx["row"].to_numpy(), index=img_idx["image_uid"].astype(str)),
-                   cap, pd.Series(cap_idx["row"].to_numpy(), index=cap_idx["caption"].astype(str)))
+        img_row = pd.Series(img_idx["row"].to_numpy(), index=img_idx["image_uid"].astype(str))
+        cap_row = pd.Series(cap_idx["row"].to_numpy(), index=cap_idx["caption"].astype(str))
+        return cls(img, img_row, cap, cap_row)
 
     def image_rows(self, uids: Sequence[str] | np.ndarray, where: str = "pairs") -> np.ndarray:
         return _rows(self.image_row, uids, "image_uid", where)
 
-    def caption_rows(self, captions: Sequence[str] | np.ndarray, where: str = "pairs") -> np.ndarray:
+    def caption_rows(self, captions: Sequence[str] | np.ndarray,
+                     where: str = "pairs") -> np.ndarray:
         return _rows(self.caption_row, captions, "caption", where)
 
 
@@ -148,6 +150,6 @@ def run(args: argparse.Namespace) -> None:
     write_parquet(pd.DataFrame({"image_uid": uids, "row": np.arange(len(uids), dtype=np.int64)}),
                   out / "images.parquet")
     save_tensors({"emb": cap_emb}, out / "captions.safetensors", metadata=meta)
-    write_parquet(pd.DataFrame({"caption": captions, "row": np.arange(len(captions), dtype=np.int64)}),
-                  out / "captions.parquet")
+    cap_rows = np.arange(len(captions), dtype=np.int64)
+    write_parquet(pd.DataFrame({"caption": captions, "row": cap_rows}), out / "captions.parquet")
     log.info("features: wrote %s (dim %d)", out, img_emb.shape[1])

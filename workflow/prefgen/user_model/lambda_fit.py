@@ -1,4 +1,4 @@
-"""``prefgen fit-lambda``: each user's type weights λ_u by L2-regularised logistic regression (PIPE Eq. 2).
+"""``prefgen fit-lambda``: each user's type weights λ_u by ridge logistic regression (PIPE Eq. 2).
 
 For user u with training pairs (winner w_n, loser l_n) and Δφ_n = φ(c_n, w_n) − φ(c_n, l_n),
 
@@ -87,7 +87,8 @@ def _buckets(counts: np.ndarray) -> list[tuple[int, np.ndarray]]:
 
 
 def _newton_bucket(X: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, l2: float,
-                   max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+                   max_iter: int, tol: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Damped Newton on a padded bucket ``X [B,L,K]``; returns (λ, loss, grad norm, iterations).
 
     Each iteration reads X three times (margins, gradient, Hessian). The line search costs no

@@ -82,7 +82,8 @@ def build_pairs(df: pd.DataFrame, store: FeatureStore, source: str = "pairs",
     uid_w = df["image_w_uid"].astype(str).to_numpy()
     uid_l = df["image_l_uid"].astype(str).to_numpy()
     caps = df["caption"].astype(str).to_numpy()
-    keys = pd.DataFrame({"uid": np.concatenate([uid_w, uid_l]), "cap": np.concatenate([caps, caps])})
+    keys = pd.DataFrame({"uid": np.concatenate([uid_w, uid_l]),
+                         "cap": np.concatenate([caps, caps])})
     codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys), sort=True)
     items = pd.DataFrame({"uid": uniques.get_level_values(0), "cap": uniques.get_level_values(1)})
     n = len(df)

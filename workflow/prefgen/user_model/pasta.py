@@ -96,14 +96,14 @@ class RewardModel(nn.Module):
 
 
 def save_reward_model(model: RewardModel, path: str | Path, meta: dict[str, Any]) -> None:
-    """``{path}`` (safetensors weights) + ``{path}.json`` sibling with the config and fit summary."""
+    """``{path}`` (safetensors weights) + ``{path}.json`` with the config and fit summary."""
     path = Path(path)
     save_tensors(dict(model.state_dict()), path, metadata={"config": json.dumps(model.config)})
     write_json({"config": model.config, **meta}, path.with_suffix(".json"))
 
 
 def load_reward_model(path: str | Path) -> RewardModel:
-    """The fitted reward model (eval mode, no gradients) from ``user_model/{variant}.safetensors``."""
+    """The fitted reward model (eval mode, no gradients) from ``user_model/{variant}...``."""
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
@@ -159,7 +159,7 @@ def fit_em(x_items: torch.Tensor, pairs: PairSet, model: RewardModel, params: di
            seed: int, restart: int = 0, progress: bool = True) -> EMResult:
     """EM for the mixture of K Bradley-Terry types over users (see the module docstring)."""
     K = model.n_types
-    if K > pairs.n_users:
+    if pairs.n_users < K:
         raise ValueError(f"pasta: K={K} user types but only {pairs.n_users} users with training "
                          "pairs; K must not exceed the number of users")
     l2 = float(params["l2"])
@@ -196,7 +196,8 @@ def fit_em(x_items: torch.Tensor, pairs: PairSet, model: RewardModel, params: di
     current, ll = objective_of(model, log_pi)
     r = responsibilities(ll, log_pi)
     history.append({"restart": restart, "iteration": 0, "objective": current,
-                    "loglik": current + float(penalty(model, l2)), "accepted": True, "lr": lr})
+                    "loglik": current + float(penalty(model, l2).detach()), "accepted": True,
+                    "lr": lr})
     bar = tqdm(range(1, int(params["iterations"]) + 1), desc=f"EM K={K} restart {restart}",
                disable=not progress, mininterval=5)
     for it in bar:
@@ -219,7 +220,8 @@ def fit_em(x_items: torch.Tensor, pairs: PairSet, model: RewardModel, params: di
         current, ll, log_pi = proposal, ll_new, new_log_pi
         r = responsibilities(ll, log_pi)
         history.append({"restart": restart, "iteration": it, "objective": current,
-                        "loglik": current + float(penalty(model, l2)), "accepted": bool(accepted),
+                        "loglik": current + float(penalty(model, l2).detach()),
+                        "accepted": bool(accepted),
                         "lr": lr})
         bar.set_postfix(obj=f"{current:.1f}")
         if accepted and gain < float(params["tol"]) * abs(current):

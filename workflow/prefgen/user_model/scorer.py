@@ -38,14 +38,15 @@ class UserModelScorer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, batch_size: int = 256) -> UserModelScorer:
-        """Load ``models/clip``, ``user_model/{pasta,population}.safetensors``, ``lambda.parquet``."""
+        """Load ``models/clip``, ``user_model/{pasta,population}.safetensors``, ``lambda``."""
         run = Path(run_dir)
         return cls(ClipEmbedder(run / "models" / "clip", batch_size),
                    load_reward_model(run / "user_model" / "pasta.safetensors"),
                    load_reward_model(run / "user_model" / "population.safetensors"),
                    run / "user_model" / "lambda.parquet")
 
-    def embed(self, images: ImageBatch, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, images: ImageBatch,
+              captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen CLIP embeddings of the images and their captions (one caption per image)."""
         if len(images) != len(captions):
             raise ValueError(f"scorer: {len(images)} images but {len(captions)} captions")
