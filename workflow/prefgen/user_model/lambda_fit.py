@@ -93,43 +93,48 @@ def _newton_bucket(X: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, l2: fl
 
     Each iteration reads X three times (margins, gradient, Hessian). The line search costs no
     extra pass: margins are linear in the step, m(t) = m + t·(m_full − m), so a user whose full
-    step fails the Armijo test backtracks on vectors of length L only.
+    step fails the Armijo test backtracks on vectors of length L only. Users converge at
+    different iterations; once a quarter of the working set has, the converged rows leave it
+    (one copy of the remaining rows), so late iterations read only the users still moving.
     """
     B, _, K = X.shape
     eye = torch.eye(K, dtype=X.dtype)
-    Xt = X.transpose(1, 2)
 
-    def margins(lam: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("blk,bk->bl", X, lam)
+    def margins(Xw: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("blk,bk->bl", Xw, lam)
 
-    def loss_from(m: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        return (F.softplus(-m) * mask).sum(1) + 0.5 * l2 * ((lam - mu) ** 2).sum(1)
+    def loss_from(m: torch.Tensor, lam: torch.Tensor, maskw: torch.Tensor,
+                  muw: torch.Tensor) -> torch.Tensor:
+        return (F.softplus(-m) * maskw).sum(1) + 0.5 * l2 * ((lam - muw) ** 2).sum(1)
 
-    def grad_from(m: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = torch.sigmoid(-m) * mask  # = -d softplus(-m)/dm on real rows, 0 on padding
-        g = -torch.bmm(Xt, p.unsqueeze(-1)).squeeze(-1) + l2 * (lam - mu)
+    def grad_from(Xw: torch.Tensor, m: torch.Tensor, lam: torch.Tensor, maskw: torch.Tensor,
+                  muw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = torch.sigmoid(-m) * maskw  # = -d softplus(-m)/dm on real rows, 0 on padding
+        g = -torch.bmm(Xw.transpose(1, 2), p.unsqueeze(-1)).squeeze(-1) + l2 * (lam - muw)
         return g, p
 
-    lam = mu.clone()
-    m = margins(lam)
-    f = loss_from(m, lam)
-    g, p = grad_from(m, lam)
+    lam_all = mu.clone()
+    rows = torch.arange(B)  # the working set: users still iterating, and their data
+    Xw, maskw, muw, lam = X, mask, mu, lam_all.clone()
+    m = margins(Xw, lam)
+    f = loss_from(m, lam, maskw, muw)
+    g, p = grad_from(Xw, m, lam, maskw, muw)
     active = torch.ones(B, dtype=torch.bool)
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-        w = p * (1.0 - p) * mask
-        H = torch.bmm(Xt * w.unsqueeze(1), X) + l2 * eye
+        w = p * (1.0 - p) * maskw
+        H = torch.bmm(Xw.transpose(1, 2) * w.unsqueeze(1), Xw) + l2 * eye
         step = -torch.cholesky_solve(g.unsqueeze(-1), torch.linalg.cholesky(H)).squeeze(-1)
         step = step * active.unsqueeze(1)
         decrement = -(g * step).sum(1)  # Newton decrement², >= 0 since H is positive definite
         active &= decrement > 2 * tol * (1.0 + f.abs())
         if not bool(active.any()):
             break
-        m_full = margins(lam + step)
-        t = torch.ones(B, dtype=X.dtype)
+        m_full = margins(Xw, lam + step)
+        t = torch.ones(len(rows), dtype=X.dtype)
         for _ in range(30):  # per-user backtracking on the margins, vectorised over users
             m_t = m + t.unsqueeze(1) * (m_full - m)
-            f_t = loss_from(m_t, lam + t.unsqueeze(1) * step)
+            f_t = loss_from(m_t, lam + t.unsqueeze(1) * step, maskw, muw)
             ok = (f_t <= f - 1e-4 * t * decrement) | ~active
             if bool(ok.all()):
                 break
@@ -139,8 +144,18 @@ def _newton_bucket(X: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, l2: fl
         m = torch.where(ok.unsqueeze(1), m_t, m)
         f = torch.where(ok, f_t, f)
         active &= ok
-        g, p = grad_from(m, lam)
-    return lam, loss_from(margins(lam), lam), g.norm(dim=1), it
+        if int(active.sum()) < 0.75 * len(rows):  # shrink the working set to the movers
+            lam_all[rows] = lam
+            keep = active.nonzero().squeeze(1)
+            rows, Xw, maskw, muw = rows[keep], Xw[keep], maskw[keep], muw[keep]
+            lam, m, f, active = lam[keep], m[keep], f[keep], active[keep]
+            if not len(rows):
+                break
+        g, p = grad_from(Xw, m, lam, maskw, muw)
+    lam_all[rows] = lam
+    m = margins(X, lam_all)
+    g, _ = grad_from(X, m, lam_all, mask, mu)
+    return lam_all, loss_from(m, lam_all, mask, mu), g.norm(dim=1), it
 
 
 def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
@@ -178,7 +193,9 @@ def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
     keep = fit_user[user]
     xs, us = (dphi, user) if keep.all() else (dphi[keep], user[keep])
     if len(us) > 1 and (np.diff(us) < 0).any():
-        order = np.argsort(us, kind="stable")
+        # a stable sort of small unsigned keys is numpy's O(P) radix sort
+        key = us.astype(np.uint16) if n_users <= np.iinfo(np.uint16).max else us
+        order = np.argsort(key, kind="stable")
         xs, us = xs[order], us[order]
     tdtype = torch.float64
     counts = np.bincount(us, minlength=n_users)
@@ -192,11 +209,9 @@ def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
         src = np.repeat(starts[members], lens) + col
         X = torch.zeros((len(members), L, K), dtype=tdtype)
         mask = torch.zeros((len(members), L), dtype=tdtype)
-        if L == 1 or (lens == L).all():
-            X.view(-1, K)[:] = torch.from_numpy(xs[src]).to(tdtype)
-        else:
-            X[row, col] = torch.from_numpy(xs[src]).to(tdtype)
-        mask[row, col] = 1.0
+        flat = torch.from_numpy(row * L + col)  # each pair's slot in the padded block
+        X.view(-1, K).index_copy_(0, flat, torch.from_numpy(xs[src]).to(tdtype))
+        mask.view(-1)[flat] = 1.0
         lam_b, loss_b, g_b, it = _newton_bucket(X, mask, torch.from_numpy(mu[members]).to(tdtype),
                                                 l2, max_iter, tol)
         lam[members] = lam_b.numpy()
