@@ -18,6 +18,7 @@ from prefgen.evaluation.win_rates import (
     checkpoint_metrics,
     outcomes,
     paired,
+    scores_by_user_type,
     select_checkpoints,
     win_rates,
 )
@@ -121,6 +122,30 @@ def test_best_checkpoint_by_pipe_and_oracle_beside_it() -> None:
     m = metrics.set_index(["method", "step", "judge"])
     assert m.loc[("a", 200, "oracle"), "mean_score"] == pytest.approx(0.5)
     assert m.loc[("a", 100, "pipe"), "n"] == 6
+
+
+def test_scores_by_dominant_user_type_at_the_selected_checkpoint() -> None:
+    """Users 1, 2 lean to type 'warm', user 3 to 'cool'; only each method's chosen step counts."""
+    rows = []
+    for user, group in [(1, "seen"), (2, "seen"), (3, "unseen")]:
+        for prompt in (1, 2):
+            rows.append(("a", 100, user, group, prompt, 0, 9.0, 9.0))   # not selected
+            rows.append(("a", 200, user, group, prompt, 0, 1.0, float(user)))
+            rows.append(("b", 0, user, group, prompt, 0, 0.0, float(prompt)))
+    scores = frame(rows).rename(columns={"x": "pipe", "y": "oracle"})
+    sel = select_checkpoints(checkpoint_metrics(scores, ["pipe"]), "pipe", None)
+    sel.loc[sel["method"] == "a", "step"] = 200
+    weights = pd.DataFrame([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], index=[1, 2, 3])
+    table = scores_by_user_type(scores, sel, ["pipe", "oracle"], weights, ["warm", "cool"])
+    t = table.set_index(["method", "user_type", "judge"])
+    assert t.loc[("a", "warm", "oracle"), "mean_score"] == pytest.approx(1.5)  # users 1, 2
+    assert t.loc[("a", "cool", "oracle"), "mean_score"] == pytest.approx(3.0)
+    assert t.loc[("a", "warm", "oracle"), "n_users"] == 2
+    assert t.loc[("a", "warm", "oracle"), "n"] == 4
+    assert t.loc[("b", "cool", "oracle"), "mean_score"] == pytest.approx(1.5)
+    assert set(t.reset_index()["step"]) == {0, 200}
+    with pytest.raises(KeyError, match=r"\[3\]"):
+        scores_by_user_type(scores, sel, ["pipe"], weights.loc[[1, 2]], ["warm", "cool"])
 
 
 def test_unpaired_samples_are_an_error() -> None:

@@ -105,6 +105,13 @@ rule evaluate:
             subcategory="Tables",
         ),
         agreement_other=multiext(f"{RUN}/tables/judge_agreement", ".md", ".tex"),
+        by_type=report(
+            f"{RUN}/tables/scores_by_user_type.csv",
+            caption="../report/evaluate_scores_by_user_type.rst",
+            category="Evaluation",
+            subcategory="Tables",
+        ),
+        by_type_other=multiext(f"{RUN}/tables/scores_by_user_type", ".md", ".tex"),
         curves=report(
             f"{RUN}/figures/checkpoint_curves.png",
             caption="../report/evaluate_checkpoint_curves.rst",

@@ -10,6 +10,8 @@ Writes (DESIGN §6, PIPE Table 1 and Figs. 2-3):
   group, with two-way (users x prompts) bootstrap CIs;
 - ``tables/judge_agreement.*``: each judge's agreement with the reference judge (the oracle) on
   the same comparisons;
+- ``tables/scores_by_user_type.*``: every judge's mean score per method at its selected
+  checkpoint, by the users' dominant (planted, else learned) type;
 - ``figures/checkpoint_curves.png`` and ``figures/samples_user_type{k}.png`` (one grid per user
   type: the seen test user with the largest weight on it; rows = methods, columns = prompts).
 """
@@ -31,6 +33,7 @@ from prefgen.evaluation.agreement import judge_agreement
 from prefgen.evaluation.win_rates import (
     INDEX_COLUMNS,
     checkpoint_metrics,
+    scores_by_user_type,
     select_checkpoints,
     win_rates,
 )
@@ -134,6 +137,11 @@ def run(args: argparse.Namespace) -> None:
         caption = "No reference judge configured (evaluate.reference_judge is null)."
     write_table(agree, tables / "judge_agreement", caption=" ".join(filter(None, [caption, note])))
 
+    weights, names, source = types
+    by_type = scores_by_user_type(scores, selected, judges, weights, names)
+    write_table(by_type, tables / "scores_by_user_type", caption=" ".join(filter(None, [
+        "Mean judge score (± sem) per method at its selected checkpoint, by each user's "
+        f"dominant {source} (largest weight).", note])))
     figures.checkpoint_curves(metrics, selected, judges, figs / "checkpoint_curves.png",
                               subtitle=note)
     write_sample_grids(scores, selected, args, p["grid"], types, note)

@@ -48,6 +48,34 @@ def checkpoint_metrics(scores: pd.DataFrame, judges: Sequence[str]) -> pd.DataFr
     return pd.DataFrame(rows, columns=["method", "step", "judge", "mean_score", "n", "sem"])
 
 
+def scores_by_user_type(scores: pd.DataFrame, selected: pd.DataFrame, judges: Sequence[str],
+                        weights: pd.DataFrame, type_names: Sequence[str]) -> pd.DataFrame:
+    """``method, step, user_type, judge, n_users, n, mean_score, sem``: each method's samples at
+    its selected checkpoint, grouped by each user's dominant type (largest weight).
+
+    Win rates average over users; this shows *whose* taste a method serves: a personalised
+    method should gain for every type, a population one mostly for the majority type.
+    """
+    steps = selected.set_index("method")["step"]
+    at = scores[scores["step"] == scores["method"].map(steps)]
+    dominant = weights.idxmax(axis=1)
+    known = at["user_id"].isin(dominant.index)
+    if not known.all():
+        missing = sorted(int(u) for u in at.loc[~known, "user_id"].unique())[:5]
+        raise KeyError(f"no user-type weights for sampled users {missing}")
+    at = at.assign(user_type=at["user_id"].map(dominant).map(lambda k: type_names[int(k)]))
+    rows = []
+    for (method, user_type), g in at.groupby(["method", "user_type"], sort=True):
+        for judge in judges:
+            x = g[judge].to_numpy(np.float64)
+            sem = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+            rows.append({"method": method, "step": int(steps[method]), "user_type": user_type,
+                         "judge": judge, "n_users": int(g["user_id"].nunique()),
+                         "n": int(len(x)), "mean_score": float(x.mean()), "sem": sem})
+    return pd.DataFrame(rows, columns=["method", "step", "user_type", "judge", "n_users", "n",
+                                       "mean_score", "sem"])
+
+
 def select_checkpoints(metrics: pd.DataFrame, select_by: str,
                        reference: str | None) -> pd.DataFrame:
     """Per method the step with the best mean ``select_by`` score (earliest on a tie), and what
