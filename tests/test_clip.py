@@ -159,3 +159,34 @@ def test_object_colour_recaptions_with_the_colour_drawn() -> None:
                    "a square on a red background"]
     both = describe(images, captions, ["object_colour", "object_size"])
     assert both[0].startswith("a pale blue square on a grey background")
+
+
+def test_descriptors_five_levels_say_how_much() -> None:
+    levels = np.linspace(10, 240, 60).astype(np.uint8)
+    images = np.broadcast_to(levels[:, None, None, None], (60, 16, 16, 3)).copy()
+    captions = ["a red square on a white background"] * 60
+    out = describe(images, captions, ["brightness"], levels=5)
+    assert out[:12] == [captions[0] + ", very dark"] * 12
+    assert out[12:24] == [captions[0] + ", dark"] * 12
+    assert out[24:36] == captions[24:36]
+    assert out[36:48] == [captions[0] + ", bright"] * 12
+    assert out[48:] == [captions[0] + ", very bright"] * 12
+    with pytest.raises(ValueError, match="descriptor_levels"):
+        describe(images, captions, ["brightness"], levels=4)
+
+
+def test_colour_purity_grades_the_drawn_colour_against_its_name() -> None:
+    """True-to-palette objects are "true-colour", clearly hue-shifted ones "off-colour";
+    with object_colour the grade is against the colour drawn (a clean blue drawn for "red" is a
+    true-colour blue), so the word describes the picture, never the prompt."""
+    images = np.tile(np.array(BACKGROUNDS["grey"], dtype=np.uint8), (6, 16, 16, 1))
+    images[0, 4:12, 4:12] = (215, 40, 40)  # palette red
+    images[1, 4:12, 4:12] = (45, 85, 215)  # palette blue, asked red
+    images[2:4, 4:12, 4:12] = (215, 58, 40)  # red, 6 degrees towards orange
+    images[4:6, 4:12, 4:12] = (215, 84, 40)  # red, 15 degrees towards orange
+    captions = ["a red square on a grey background"] * 6
+    out = describe(images, captions, ["object_colour", "colour_purity"])
+    assert out[0] == "a red square on a grey background, true-colour"
+    assert out[1] == "a blue square on a grey background, true-colour"
+    assert out[2:4] == [captions[0]] * 2
+    assert all(o.endswith(", off-colour") for o in out[4:]), out

@@ -217,6 +217,10 @@ DESCRIPTOR_WORDS: dict[str, tuple[str, str]] = {
 
 #: Descriptor that recaptions with the object's colour as the pixels show it.
 OBJECT_COLOUR = "object_colour"
+#: Descriptor saying how true the object's colour is to the colour it is called (hue + saturation).
+COLOUR_PURITY = "colour_purity"
+#: Its low / high words ("an off-colour red star", "a true-colour red star").
+COLOUR_PURITY_WORDS = ("off-colour", "true-colour")
 #: Mean object saturation below which the object is called "grey" (no palette colour).
 GREY_SATURATION = 0.15
 
@@ -245,7 +249,8 @@ def observed_colours(images: np.ndarray) -> list[str]:
                                                                           strict=True)]
 
 
-def describe(images: np.ndarray, captions: Sequence[str], attributes: Sequence[str]) -> list[str]:
+def describe(images: np.ndarray, captions: Sequence[str], attributes: Sequence[str],
+             levels: int = 3) -> list[str]:
     """Training captions with visual descriptors: "a red star on a grey background, large blurry".
 
     Web alt-text, which real CLIP models learn from, often says how an image looks (dark,
@@ -263,26 +268,68 @@ def describe(images: np.ndarray, captions: Sequence[str], attributes: Sequence[s
         return [str(c) for c in captions]
     from prefgen.data.attributes import measure_attributes
 
-    unknown = sorted(set(attributes) - set(DESCRIPTOR_WORDS) - {OBJECT_COLOUR})
+    special = {OBJECT_COLOUR, COLOUR_PURITY}
+    unknown = sorted(set(attributes) - set(DESCRIPTOR_WORDS) - special)
     if unknown:
         raise ValueError(f"clip.train.descriptors: unknown attribute(s) {unknown}; expected some "
-                         f"of {sorted(DESCRIPTOR_WORDS) + [OBJECT_COLOUR]}")
-    words: list[list[str]] = [[] for _ in range(len(captions))]
-    terciles = [a for a in attributes if a != OBJECT_COLOUR]
-    values = measure_attributes(images, list(captions)) if terciles else None
-    for attr in terciles:
-        v = values[attr].to_numpy()
-        lo, hi = np.nanquantile(v, [1 / 3, 2 / 3])
-        low_word, high_word = DESCRIPTOR_WORDS[attr]
-        for i in np.flatnonzero(v < lo):
-            words[i].append(low_word)
-        for i in np.flatnonzero(v > hi):
-            words[i].append(high_word)
+                         f"of {sorted(DESCRIPTOR_WORDS) + sorted(special)}")
+    if levels not in (3, 5):
+        raise ValueError(f"clip.train.descriptor_levels: expected 3 or 5, got {levels!r}")
     captions = [str(c) for c in captions]
     if OBJECT_COLOUR in attributes:
         captions = [recaption(c, seen) for c, seen in zip(captions, observed_colours(images),
                                                           strict=True)]
+    words: list[list[str]] = [[] for _ in range(len(captions))]
+    graded = [a for a in attributes if a not in special]
+    values = measure_attributes(images, captions) if graded or COLOUR_PURITY in attributes \
+        else None
+    table = {a: DESCRIPTOR_WORDS[a] for a in graded}
+    if COLOUR_PURITY in attributes:  # fidelity to the (recaptioned) colour word: hue + saturation
+        table[COLOUR_PURITY] = COLOUR_PURITY_WORDS
+    for attr, (low_word, high_word) in table.items():
+        key = "caption_fidelity" if attr == COLOUR_PURITY else attr
+        for i, word in enumerate(graded_words(values[key].to_numpy(), low_word, high_word,
+                                              levels)):
+            if word:
+                words[i].append(word)
     return [f"{c}, {' '.join(w)}" if w else c for c, w in zip(captions, words, strict=True)]
+
+
+def graded_words(v: np.ndarray, low_word: str, high_word: str, levels: int) -> list[str]:
+    """One word per value from its quantile bin: 3 levels = terciles (low, -, high); 5 levels =
+    quintiles ("very low", "low", -, "high", "very high"), so the caption also says how much.
+    A value equal to a bin edge goes to the bin nearer the middle. NaN values get no word."""
+    qs = np.nanquantile(v, np.arange(1, levels) / levels)
+    names = ([low_word, "", high_word] if levels == 3 else
+             [f"very {low_word}", low_word, "", high_word, f"very {high_word}"])
+    mid = levels // 2
+    out = []
+    for x in v:
+        if np.isnan(x):
+            out.append("")
+            continue
+        right = int(np.searchsorted(qs, x, side="right"))
+        out.append(names[right if right <= mid else max(mid, int(np.searchsorted(qs, x)))])
+    return out
+
+
+def training_captions(images: np.ndarray, captions: Sequence[str], train: dict[str, Any],
+                      seed: int) -> list[str]:
+    """The captions CLIP trains on: :func:`describe` with the configured descriptors, except a
+    seeded ``plain_share`` of rows that keep only the recaption (no style words).
+
+    The features embed the plain prompts ("a pale red star on a grey background"); if every
+    training caption carried style words, those prompts would sit outside what the text tower
+    was trained on. Mixing in plain (recaptioned) captions teaches it the prompts' own form.
+    """
+    attrs = list(train["descriptors"])
+    out = describe(images, captions, attrs, int(train.get("descriptor_levels", 3)))
+    share = float(train.get("plain_share", 0.0))
+    if share > 0:
+        plain = describe(images, captions, [a for a in attrs if a == OBJECT_COLOUR])
+        pick = rng(seed, "clip", "plain_captions").random(len(out)) < share
+        out = [p if k else o for o, p, k in zip(out, plain, pick, strict=True)]
+    return out
 
 
 def recaption(caption: str, seen: str) -> str:
@@ -486,8 +533,8 @@ def run(args: argparse.Namespace) -> None:
         if clip_params["source"] == "train":
             train_mask = ~np.isin(captions, list(held_out))
             tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp}")
-            train_captions = describe(images[train_mask], captions[train_mask],
-                                      clip_params["train"]["descriptors"])
+            train_captions = training_captions(images[train_mask], captions[train_mask],
+                                               clip_params["train"], seed)
             history = train_clip(model, tokenizer, images[train_mask], train_captions,
                                  cfg["preprocess_cfg"], clip_params["train"], seed)
         save_clip(model, tmp)
