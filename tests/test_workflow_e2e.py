@@ -103,3 +103,12 @@ def test_evaluation_key_reruns_only_evaluation(smoke_run: Path) -> None:
     planned = planned_jobs(smoke_run, config)
     assert "evaluate" in planned and "bundle" in planned
     assert not {"train_adapter", "sample", "world", "fit_pasta"} & set(planned)
+
+
+def test_report_builds_from_the_finished_run(smoke_run: Path) -> None:
+    """`make run`'s last step: Snakemake's HTML report with every table's caption."""
+    report = smoke_run / "report.html"
+    snakemake("--cores", "1", "--report", str(report), "all", "--configfile",
+              "config/smoke.yaml", cwd=smoke_run)
+    html = report.read_text(errors="replace")
+    assert "win_rates.csv" in html and "preference_accuracy.csv" in html
