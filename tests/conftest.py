@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,14 @@ def repo() -> Path:
 def workdir_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the workflow's sources in a temp dir, so tests never touch the user's results/."""
     return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on one torch thread: two threads only spin on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

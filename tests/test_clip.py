@@ -38,12 +38,7 @@ PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def scenes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

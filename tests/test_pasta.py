@@ -11,14 +11,7 @@ from prefgen.user_model.pairs import build_pairs
 from prefgen.user_model.pasta import fit_pasta, load_reward_model, save_reward_model
 from prefgen.user_model.recovery import corr_matrix
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread (two threads only spin on a shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 PARAMS = {"hidden": 8, "width": 16, "depth": 1, "interaction": False, "restarts": 2,

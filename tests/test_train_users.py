@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-
 from prefgen.generation.adapters import UserEmbeddings
 from prefgen.generation.train import TrainData, users_with_embeddings
 
