@@ -12,6 +12,7 @@ verdict sits beside the PIPE model's in the same table.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,14 +39,21 @@ def outcomes(a: np.ndarray, b: np.ndarray, tie_tolerance: float) -> tuple[np.nda
 
 def checkpoint_metrics(scores: pd.DataFrame, judges: Sequence[str]) -> pd.DataFrame:
     """``method, step, judge, mean_score, n, sem``: each judge's mean on a checkpoint's samples."""
-    rows = []
-    for (method, step), g in scores.groupby(["method", "step"], sort=True):
-        for judge in judges:
-            x = g[judge].to_numpy(np.float64)
-            sem = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-            rows.append({"method": method, "step": int(step), "judge": judge,
-                         "mean_score": float(x.mean()), "n": int(len(x)), "sem": sem})
+    rows = [{"method": method, "step": int(step), **row}
+            for (method, step), g in scores.groupby(["method", "step"], sort=True)
+            for row in judge_means(g, judges)]
     return pd.DataFrame(rows, columns=["method", "step", "judge", "mean_score", "n", "sem"])
+
+
+def judge_means(group: pd.DataFrame, judges: Sequence[str]) -> list[dict[str, Any]]:
+    """``judge, mean_score, n, sem`` of each judge's scores over the rows of ``group``."""
+    rows = []
+    for judge in judges:
+        x = group[judge].to_numpy(np.float64)
+        sem = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+        rows.append({"judge": judge, "mean_score": float(x.mean()), "n": int(len(x)),
+                     "sem": sem})
+    return rows
 
 
 def scores_by_user_type(scores: pd.DataFrame, selected: pd.DataFrame, judges: Sequence[str],
@@ -64,14 +72,10 @@ def scores_by_user_type(scores: pd.DataFrame, selected: pd.DataFrame, judges: Se
         missing = sorted(int(u) for u in at.loc[~known, "user_id"].unique())[:5]
         raise KeyError(f"no user-type weights for sampled users {missing}")
     at = at.assign(user_type=at["user_id"].map(dominant).map(lambda k: type_names[int(k)]))
-    rows = []
-    for (method, user_type), g in at.groupby(["method", "user_type"], sort=True):
-        for judge in judges:
-            x = g[judge].to_numpy(np.float64)
-            sem = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-            rows.append({"method": method, "step": int(steps[method]), "user_type": user_type,
-                         "judge": judge, "n_users": int(g["user_id"].nunique()),
-                         "n": int(len(x)), "mean_score": float(x.mean()), "sem": sem})
+    rows = [{"method": method, "step": int(steps[method]), "user_type": user_type,
+             "n_users": int(g["user_id"].nunique()), **row}
+            for (method, user_type), g in at.groupby(["method", "user_type"], sort=True)
+            for row in judge_means(g, judges)]
     return pd.DataFrame(rows, columns=["method", "step", "user_type", "judge", "n_users", "n",
                                        "mean_score", "sem"])
 
