@@ -33,7 +33,7 @@ Single-class users (A won every pair, or B did; e.g. every one-pair user): sciki
 class, so such a user gets one extra row x = 0 with the other label and sample_weight 0. It
 adds exactly nothing to the loss or its gradient, so the objective is unchanged.
 
-Timing: wall time of the whole ``fit_lambdas`` call (bucketing, padding, Newton; median of
+Timing: wall time of the whole ``fit_lambdas`` call (checks, sort by user, setup, Newton; median of
 ``--repeats``) vs the whole loop over all users (per-user slices prepared beforehand, not
 timed; the loop is timed over a random subset of ``--loop-users`` users and scaled linearly
 if that option is set). Both single-threaded (``torch.set_num_threads(1)``, threadpoolctl

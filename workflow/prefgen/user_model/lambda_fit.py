@@ -9,10 +9,19 @@ finite; μ is 0 or, with ``lambda.prior: population``, the population λ (one lo
 pooled over every user's pairs: the single user the whole population looks like), so a user
 with little data is shrunk towards everyone else instead of towards "no preference".
 
-All users are solved in ONE batched computation: users are grouped into buckets of similar pair
-counts (padded to the next power of two, so padding wastes < 2×), and each bucket runs damped
-Newton iterations with batched matrix products and a batched Cholesky solve; a per-user
-backtracking line search keeps every step a descent step. There is no Python loop over users.
+All users are solved in ONE batched computation: damped Newton with a per-user backtracking
+line search (every step a descent step), no Python loop over users. The pairs are sorted by
+user once (numpy's O(P) radix sort for up to 65,536 users) and kept unpadded; each per-user sum
+an iteration needs is one sparse product over the sorted pairs (``_Pairs``): margins T·λ,
+gradient sums S_q·Δφ and Hessian sums S_w·X₂ over the K(K+1)/2 pair products X₂, computed once.
+With K ≈ 5 each user's Newton system is tiny and the work is streaming the pairs through
+memory, so the design minimises passes and bytes: no padding (pair counts are heavy-tailed),
+no per-bucket gathers, one sigmoid per pair serving loss, gradient and Hessian, a line search
+that re-reads only the pairs of users whose full step fails, compaction of the working set to
+the users still moving, and float32 pair products for the Hessian while a rounding bound shows
+that they keep Newton's local convergence (error factor <= 0.05 per step). Loss and gradient,
+hence the optimum and the stopping test, are float64; when the bound fails the products are
+float64 too.
 
 Fallback (documented, flagged, never NaN): a user with fewer than ``lambda.min_informative``
 *informative* pairs (non-tie pairs with Δφ ≠ 0; ties carry a randomised label, PIPE §3.2) gets
@@ -29,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
@@ -64,98 +74,261 @@ def regularised_loss(x: np.ndarray, lam: np.ndarray, l2: float,
 
 
 def _check_inputs(dphi: np.ndarray, user: np.ndarray, n_users: int,
-                  row_names: np.ndarray | None) -> None:
+                  row_names: np.ndarray | None) -> np.ndarray:
+    """Validate the inputs; returns Σ_k |Δφ_nk| per pair (one pass: finiteness and Δφ ≠ 0)."""
     if dphi.ndim != 2:
         raise ValueError(f"fit_lambdas: Δφ must be [pairs, K], got shape {dphi.shape}")
     if len(user) != len(dphi):
         raise ValueError(f"fit_lambdas: {len(dphi)} Δφ rows but {len(user)} user indices")
-    bad = ~np.isfinite(dphi).all(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        name = row_names[i] if row_names is not None else f"row {i}"
-        raise ValueError(f"fit_lambdas: non-finite Δφ for {name} ({int(bad.sum())} pairs); "
-                         "check the features of its images")
+    with np.errstate(over="ignore"):  # a huge but finite row may overflow its sum: checked below
+        row_abs = np.abs(dphi) @ np.ones(dphi.shape[1])
+    if not np.isfinite(row_abs).all():  # the per-row scan only runs to name the culprit
+        bad = ~np.isfinite(dphi).all(axis=1)
+        if bad.any():  # (otherwise a finite row only overflowed its sum)
+            i = int(np.flatnonzero(bad)[0])
+            name = row_names[i] if row_names is not None else f"row {i}"
+            raise ValueError(f"fit_lambdas: non-finite Δφ for {name} ({int(bad.sum())} pairs); "
+                             "check the features of its images")
     if len(user) and (user.min() < 0 or user.max() >= n_users):
         raise ValueError(f"fit_lambdas: user indices must lie in [0, {n_users})")
+    return row_abs
 
 
-def _buckets(counts: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(padded length, user indices) groups: power-of-two pair-count buckets of users with pairs."""
-    users = np.flatnonzero(counts > 0)
-    length = np.maximum(1, 2 ** np.ceil(np.log2(np.maximum(counts[users], 1))).astype(np.int64))
-    return [(int(L), users[length == L]) for L in np.unique(length)]
+_MAX_PRODUCTS = 136  # K(K+1)/2 up to K = 16 precomputes the pair products; larger K uses T
+_HESS_CHUNK = 64  # pairs per float32 partial Hessian sum (partial sums are added in float64)
+# A float32 Hessian is off by |E_ij| <= _F32_EPS·sqrt(H_ii·H_jj) (3 roundings in the product, 1 of
+# w, 1 of w·product, recursive summation of <= _HESS_CHUNK terms; Cauchy-Schwarz), so it slows
+# Newton by a linear factor <= ‖H^-½ E H^-½‖ <= K·_F32_EPS·max_i H_ii / α near the optimum.
+# float32 is kept while that factor is <= _F32_MAX_RATE, else the products become float64.
+_F32_EPS = (5 + _HESS_CHUNK) * 2.0**-24
+_F32_MAX_RATE = 0.05
 
 
-def _newton_bucket(X: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, l2: float,
-                   max_iter: int, tol: float
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Damped Newton on a padded bucket ``X [B,L,K]``; returns (λ, loss, grad norm, iterations).
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + n)`` for every (s, n), without a Python loop."""
+    offs = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    return offs + np.arange(int(lens.sum()), dtype=offs.dtype)
 
-    Each iteration reads X three times (margins, gradient, Hessian). The line search costs no
-    extra pass: margins are linear in the step, m(t) = m + t·(m_full − m), so a user whose full
-    step fails the Armijo test backtracks on vectors of length L only. Users converge at
-    different iterations; once a quarter of the working set has, the converged rows leave it
-    (one copy of the remaining rows), so late iterations read only the users still moving.
+
+def _pair_products(x: np.ndarray, dtype: type) -> np.ndarray:
+    """``[P, K(K+1)/2]`` products Δφ_i·Δφ_j (i <= j) of every pair: the Hessian's data."""
+    xT = np.ascontiguousarray(x.T, dtype=dtype)  # [K,P]: contiguous columns
+    iu, ju = np.triu_indices(x.shape[1])
+    out = np.empty((len(iu), len(x)), dtype=dtype)
+    for c in range(len(iu)):  # K(K+1)/2 column products, not a loop over pairs or users
+        np.multiply(xT[iu[c]], xT[ju[c]], out=out[c])
+    return np.ascontiguousarray(out.T)
+
+
+def _logistic(m: np.ndarray, w_dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair, from one sigmoid q = σ(m): (log q, q, w = q(1 − q)), w in the Hessian's dtype.
+
+    −log q = softplus(−m) is the pair's loss, 1 − q = σ(−m) its gradient weight (the gradient
+    is taken as Σ q Δφ − Σ Δφ, so 1 − q is never formed) and w its Hessian weight. Below
+    m ≈ −700 q underflows, so log q takes the exact path there.
     """
-    B, _, K = X.shape
-    eye = torch.eye(K, dtype=X.dtype)
+    n = len(m)
+    logq, q, w = np.empty(n), np.empty(n), np.empty(n, dtype=w_dtype)
+    mt, lt, qt, wt = (torch.from_numpy(a) for a in (m, logq, q, w))
+    torch.sigmoid(mt, out=qt)
+    torch.addcmul(qt, qt, qt, value=-1.0, out=wt)
+    if n and float(mt.min()) < -700.0:  # pragma: no cover - extreme λ only
+        lt.copy_(F.logsigmoid(mt))
+    else:
+        torch.log(qt, out=lt)
+    return logq, q, w
 
-    def margins(Xw: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("blk,bk->bl", Xw, lam)
 
-    def loss_from(m: torch.Tensor, lam: torch.Tensor, maskw: torch.Tensor,
-                  muw: torch.Tensor) -> torch.Tensor:
-        return (F.softplus(-m) * maskw).sum(1) + 0.5 * l2 * ((lam - muw) ** 2).sum(1)
+class _Pairs:
+    """The working set: its users' pairs, sorted by user (contiguous runs), unpadded.
 
-    def grad_from(Xw: torch.Tensor, m: torch.Tensor, lam: torch.Tensor, maskw: torch.Tensor,
-                  muw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = torch.sigmoid(-m) * maskw  # = -d softplus(-m)/dm on real rows, 0 on padding
-        g = -torch.bmm(Xw.transpose(1, 2), p.unsqueeze(-1)).squeeze(-1) + l2 * (lam - muw)
-        return g, p
+    Every per-user sum is one sparse product over the sorted pairs (scipy's CSR kernels; no
+    padding, no per-bucket gather):
 
-    lam_all = mu.clone()
-    rows = torch.arange(B)  # the working set: users still iterating, and their data
-    Xw, maskw, muw, lam = X, mask, mu, lam_all.clone()
-    m = margins(Xw, lam)
-    f = loss_from(m, lam, maskw, muw)
-    g, p = grad_from(Xw, m, lam, maskw, muw)
-    active = torch.ones(B, dtype=torch.bool)
+    - margins m = T λ, with T the ``[P, U·K]`` matrix whose row n holds Δφ_n in its user's K
+      columns;
+    - gradient sums Σ_n q_n Δφ_n = S_q Δφ, with S the ``[users, P]`` matrix that sums each
+      user's run of pairs, weighted (float64);
+    - Hessian sums Σ_n w_n Δφ_n Δφ_nᵀ = S_w X₂, with X₂ the K(K+1)/2 products of each pair,
+      precomputed once (``rows`` point into them, so compaction never copies them). They are
+      float32 while that is accurate enough (see ``_F32_EPS``): the Hessian is the pass that
+      moves the most bytes, and it only shapes the step; loss and gradient (hence the optimum
+      and the stopping test) stay float64. For K > 16 the products would be too large and the
+      Hessian is Tᵀ(w ⊙ Δφ) in float64 instead.
+    """
+
+    def __init__(self, x: np.ndarray, col: np.ndarray, rows: np.ndarray, users: np.ndarray,
+                 counts: np.ndarray, n_users: int, source: np.ndarray,
+                 xx: np.ndarray | None) -> None:
+        self.x, self.col, self.rows, self.users, self.counts = x, col, rows, users, counts
+        self.source, self.xx = source, xx  # all sorted pairs and their products
+        P, K = x.shape
+        idx = col.dtype
+        self.indptr = np.zeros(len(users) + 1, dtype=idx)
+        np.cumsum(counts, out=self.indptr[1:])
+        self.starts = self.indptr[:-1].astype(np.int64)
+        self.arange = np.arange(P, dtype=idx)
+        ptr = np.arange(0, P * K + 1, K, dtype=idx)
+        self.T = sp.csr_array((x.reshape(-1), col.reshape(-1), ptr), shape=(P, n_users * K))
+        # Hessian rows: runs of at most _HESS_CHUNK pairs, each inside one user's run
+        n_chunks = (counts + _HESS_CHUNK - 1) // _HESS_CHUNK
+        self.first_chunk = np.zeros(len(users), dtype=np.int64)
+        np.cumsum(n_chunks[:-1], out=self.first_chunk[1:])
+        within = np.arange(int(n_chunks.sum())) - np.repeat(self.first_chunk, n_chunks)
+        self.chunk_ptr = np.append(np.repeat(self.indptr[:-1], n_chunks) + within * _HESS_CHUNK,
+                                   P).astype(idx)
+        self.iu, self.ju = np.triu_indices(K)
+
+    @property
+    def w_dtype(self) -> type:
+        return np.float64 if self.xx is None else self.xx.dtype.type
+
+    def to_float64(self) -> None:
+        """Recompute the pair products in float64 (when float32 would slow Newton down)."""
+        self.xx = _pair_products(self.source, np.float64)
+
+    def margins(self, v: np.ndarray) -> np.ndarray:
+        """m_n = Δφ_n · v_{user(n)} for ``v [n_users, K]``."""
+        return self.T @ v.reshape(-1)
+
+    def weighted_sums(self, v: np.ndarray) -> np.ndarray:
+        """Σ_n v_n Δφ_n over each user's run, ``[u, K]`` in ``users`` order."""
+        P = len(self.x)
+        return sp.csr_array((v, self.arange, self.indptr), shape=(len(self.users), P)) @ self.x
+
+    def hessian_sums(self, w: np.ndarray) -> np.ndarray:
+        """Σ_n w_n Δφ_n Δφ_nᵀ over each user's run, ``[u, K, K]`` float64 in ``users`` order."""
+        K = self.x.shape[1]
+        if self.xx is None:
+            z = torch.from_numpy(self.x).mul(torch.from_numpy(w).unsqueeze(1)).numpy()
+            return (self.T.T @ z).reshape(-1, K, K)[self.users]
+        S = sp.csr_array((w, self.rows, self.chunk_ptr),
+                         shape=(len(self.chunk_ptr) - 1, len(self.xx)))
+        h = np.add.reduceat((S @ self.xx).astype(np.float64), self.first_chunk, axis=0)
+        H = np.empty((len(self.users), K, K))
+        H[:, self.iu, self.ju] = h
+        H[:, self.ju, self.iu] = h
+        return H
+
+    def seg_sum(self, v: np.ndarray) -> np.ndarray:
+        """Σ of a per-pair vector over each user's run (in ``users`` order)."""
+        return np.add.reduceat(v, self.starts)
+
+    def subset(self, keep_user: np.ndarray, n_users: int) -> tuple[_Pairs, np.ndarray]:
+        """The working set restricted to ``keep_user[users]``; also returns the pair mask."""
+        k = keep_user[self.users]
+        pk = np.repeat(k, self.counts)
+        x, col, rows = (np.compress(pk, a, axis=0) for a in (self.x, self.col, self.rows))
+        return _Pairs(x, col, rows, self.users[k], self.counts[k], n_users, self.source,
+                      self.xx), pk
+
+
+def _newton(pairs: _Pairs, mu: np.ndarray, l2: float, max_iter: int, tol: float
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Damped Newton for every user of ``pairs`` at once; returns (λ, f, ∇f, iterations).
+
+    Per iteration: a batched solve over the active users, one pass for the trial margins
+    T(λ + step), one sigmoid per pair (loss, gradient and Hessian weights at once), one pass
+    each for the gradient and the Hessian sums. The Armijo line search costs no extra pass: the
+    trial loss comes with the sigmoid, and margins are linear in the step, so a user whose full
+    step fails backtracks on its own pairs only. Users leave the active set when their Newton
+    decrement is below ``tol``·(1+f) (or when no step decreases f); once the active users hold
+    less than 3/4 of the working set's pairs, the set is compacted to theirs.
+    """
+    U, K = mu.shape
+    eye = l2 * np.eye(K)
+    lam = mu.copy()
+    f, g, H = np.zeros(U), np.zeros((U, K)), np.zeros((U, K, K))
+    sum_x = np.zeros((U, K))  # ∇f = Σ q Δφ − Σ Δφ + α(λ − μ), as σ(−m) = 1 − q
+    W = pairs.users
+
+    def ridge(lmb: np.ndarray, muw: np.ndarray) -> np.ndarray:
+        return 0.5 * l2 * ((lmb - muw) ** 2).sum(1)
+
+    def hessian(q: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Hessian sums of the working set; switches to float64 products if float32 is too
+        coarse for this problem (the rate bound of ``_F32_EPS``)."""
+        HW = pairs.hessian_sums(w)
+        if pairs.w_dtype == np.float32 and len(HW) and \
+                K * _F32_EPS * (HW[:, range(K), range(K)].max() + l2) > _F32_MAX_RATE * l2:
+            pairs.to_float64()
+            HW = pairs.hessian_sums(q * (1.0 - q))
+        return HW
+
+    if lam[W].any():
+        m = pairs.margins(lam)
+        logq, q, w = _logistic(m, pairs.w_dtype)
+        f[W] = -pairs.seg_sum(logq) + ridge(lam[W], mu[W])
+        gs = pairs.weighted_sums(q)
+        sum_x[W] = pairs.weighted_sums(np.ones(len(m)))
+    else:  # λ = μ = 0: every margin is 0, every pair has loss log 2 and weights q = ½, w = ¼
+        n = len(pairs.x)
+        m, q, w = np.zeros(n), np.full(n, 0.5), np.full(n, 0.25, dtype=pairs.w_dtype)
+        f[W] = np.log(2.0) * pairs.counts
+        gs = pairs.weighted_sums(q)
+        sum_x[W] = 2.0 * gs  # exact: halving every term halves every partial sum
+    g[W] = gs - sum_x[W] + l2 * (lam[W] - mu[W])
+    H[W] = hessian(q, w)
+    active = np.zeros(U, dtype=bool)
+    active[W] = True
+    A = W
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-        w = p * (1.0 - p) * maskw
-        H = torch.bmm(Xw.transpose(1, 2) * w.unsqueeze(1), Xw) + l2 * eye
-        step = -torch.cholesky_solve(g.unsqueeze(-1), torch.linalg.cholesky(H)).squeeze(-1)
-        step = step * active.unsqueeze(1)
-        decrement = -(g * step).sum(1)  # Newton decrement², >= 0 since H is positive definite
-        active &= decrement > 2 * tol * (1.0 + f.abs())
-        if not bool(active.any()):
+        # H + α·I is symmetric positive definite; a batched LU solve is the cheapest call
+        stepA = -torch.linalg.solve(torch.from_numpy(H[A] + eye), torch.from_numpy(g[A])).numpy()
+        dec = -(g[A] * stepA).sum(1)  # Newton decrement², >= 0 since H is positive definite
+        if not np.isfinite(dec).all():
+            raise FloatingPointError("fit_lambdas: non-finite Newton step (|Δφ| too large?)")
+        moving = dec > 2 * tol * (1.0 + np.abs(f[A]))
+        active[A[~moving]] = False
+        A, stepA, dec = A[moving], stepA[moving], dec[moving]
+        if not len(A):
             break
-        m_full = margins(Xw, lam + step)
-        t = torch.ones(len(rows), dtype=X.dtype)
-        for _ in range(30):  # per-user backtracking on the margins, vectorised over users
-            m_t = m + t.unsqueeze(1) * (m_full - m)
-            f_t = loss_from(m_t, lam + t.unsqueeze(1) * step, maskw, muw)
-            ok = (f_t <= f - 1e-4 * t * decrement) | ~active
-            if bool(ok.all()):
-                break
-            t = torch.where(ok, t, 0.5 * t)
-        ok = (f_t <= f) & active  # never accept an ascent (rounding at the optimum)
-        lam = torch.where(ok.unsqueeze(1), lam + t.unsqueeze(1) * step, lam)
-        m = torch.where(ok.unsqueeze(1), m_t, m)
-        f = torch.where(ok, f_t, f)
-        active &= ok
-        if int(active.sum()) < 0.75 * len(rows):  # shrink the working set to the movers
-            lam_all[rows] = lam
-            keep = active.nonzero().squeeze(1)
-            rows, Xw, maskw, muw = rows[keep], Xw[keep], maskw[keep], muw[keep]
-            lam, m, f, active = lam[keep], m[keep], f[keep], active[keep]
-            if not len(rows):
-                break
-        g, p = grad_from(Xw, m, lam, maskw, muw)
-    lam_all[rows] = lam
-    m = margins(X, lam_all)
-    g, _ = grad_from(X, m, lam_all, mask, mu)
-    return lam_all, loss_from(m, lam_all, mask, mu), g.norm(dim=1), it
+        if pairs.counts[active[pairs.users]].sum() < 0.75 * len(m):  # compact to the movers
+            pairs, pk = pairs.subset(active, U)
+            m = m[pk]
+        trial = lam.copy()
+        trial[A] += stepA
+        m_new = pairs.margins(trial)  # users not moving keep their margins
+        logq, q, w = _logistic(m_new, pairs.w_dtype)
+        pos = np.searchsorted(pairs.users, A)
+        fA = f[A]
+        f_t = -pairs.seg_sum(logq)[pos] + ridge(trial[A], mu[A])
+        t = np.ones(len(A))
+        bad = ~(f_t <= fA - 1e-4 * dec)
+        if bad.any():  # per-user backtracking on the margins of the failing users' pairs only
+            b = np.flatnonzero(bad)
+            lens = pairs.counts[pos[b]]
+            pb = _ranges(pairs.starts[pos[b]], lens)
+            starts_b = np.zeros(len(b), dtype=np.int64)
+            np.cumsum(lens[:-1], out=starts_b[1:])
+            mb = m[pb]
+            dmb = m_new[pb] - mb
+            tb, okb = np.ones(len(b)), np.zeros(len(b), dtype=bool)
+            for _ in range(29):
+                tb = np.where(okb, tb, 0.5 * tb)
+                mt = mb + np.repeat(tb, lens) * dmb
+                ft = -np.add.reduceat(_logistic(mt, pairs.w_dtype)[0], starts_b) \
+                    + ridge(lam[A[b]] + tb[:, None] * stepA[b], mu[A[b]])
+                okb = ft <= fA[b] - 1e-4 * tb * dec[b]
+                if okb.all():
+                    break
+            t[b], f_t[b] = tb, ft
+            acc = np.repeat(ft <= fA[b], lens)  # never accept an ascent (rounding at the optimum)
+            m_new[pb] = np.where(acc, mt, mb)
+            _, q[pb], w[pb] = _logistic(m_new[pb], pairs.w_dtype)
+        ok = f_t <= fA
+        active[A[~ok]] = False  # no decrease possible: λ, f, ∇f stay as they are
+        A, t, stepA, f_t = A[ok], t[ok], stepA[ok], f_t[ok]
+        lam[A] += t[:, None] * stepA
+        f[A] = f_t
+        m = m_new
+        if not len(A):
+            break
+        pos = np.searchsorted(pairs.users, A)
+        g[A] = pairs.weighted_sums(q)[pos] - sum_x[A] + l2 * (lam[A] - mu[A])
+        H[A] = hessian(q, w)[pos]
+    return lam, f, g, it
 
 
 def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
@@ -168,61 +341,57 @@ def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
     ``[0, n_users)``; ``informative [P]`` marks pairs that count towards ``min_informative``
     (default: all pairs with Δφ ≠ 0). ``prior_mean`` is ``[K]`` (shared) or ``[U,K]``.
     ``row_names`` name pairs in error messages (e.g. ``ranking_id 123``). The stopping rule
-    (Newton decrement below ``tol``·(1+f)) bounds each user's loss excess by about ``tol``
-    relative.
+    (Newton decrement below ``tol``·(1+f), evaluated with the float64 gradient) bounds each
+    user's loss excess by about ``tol`` relative; ``iterations`` counts Newton iterations of the
+    slowest user (including the one that found it converged), at most ``max_iter``.
     """
     dphi = np.asarray(dphi, dtype=np.float64)
     user = np.asarray(user, dtype=np.int64)
-    _check_inputs(dphi, user, n_users, row_names)
+    row_abs = _check_inputs(dphi, user, n_users, row_names)
     if l2 <= 0:
         raise ValueError(f"fit_lambdas: l2 must be > 0 (got {l2}); without it a user whose pairs "
                          "are separable has no finite λ")
     K = dphi.shape[1]
     mu = np.zeros((n_users, K)) if prior_mean is None else \
         np.broadcast_to(np.asarray(prior_mean, dtype=np.float64), (n_users, K)).copy()
-    nonzero = np.abs(dphi).sum(1) > 0
+    nonzero = row_abs > 0  # Δφ ≠ 0 (a sum of absolute values is 0 only if every term is)
     informative = nonzero if informative is None else (np.asarray(informative, bool) & nonzero)
     n_pairs = np.bincount(user, minlength=n_users)
     n_inf = np.bincount(user, weights=informative, minlength=n_users).astype(np.int64)
     fallback = n_inf < int(min_informative)
 
-    lam = mu.copy()
-    loss = np.zeros(n_users)
-    gnorm = np.zeros(n_users)
-    fit_user = ~fallback
-    keep = fit_user[user]
-    xs, us = (dphi, user) if keep.all() else (dphi[keep], user[keep])
-    if len(us) > 1 and (np.diff(us) < 0).any():
+    fit_user = ~fallback & (n_pairs > 0)
+    if len(user) > 1 and (np.diff(user) < 0).any():
         # a stable sort of small unsigned keys is numpy's O(P) radix sort
-        key = us.astype(np.uint16) if n_users <= np.iinfo(np.uint16).max else us
+        key = user.astype(np.uint16) if n_users <= np.iinfo(np.uint16).max else user
         order = np.argsort(key, kind="stable")
-        xs, us = xs[order], us[order]
-    tdtype = torch.float64
-    counts = np.bincount(us, minlength=n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    iters = 0
-    for L, members in _buckets(counts):
-        # gather each member's rows into a zero-padded [B, L, K] block (vectorised)
-        lens = counts[members]
-        row = np.repeat(np.arange(len(members)), lens)
-        col = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-        src = np.repeat(starts[members], lens) + col
-        X = torch.zeros((len(members), L, K), dtype=tdtype)
-        mask = torch.zeros((len(members), L), dtype=tdtype)
-        flat = torch.from_numpy(row * L + col)  # each pair's slot in the padded block
-        X.view(-1, K).index_copy_(0, flat, torch.from_numpy(xs[src]).to(tdtype))
-        mask.view(-1)[flat] = 1.0
-        lam_b, loss_b, g_b, it = _newton_bucket(X, mask, torch.from_numpy(mu[members]).to(tdtype),
-                                                l2, max_iter, tol)
-        lam[members] = lam_b.numpy()
-        loss[members] = loss_b.numpy()
-        gnorm[members] = g_b.numpy()
-        iters = max(iters, it)
+        xs = np.take(dphi, order, axis=0)
+    else:
+        xs = dphi
+    users = np.flatnonzero(fit_user)
+    counts = n_pairs[users]
+    if not fit_user[n_pairs > 0].all():  # drop the pairs of fallback users (contiguous runs)
+        xs = np.compress(np.repeat(fit_user[n_pairs > 0], n_pairs[n_pairs > 0]), xs, axis=0)
+    xs = np.ascontiguousarray(xs)
+    small = len(xs) * K < np.iinfo(np.int32).max and n_users * K < np.iinfo(np.int32).max
+    idx = np.int32 if small else np.int64
+    col = np.empty((len(xs), K), dtype=idx)  # T's column of every Δφ entry: user·K + k
+    torch.add(torch.from_numpy(np.repeat((users * K).astype(idx), counts)).unsqueeze(1),
+              torch.arange(K, dtype=torch.from_numpy(col).dtype), out=torch.from_numpy(col))
+    products = K * (K + 1) // 2 <= _MAX_PRODUCTS
+    pairs = _Pairs(xs, col, np.arange(len(xs), dtype=idx), users, counts, n_users, xs,
+                   _pair_products(xs, np.float32) if products else None)
+    lam, loss, g, iters = _newton(pairs, mu, l2, max_iter, tol) if len(users) else \
+        (mu.copy(), np.zeros(n_users), np.zeros((n_users, K)), 0)
+    lam[~fit_user] = mu[~fit_user]
+    loss[~fit_user] = 0.0
+    gnorm = np.linalg.norm(g, axis=1)
+    gnorm[~fit_user] = 0.0
     # fallback users: λ = μ, loss reported at μ on their own pairs (ties included)
     if fallback.any():
         fb_pairs = fallback[user]
-        sp = np.logaddexp(0.0, -(dphi[fb_pairs] * mu[user[fb_pairs]]).sum(1))
-        loss[fallback] = np.bincount(user[fb_pairs], weights=sp, minlength=n_users)[fallback]
+        sp_fb = np.logaddexp(0.0, -(dphi[fb_pairs] * mu[user[fb_pairs]]).sum(1))
+        loss[fallback] = np.bincount(user[fb_pairs], weights=sp_fb, minlength=n_users)[fallback]
     if not np.isfinite(lam).all():  # pragma: no cover - guarded by the inputs and l2 > 0
         raise FloatingPointError("fit_lambdas: non-finite λ; this is a bug")
     return LambdaFit(lam, n_pairs, n_inf, fallback, loss, gnorm, iters,
