@@ -370,8 +370,9 @@ def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
         xs = dphi
     users = np.flatnonzero(fit_user)
     counts = n_pairs[users]
-    if not fit_user[n_pairs > 0].all():  # drop the pairs of fallback users (contiguous runs)
-        xs = np.compress(np.repeat(fit_user[n_pairs > 0], n_pairs[n_pairs > 0]), xs, axis=0)
+    has_pairs = n_pairs > 0
+    if not fit_user[has_pairs].all():  # drop the pairs of fallback users (contiguous runs)
+        xs = np.compress(np.repeat(fit_user[has_pairs], n_pairs[has_pairs]), xs, axis=0)
     xs = np.ascontiguousarray(xs)
     small = len(xs) * K < np.iinfo(np.int32).max and n_users * K < np.iinfo(np.int32).max
     idx = np.int32 if small else np.int64
