@@ -19,7 +19,8 @@ channels times ``--width``: the paper's SDXL UNet is 2.6B parameters, where weig
 memory; the mini one is ~1M, where activations do), random weights, random data: timing does
 not depend on training. Usage::
 
-    .venv/bin/python bench/dpo_step.py [--config config/config.yaml] [--steps 20] [--width 1]
+    .venv/bin/python bench/dpo_step.py [--preset mini|weights] [--config config/config.yaml]
+        [--steps N] [--width W] [--batch B]      # explicit options override the preset
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("adapter_off", "copy_ref", "full_copy", "encode_each_step")
+#: The two regimes worth measuring (docs/decisions.md, issue 5). ``weights``: a 63M-parameter
+#: UNet at 4 pairs/step, where the weights outweigh the activations as they do for SDXL at batch 1.
+PRESETS: dict[str, dict[str, int | None]] = {
+    "mini": {"width": 1, "batch": None, "steps": 20},
+    "weights": {"width": 8, "batch": 4, "steps": 8},
+}
 
 
 def status_mb(field: str) -> float:
@@ -178,12 +185,18 @@ def worker(variant: str, config: str, folder: str, steps: int, batch: int | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--width", type=int, default=1, help="multiply the UNet's channels")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="mini",
+                        help="mini: the config's UNet (activations dominate memory); "
+                        "weights: 8x channels, 4 pairs/step (weights dominate, as in SDXL)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (preset's default)")
+    parser.add_argument("--width", type=int, default=None, help="multiply the UNet's channels")
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (train.batch_size)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.worker:
         print(json.dumps(worker(args.worker, args.config, args.folder, args.steps, args.batch)))
         return
@@ -199,8 +212,9 @@ def main() -> None:
                 raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
             results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     ours = results["adapter_off"]
-    print(f"{args.config} (UNet channels x{args.width}): UNet {ours['unet_params']:,} parameters, "
-          f"{ours['batch_pairs']} pairs/step, {args.steps} timed steps, {ours['device']}")
+    print(f"preset {args.preset}, {args.config} (UNet channels x{args.width}): "
+          f"UNet {ours['unet_params']:,} parameters, {ours['batch_pairs']} pairs/step, "
+          f"{args.steps} timed steps, {ours['device']}")
     for r in results.values():
         print(f"  {r['variant']:17s} {r['steps_per_s']:7.2f} steps/s   peak {r['peak_mb']:9.1f} MB")
 
