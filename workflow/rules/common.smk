@@ -18,6 +18,15 @@ def stage_params(**subsets):
     return json.dumps(subsets, sort_keys=True)
 
 
+# Scheduling priorities. On a 2-core laptop `all` is bound by total work, and the only idle
+# time is a serial tail: if a chain that ends in `evaluate` starts late, one core waits for it.
+# So the long chains go first (foundation -> encode -> adapters/Premier -> sample -> judge, and
+# the user-model and VLM jobs that feed them); the tables nothing else reads (LPP, probe,
+# recovery, Premier history/ablation) fill the gaps. On a cluster these only order ready jobs.
+PRIORITY_LONGEST = 50  # foundation, encode: every generation job waits for them
+PRIORITY_CHAIN = 30  # jobs with a long chain of dependants before evaluate
+
+
 def all_targets():
     """Everything `rule all` asks for; each stage family appends its final outputs."""
     targets = []

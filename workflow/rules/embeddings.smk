@@ -13,6 +13,7 @@ rule user_embeddings:
         f"{LOGS}/user_embeddings/user_embeddings.log",
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=1000,
@@ -41,7 +42,8 @@ rule vlm_embeddings:
         f"{LOGS}/vlm_embeddings/vlm_embeddings.log",
     conda:
         "../../envs/vlm.yaml"
-    threads: 2
+    priority: PRIORITY_CHAIN
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
@@ -80,7 +82,7 @@ rule user_embedding_probe:
         f"{LOGS}/user_embedding_probe/user_embedding_probe.log",
     conda:
         "../../envs/vlm.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,

@@ -21,6 +21,7 @@ rule judge:
         method="[A-Za-z0-9_]+",
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=4000,

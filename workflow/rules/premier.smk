@@ -17,6 +17,7 @@ rule premier_init:
         variant="|".join(PREMIER_VARIANTS),
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=1000,
@@ -45,6 +46,7 @@ rule train_premier:
         variant="|".join(PREMIER_VARIANTS),
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=4000,
@@ -76,6 +78,7 @@ rule premier_new_users:
         f"{LOGS}/premier_new_users/premier_new_users.log",
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=4000,
@@ -107,6 +110,7 @@ rule sample_premier:
         f"{LOGS}/sample/premier.log",
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=4000,

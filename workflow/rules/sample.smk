@@ -15,6 +15,7 @@ rule sample:
         method="|".join(["base", *adapter_methods()]),
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=4000,

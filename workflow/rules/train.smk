@@ -17,6 +17,7 @@ rule foundation:
         f"{LOGS}/foundation/foundation.log",
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_LONGEST
     threads: 1
     resources:
         mem_mb=4000,
@@ -43,6 +44,7 @@ rule encode:
         f"{LOGS}/encode/encode.log",
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_LONGEST
     threads: 1
     resources:
         mem_mb=4000,
@@ -75,6 +77,7 @@ rule train_adapter:
         method="|".join(adapter_methods()) or "none",
     conda:
         "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=4000,

@@ -24,6 +24,7 @@ rule clip:
         "../../envs/core.yaml"
     params:
         cfg=stage_params(seed=config["seed"], clip=config["clip"]),
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=4000,
@@ -52,6 +53,7 @@ rule features:
     params:
         cfg=stage_params(features=config["features"]),
         out=lambda wildcards, output: os.path.dirname(output.images),
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=4000,
@@ -84,6 +86,7 @@ rule fit_pasta:
         features=features_dir,
     wildcard_constraints:
         variant="pasta|population",
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=3000,
@@ -109,6 +112,7 @@ rule fit_lambda:
     params:
         cfg=stage_params(**{"lambda": config["lambda"]}),
         features=features_dir,
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=3000,
