@@ -169,6 +169,7 @@ rule eval_set:
     params:
         cfg=stage_params(seed=config["seed"], eval_set=config["eval_set"]),
         truth=truth_users_arg,
+    priority: PRIORITY_CHAIN
     threads: 1
     resources:
         mem_mb=1000,
