@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The target comes before --configfile: Snakemake 9 reads every word after it as a config file.
 run: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) all
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/$$($(PY) -m prefgen.core.config run-name $(CONFIG))/report.html all
+	$(VENV)/bin/snakemake all --cores $(CORES) --configfile $(CONFIG)
+	$(VENV)/bin/snakemake all --cores $(CORES) --report results/$$($(PY) -m prefgen.core.config run-name $(CONFIG))/report.html --configfile $(CONFIG)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
