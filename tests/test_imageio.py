@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
 from prefgen.generation.images import load_images as load_resized
 from prefgen.user_model.imageio import decode_images, decode_jpeg, load_images
 
