@@ -39,8 +39,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("adapter_off", "copy_ref", "full_copy", "encode_each_step")
-#: The two regimes worth measuring (docs/decisions.md, issue 5). ``weights``: a 63M-parameter
-#: UNet at 4 pairs/step, where the weights outweigh the activations as they do for SDXL at batch 1.
+#: The two regimes worth measuring (docs/decisions.md, issue 5). ``weights``: 8x the config's UNet
+#: channels (35.6M parameters from the mini [24, 48]) at 4 pairs/step, where the weights outweigh
+#: the activations as they do for SDXL at batch 1.
 PRESETS: dict[str, dict[str, int | None]] = {
     "mini": {"width": 1, "batch": None, "steps": 20},
     "weights": {"width": 8, "batch": 4, "steps": 8},
