@@ -23,9 +23,10 @@ def stage_params(**subsets):
 # So the long chains go first (foundation -> encode -> adapters/Premier -> sample -> judge, and
 # the user-model and VLM jobs that feed them); the tables nothing else reads (LPP, probe,
 # recovery, Premier history/ablation) fill the gaps. On a cluster these only order ready jobs.
+# PRIORITY_CHAIN also covers eval_set, a 1-second job every sample waits for (without it,
+# sampling started at 636 s of 880).
 PRIORITY_LONGEST = 50  # foundation, encode: every generation job waits for them
-PRIORITY_CHAIN = 30  # jobs with a long chain of dependants before evaluate (and eval_set,
-# a 1-second job every sample waits for: without it, sampling started at 636 s of 880)
+PRIORITY_CHAIN = 30  # jobs with a long chain of dependants before evaluate
 
 
 def all_targets():
