@@ -71,6 +71,25 @@ def test_short_training_lowers_both_losses(tmp_path) -> None:
     assert info["vae_scaling_factor"] > 0
 
 
+def test_colour_whitening_equalises_colour_axes_and_keeps_total_variance() -> None:
+    """Hue axes must weigh as much as luminance in the VAE loss, at the RGB loss's scale."""
+    from prefgen.generation.foundation import colour_whitening
+
+    gen = torch.Generator().manual_seed(0)
+    luminance = torch.randn(64, 1, 8, 8, generator=gen)
+    chroma = 0.2 * torch.randn(64, 3, 8, 8, generator=gen)
+    pixels = (0.5 * luminance + chroma).clamp(-1, 1)    # RGB strongly correlated, like photos
+    cov = torch.cov(pixels.permute(1, 0, 2, 3).reshape(3, -1))
+    whiten = colour_whitening(pixels)
+    white_cov = whiten @ cov @ whiten.T
+    eig = torch.linalg.eigvalsh(cov)
+    assert eig.max() / eig.min() > 10                    # the input is far from white
+    torch.testing.assert_close(white_cov, torch.eye(3) * white_cov.trace() / 3, atol=1e-4,
+                               rtol=1e-4)
+    torch.testing.assert_close(white_cov.trace(), cov.trace(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(whiten, whiten.T)
+
+
 def test_predicted_colour_reads_the_object_not_the_caption() -> None:
     from prefgen.data.attributes import BACKGROUNDS, OBJECT_COLOURS
     from prefgen.generation.quality import predicted_colours
