@@ -110,10 +110,12 @@ def train_vae(vae: Any, pixels: torch.Tensor, cfg: dict[str, Any], seed: int) ->
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)
         recon = vae.decode(z).sample
         kl = dist.kl().mean() / x[0].numel()
-        err = recon - x
-        if whiten is not None:
-            err = torch.einsum("ij,bjhw->bihw", whiten, err)
-        loss = err.abs().mean() + err.square().mean() + cfg["kl_weight"] * kl
+        if whiten is None:
+            recon_loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        else:
+            err = torch.einsum("ij,bjhw->bihw", whiten, recon - x)
+            recon_loss = err.abs().mean() + err.square().mean()
+        loss = recon_loss + cfg["kl_weight"] * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
