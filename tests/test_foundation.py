@@ -90,6 +90,21 @@ def test_colour_whitening_equalises_colour_axes_and_keeps_total_variance() -> No
     torch.testing.assert_close(whiten, whiten.T)
 
 
+@pytest.mark.parametrize("space", ["rgb", "whitened"])
+def test_vae_training_lowers_the_loss_in_either_colour_space(space: str) -> None:
+    from prefgen.generation.foundation import train_vae
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    colours = torch.rand(64, 3, 1, 1, generator=gen) * 2 - 1        # flat coloured squares
+    pixels = torch.full((64, 3, 16, 16), -0.5)
+    pixels[:, :, 4:12, 4:12] = colours
+    cfg = smoke_config()["foundation"]
+    vae = build_tiny_sdxl(cfg, resolution=16, seed=0).vae
+    losses = train_vae(vae, pixels, cfg["vae"] | {"steps": 40, "loss_colour_space": space}, seed=0)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
 def test_predicted_colour_reads_the_object_not_the_caption() -> None:
     from prefgen.data.attributes import BACKGROUNDS, OBJECT_COLOURS
     from prefgen.generation.quality import predicted_colours
