@@ -74,6 +74,8 @@ def colour_whitening(pixels: torch.Tensor, max_pixels: int = 1_000_000) -> torch
     so the whitened pixels keep the total RGB variance, which leaves the loss scale (and the
     learning rate that suits it) comparable.
     """
+    # the first ``max_pixels`` pixels per channel in image order; slicing images first avoids
+    # a channel-major copy of the whole training set
     n_images = -(-max_pixels // (pixels.shape[-1] * pixels.shape[-2]))
     flat = pixels[:n_images].permute(1, 0, 2, 3).reshape(3, -1)[:, :max_pixels].double()
     cov = torch.cov(flat)
