@@ -20,7 +20,8 @@ memory; the mini one is ~1M, where activations do), random weights, random data:
 not depend on training. Usage::
 
     .venv/bin/python bench/dpo_step.py [--preset mini|weights] [--config config/config.yaml]
-        [--steps N] [--width W] [--batch B]      # explicit options override the preset
+        [--steps N] [--width W] [--batch B] [--[no-]gradient-checkpointing]
+        # explicit options override the preset
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("adapter_off", "copy_ref", "full_copy", "encode_each_step")
 #: The two regimes worth measuring (docs/decisions.md, issue 5). ``weights``: 8x the config's UNet
-#: channels (35.6M parameters from the mini [24, 48]) at 4 pairs/step, where the weights outweigh
-#: the activations as they do for SDXL at batch 1.
-PRESETS: dict[str, dict[str, int | None]] = {
-    "mini": {"width": 1, "batch": None, "steps": 20},
-    "weights": {"width": 8, "batch": 4, "steps": 8},
+#: channels (35.6M parameters from the mini [24, 48]) at 4 pairs/step with gradient checkpointing,
+#: the paper recipe (config/paper.yaml), where the weights outweigh the kept activations as they
+#: do for SDXL. ``None``: the config's value.
+PRESETS: dict[str, dict[str, int | bool | None]] = {
+    "mini": {"width": 1, "batch": None, "steps": 20, "gradient_checkpointing": None},
+    "weights": {"width": 8, "batch": 4, "steps": 8, "gradient_checkpointing": True},
 }
 
 
@@ -73,7 +75,8 @@ def build(config: str, width: int, out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-def worker(variant: str, config: str, folder: str, steps: int, batch: int | None) -> dict:
+def worker(variant: str, config: str, folder: str, steps: int, batch: int | None,
+           checkpointing: bool | None) -> dict:
     """Time ``steps`` training steps of ``variant``; returns steps/s and peak memory (MB)."""
     from diffusers import DDPMScheduler
     from prefgen.core.config import load_config
@@ -110,6 +113,10 @@ def worker(variant: str, config: str, folder: str, steps: int, batch: int | None
         den = load_denoiser(folder)
         den.unet.to(device)
     unet = den.unet
+    if checkpointing is None:
+        checkpointing = bool(tcfg["gradient_checkpointing"])
+    if checkpointing:  # every variant alike, as train.py does it
+        unet.enable_gradient_checkpointing()
     size = int(unet.config.sample_size * den.vae_scale_factor)
     images = torch.randint(0, 256, (2 * batch, size, size, 3), dtype=torch.uint8, generator=g)
     lat_shape = (2 * batch, unet.config.in_channels, unet.config.sample_size,
@@ -180,7 +187,7 @@ def worker(variant: str, config: str, folder: str, steps: int, batch: int | None
             else status_mb("VmHWM") - base)
     return {"variant": variant, "steps_per_s": steps / elapsed, "peak_mb": peak,
             "unet_params": sum(p.numel() for p in unet.parameters()), "batch_pairs": batch,
-            "device": device}
+            "gradient_checkpointing": checkpointing, "device": device}
 
 
 def main() -> None:
@@ -188,10 +195,14 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
     parser.add_argument("--preset", choices=sorted(PRESETS), default="mini",
                         help="mini: the config's UNet (activations dominate memory); "
-                        "weights: 8x channels, 4 pairs/step (weights dominate, as in SDXL)")
+                        "weights: 8x channels, 4 pairs/step, gradient checkpointing (weights "
+                        "dominate, as in SDXL)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (preset's default)")
     parser.add_argument("--width", type=int, default=None, help="multiply the UNet's channels")
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (train.batch_size)")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                        default=None, help="recompute UNet activations in backward "
+                        "(train.gradient_checkpointing)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,7 +210,8 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.config, args.folder, args.steps, args.batch)))
+        print(json.dumps(worker(args.worker, args.config, args.folder, args.steps, args.batch,
+                                args.gradient_checkpointing)))
         return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,6 +220,9 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", variant, "--config", args.config,
                    "--folder", str(Path(tmp) / "foundation"), "--steps", str(args.steps)]
             cmd += ["--batch", str(args.batch)] if args.batch else []
+            if args.gradient_checkpointing is not None:
+                cmd.append("--" + "no-" * (not args.gradient_checkpointing)
+                           + "gradient-checkpointing")
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
@@ -215,7 +230,8 @@ def main() -> None:
     ours = results["adapter_off"]
     print(f"preset {args.preset}, {args.config} (UNet channels x{args.width}): "
           f"UNet {ours['unet_params']:,} parameters, {ours['batch_pairs']} pairs/step, "
-          f"{args.steps} timed steps, {ours['device']}")
+          f"{args.steps} timed steps, gradient checkpointing "
+          f"{'on' if ours['gradient_checkpointing'] else 'off'}, {ours['device']}")
     for r in results.values():
         print(f"  {r['variant']:17s} {r['steps_per_s']:7.2f} steps/s   peak {r['peak_mb']:9.1f} MB")
 

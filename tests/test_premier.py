@@ -346,7 +346,8 @@ def test_shared_trainer_trains_premier_with_the_denoising_objective(tmp_path) ->
                   "user_dropout": 0.0}
     tcfg = {"steps": 4, "batch_size": 8, "gradient_accumulation_steps": 1, "lr": 1e-2,
             "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "beta": 500.0,
-            "mixed_precision": "no", "checkpoint_every": 2}
+            "mixed_precision": "no", "gradient_checkpointing": False,
+            "checkpoint_every": 2}
     result = train.train(pipe, data, UserEmbeddings.load(str(init)), "premier", method_cfg, tcfg,
                          0, tmp_path / "out", "fp")
     assert result["complete"] and [c["step"] for c in result["checkpoints"]] == [2, 4]

@@ -283,6 +283,11 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
                       cpu=not torch.cuda.is_available())  # CPU processes: gloo
     torch.manual_seed(derive_seed(seed, "train", "init", method))
     unet = pipe.unet
+    if cfg["gradient_checkpointing"]:
+        # SDXL at 1024 px keeps tens of GB of activations for the backward pass; recomputing
+        # them per block trades ~1/3 more compute for memory and leaves the gradients as they are
+        # (diffusers recomputes only under grad, so the no-grad reference pass is untouched).
+        unet.enable_gradient_checkpointing()
     cond = build_conditioning(unet, method_cfg, users)
     model = DPOModel(unet, cond, DDPMScheduler.from_config(pipe.scheduler.config))
     opt = torch.optim.AdamW(cond.parameters(), lr=float(cfg["lr"]),
