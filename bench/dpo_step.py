@@ -46,7 +46,7 @@ VARIANTS = ("adapter_off", "copy_ref", "full_copy", "encode_each_step")
 #: do for SDXL. ``None``: the config's value.
 PRESETS: dict[str, dict[str, int | bool | None]] = {
     "mini": {"width": 1, "batch": None, "steps": 20, "gradient_checkpointing": None},
-    "weights": {"width": 8, "batch": 4, "steps": 8, "gradient_checkpointing": True},
+    "weights": {"width": 16, "batch": 4, "steps": 8, "gradient_checkpointing": True},
 }
 
 
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
     parser.add_argument("--preset", choices=sorted(PRESETS), default="mini",
                         help="mini: the config's UNet (activations dominate memory); "
-                        "weights: 8x channels, 4 pairs/step, gradient checkpointing (weights "
+                        "weights: 16x channels, 4 pairs/step, gradient checkpointing (weights "
                         "dominate, as in SDXL)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (preset's default)")
     parser.add_argument("--width", type=int, default=None, help="multiply the UNet's channels")
