@@ -40,8 +40,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("adapter_off", "copy_ref", "full_copy", "encode_each_step")
-#: The two regimes worth measuring (docs/decisions.md, issue 5). ``weights``: 8x the config's UNet
-#: channels (35.6M parameters from the mini [24, 48]) at 4 pairs/step with gradient checkpointing,
+#: The two regimes worth measuring (docs/decisions.md, issue 5). ``weights``: 16x the config's UNet
+#: channels (141M parameters from the mini [24, 48]) at 4 pairs/step with gradient checkpointing,
 #: the paper recipe (config/paper.yaml), where the weights outweigh the kept activations as they
 #: do for SDXL. ``None``: the config's value.
 PRESETS: dict[str, dict[str, int | bool | None]] = {
@@ -195,8 +195,9 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
     parser.add_argument("--preset", choices=sorted(PRESETS), default="mini",
                         help="mini: the config's UNet (activations dominate memory); "
-                        "weights: 16x channels, 4 pairs/step, gradient checkpointing (weights "
-                        "dominate, as in SDXL)")
+                        f"weights: {PRESETS['weights']['width']}x channels, "
+                        f"{PRESETS['weights']['batch']} pairs/step, gradient checkpointing "
+                        "(weights dominate, as in SDXL)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (preset's default)")
     parser.add_argument("--width", type=int, default=None, help="multiply the UNet's channels")
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (train.batch_size)")
