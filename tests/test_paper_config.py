@@ -29,7 +29,7 @@ SAMPLE_GLOB = "tests/data/pickapic_sample/*.parquet"
 #: Rules that must not be planned at paper scale: the synthetic world (real data instead) and
 #: the stand-in foundation (SDXL is loaded with from_pretrained), and the recovery of planted
 #: truth, which real data does not have.
-ABSENT_AT_PAPER = {"world", "foundation", "user_model_recovery"}
+ABSENT_AT_PAPER = {"world", "foundation", "user_model_recovery", "user_model_ceiling"}
 #: GPU stages (issue 10 part 1); each planned job of these must request a GPU.
 GPU_RULES = {"encode", "features", "vlm_embeddings", "train_adapter", "sample", "judge_external",
              "train_premier", "sample_premier"}

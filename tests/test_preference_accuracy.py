@@ -2,7 +2,8 @@
 
 One module-scoped run builds the smoke world (config/smoke.yaml) and calls every stage the way
 its rule does (`prefgen <command> --params ...`): world, ingest, split-pipe, clip, features,
-fit-pasta (both variants), fit-lambda, preference-accuracy, user-model-recovery. The checks
+fit-pasta (both variants), fit-lambda, preference-accuracy, user-model-recovery,
+user-model-ceiling. The checks
 below read the files those stages wrote.
 """
 
@@ -83,6 +84,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--lambdas", um / "lambda.parquet", "--test", pipe / "test.parquet", "--truth", truth,
         "--images", clean / "images.parquet",
         "--table", root / "tables" / "user_model_recovery.csv")
+    ceiling = {k: v for k, v in cfg["preference_accuracy"].items() if k != "recovery_min_pairs"}
+    cli("user-model-ceiling", {"seed": seed, "pasta": {"interaction": cfg["pasta"]["interaction"]},
+                               "lambda": cfg["lambda"], "preference_accuracy": ceiling},
+        "--features", root / "features", "--train", pipe / "train.parquet",
+        "--test", pipe / "test.parquet", "--truth", truth, "--images", clean / "images.parquet",
+        "--accuracy", root / "tables" / "preference_accuracy.csv",
+        "--table", root / "tables" / "user_model_ceiling.csv", "--threads", "1")
     yield root
     torch.set_num_threads(before)
 
@@ -153,6 +161,26 @@ def test_recovery_matches_planted_types(run: Path) -> None:
     overall = rec[rec["planted_type"] == "all"].iloc[0]
     assert overall["user_reward_corr_median"] > 0.5, rec
     assert overall["lambda_corr_projected"] > 0.3, rec
+
+
+def test_ceiling_orders_the_sources_of_phi(run: Path) -> None:
+    """Better φ, same λ regression: planted φ beats φ regressed from CLIP, which beats nothing.
+
+    λ fitted on the planted type rewards must come close to the oracle (only λ is estimated);
+    φ regressed on them from the CLIP features lies between population and that; the copied
+    rows equal the preference-accuracy table's.
+    """
+    ceil = pd.read_csv(run / "tables" / "user_model_ceiling.csv").set_index("method")
+    acc = pd.read_csv(run / "tables" / "preference_accuracy.csv").set_index("method")
+    assert list(ceil.index) == ["population", "pipe", "pipe_supervised_phi", "pipe_true_phi",
+                                "oracle"]
+    for m in ("population", "pipe", "oracle"):
+        assert ceil.loc[m, "accuracy"] == pytest.approx(acc.loc[m, "accuracy"])
+    gap = ceil["gap_closed"]
+    assert gap["population"] == pytest.approx(0) and gap["oracle"] == pytest.approx(1)
+    assert gap["pipe_true_phi"] > 0.7, ceil
+    assert 0.2 < gap["pipe_supervised_phi"] < gap["pipe_true_phi"] + 0.05, ceil
+    assert "R²" in (run / "tables" / "user_model_ceiling.md").read_text()
 
 
 def test_scorer_agrees_with_cached_features(run: Path) -> None:

@@ -105,6 +105,16 @@ def test_evaluation_key_reruns_only_evaluation(smoke_run: Path) -> None:
     assert not {"train_adapter", "sample", "world", "fit_pasta"} & set(planned)
 
 
+def test_ceiling_key_reruns_the_ceiling_not_the_user_model(smoke_run: Path) -> None:
+    """The diagnostic's settings are kept out of preference_accuracy's params on purpose."""
+    config = smoke_config(smoke_run)
+    config["preference_accuracy"]["ceiling"]["epochs"] += 1
+    planned = planned_jobs(smoke_run, config)
+    assert "user_model_ceiling" in planned
+    assert not {"preference_accuracy", "user_model_recovery", "fit_lambda", "fit_pasta",
+                "train_adapter"} & set(planned), planned
+
+
 def test_report_builds_from_the_finished_run(smoke_run: Path) -> None:
     """`make run`'s last step: Snakemake's HTML report with every table's caption."""
     report = smoke_run / "report.html"

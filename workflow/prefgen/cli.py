@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "fit-lambda": "prefgen.user_model.lambda_fit",
     "preference-accuracy": "prefgen.user_model.accuracy",
     "user-model-recovery": "prefgen.user_model.recovery",
+    "user-model-ceiling": "prefgen.user_model.ceiling",
     "foundation": "prefgen.generation.foundation",
     "encode": "prefgen.generation.encode",
     "user-embeddings": "prefgen.embeddings.pipe",

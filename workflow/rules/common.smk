@@ -87,6 +87,7 @@ def user_model_targets():
     ]
     if SYNTHETIC:
         targets.append(f"{RUN}/tables/user_model_recovery.csv")
+        targets.append(f"{RUN}/tables/user_model_ceiling.csv")
     return targets
 
 

@@ -158,7 +158,7 @@ rule preference_accuracy:
             preference_accuracy={
                 k: v
                 for k, v in config["preference_accuracy"].items()
-                if k != "recovery_min_pairs"
+                if k not in ("recovery_min_pairs", "ceiling")
             },
         ),
         features=features_dir,
@@ -212,3 +212,48 @@ rule user_model_recovery:
         "prefgen user-model-recovery --params {params.cfg:q} --features {params.features}"
         " --pasta {input.pasta} --lambdas {input.lambdas} --test {input.test}"
         " --truth {params.truth} --images {input.images} --table {output.table} > {log} 2>&1"
+
+
+rule user_model_ceiling:
+    input:
+        features=rules.features.output,
+        train=rules.split_pipe.output.train,
+        test=rules.split_pipe.output.test,
+        truth=rules.world.output.world_json,
+        users=rules.world.output.users,
+        images=rules.ingest.output.images,
+        accuracy=rules.preference_accuracy.output.table,
+    output:
+        table=report(
+            f"{RUN}/tables/user_model_ceiling.csv",
+            caption="../report/user_model_ceiling.rst",
+            category="user model",
+        ),
+        md=f"{RUN}/tables/user_model_ceiling.md",
+        tex=f"{RUN}/tables/user_model_ceiling.tex",
+    log:
+        f"{LOGS}/user_model_ceiling/user_model_ceiling.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            pasta={"interaction": config["pasta"]["interaction"]},
+            preference_accuracy={
+                k: v
+                for k, v in config["preference_accuracy"].items()
+                if k != "recovery_min_pairs"
+            },
+            **{"lambda": config["lambda"]},
+        ),
+        features=features_dir,
+        truth=lambda wildcards, input: os.path.dirname(input.truth),
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "prefgen user-model-ceiling --params {params.cfg:q} --features {params.features}"
+        " --train {input.train} --test {input.test} --truth {params.truth}"
+        " --images {input.images} --accuracy {input.accuracy} --table {output.table}"
+        " --threads {threads} > {log} 2>&1"

@@ -421,7 +421,13 @@ def fit_users(model: Any, pairs: PairSet, store: FeatureStore, params: dict[str,
     This is the public entry point for other stages: LPP-style reference pairs or any user's
     own pairs go in as a :class:`PairSet`, λ comes out in ``pairs.user_ids`` order.
     """
-    dphi = pair_dphi(model, pairs, store)
+    return fit_users_dphi(pair_dphi(model, pairs, store), pairs, params, row_names)
+
+
+def fit_users_dphi(dphi: np.ndarray, pairs: PairSet, params: dict[str, Any],
+                   row_names: np.ndarray | None = None) -> tuple[LambdaFit, np.ndarray]:
+    """:func:`fit_users` on given ``Δφ [P,K]``, for type rewards that are not a reward model
+    (the planted ones, in the ceiling diagnostic); returns (fit, μ)."""
     l2 = float(params["l2"])
     mu = population_lambda(dphi, l2) if params["prior"] == "population" else \
         np.zeros(dphi.shape[1])
