@@ -35,6 +35,11 @@ DESCRIPTIONS: list[tuple[str, str]] = [
     ("tables/judge_agreement.*", "how often each judge orders an image pair like the oracle"),
     ("tables/preference_accuracy.*", "preference-prediction accuracy of PIPE, population, "
                                      "oracle (and LPP) on held-out pairs (PIPE §3.2)"),
+    ("tables/user_model_recovery.*", "synthetic world: learned user types matched to the planted "
+                                     "ones, fitted λ against the true λ*"),
+    ("tables/user_model_ceiling.*", "synthetic world: PIPE accuracy with φ fitted to the planted "
+                                    "type rewards, and with those rewards themselves (where the "
+                                    "gap to the oracle is lost)"),
     ("tables/*", "result table (csv = full precision; md and tex rounded)"),
     ("figures/checkpoint_curves.png", "judge scores against training step per method "
                                       "(PIPE Fig. 2)"),
