@@ -19,8 +19,7 @@ def test_supervised_phi_recovers_a_nonlinear_target_in_reward_units() -> None:
     target = torch.stack([3.0 * img[:, 0] + 1.0, (img * txt)[:, :3].sum(1) * 0.5], 1).numpy()
     params = {"width": 64, "depth": 2, "epochs": 40, "batch_size": 128, "lr": 0.003,
               "weight_decay": 0.0}
-    model = fit_supervised_phi(torch.cat([img, txt], 1), target, params, interaction=True,
-                               seed=0)
+    model = fit_supervised_phi(img, txt, target, params, interaction=True, seed=0)
     with torch.no_grad():
         pred = model.phi(img, txt).numpy()
     assert (r_squared(pred, target) > 0.9).all(), r_squared(pred, target)

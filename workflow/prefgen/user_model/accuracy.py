@@ -54,6 +54,13 @@ def correct_from_margin(margin: np.ndarray) -> np.ndarray:
     return np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
 
 
+def read_test_pairs(test_path: str | Path, store: FeatureStore, user_ids: np.ndarray) -> PairSet:
+    """The PIPE test pairs every accuracy is measured on: ties excluded, as PIPE §3.2 does."""
+    test_df = read_split(test_path)
+    test_df = test_df[~test_df["is_tie"].astype(bool)].reset_index(drop=True)
+    return build_pairs(test_df, store, source=str(test_path), user_ids=user_ids)
+
+
 def best_types(model: Any, train: PairSet, store: FeatureStore, log_pi: np.ndarray) -> np.ndarray:
     """``[U]`` each training user's MAP type: argmax_k log π_k + Σ_n log σ(Δφ_k)."""
     img, txt = train.item_features(store)
@@ -139,9 +146,7 @@ def evaluate(features: str | Path, pasta: str | Path, population: str | Path,
     if not (np.diff(user_ids) > 0).all():
         order = np.argsort(user_ids)
         user_ids = user_ids[order]
-    test_df = read_split(test_path)
-    test_df = test_df[~test_df["is_tie"].astype(bool)].reset_index(drop=True)  # PIPE §3.2
-    test = build_pairs(test_df, store, source=str(test_path), user_ids=user_ids)
+    test = read_test_pairs(test_path, store, user_ids)
     train = build_pairs(read_split(train_path), store, source=str(train_path), user_ids=user_ids)
     pasta_model = load_reward_model(pasta)
     pop_model = load_reward_model(population)

@@ -32,12 +32,13 @@ from tqdm.auto import tqdm
 from prefgen.core.io import write_table
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed
-from prefgen.user_model.accuracy import accuracy_table, correct_from_margin
+from prefgen.user_model.accuracy import accuracy_table, correct_from_margin, read_test_pairs
 from prefgen.user_model.features import FeatureStore
 from prefgen.user_model.imageio import load_images
 from prefgen.user_model.lambda_fit import fit_users_dphi
 from prefgen.user_model.pairs import PairSet, build_pairs, read_split
 from prefgen.user_model.pasta import RewardModel
+from prefgen.user_model.recovery import corr_matrix
 
 log = get_logger(__name__)
 
@@ -61,19 +62,18 @@ def planted_rewards(pairs: PairSet, truth: Any, images: str | Path,
     return np.concatenate(out) if out else np.zeros((0, truth.n_types))
 
 
-def fit_supervised_phi(x: torch.Tensor, target: np.ndarray, params: dict[str, Any],
-                       interaction: bool, seed: int) -> RewardModel:
+def fit_supervised_phi(img: torch.Tensor, txt: torch.Tensor, target: np.ndarray,
+                       params: dict[str, Any], interaction: bool, seed: int) -> RewardModel:
     """A :class:`RewardModel` trained by MSE to output the planted type rewards.
 
-    ``x`` are the items' ``[img, txt]`` embeddings side by side (``[I, 2D]``); the model builds
-    PASTA's inputs from them, so the comparison with the EM heads is on the same features.
+    It builds PASTA's inputs from the items' image and caption embeddings, so the comparison
+    with the EM heads is on the same features.
     """
-    dim = x.shape[1] // 2
     torch.manual_seed(derive_seed(seed, "ceiling", "model"))
     width = int(params["width"])
-    model = RewardModel(dim=dim, hidden=width, n_types=target.shape[1], width=width,
+    model = RewardModel(dim=img.shape[1], hidden=width, n_types=target.shape[1], width=width,
                         depth=int(params["depth"]), interaction=interaction)
-    inputs = model.inputs(x[:, :dim], x[:, dim:])
+    inputs = model.inputs(img, txt)
     model.set_standardisation(inputs)
     y = torch.as_tensor(target, dtype=torch.float32)
     y_mean, y_std = y.mean(0), y.std(0).clamp_min(1e-6)
@@ -96,11 +96,7 @@ def fit_supervised_phi(x: torch.Tensor, target: np.ndarray, params: dict[str, An
 def r_squared(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Per column R² of ``pred`` against ``target``, after the best affine map of each column
     (a type reward's offset and scale do not matter to Bradley-Terry)."""
-    out = []
-    for k in range(target.shape[1]):
-        c = np.corrcoef(pred[:, k], target[:, k])[0, 1] if pred[:, k].std() > 0 else 0.0
-        out.append(float(c) ** 2)
-    return np.asarray(out)
+    return np.diag(corr_matrix(pred, target)) ** 2
 
 
 def pipe_correct(phi_train: np.ndarray, phi_test: np.ndarray, train: PairSet, test: PairSet,
@@ -145,15 +141,14 @@ def compute(features: str | Path, train_path: str | Path, test_path: str | Path,
     store = FeatureStore.load(features)
     truth = load_truth(truth_dir)
     train = build_pairs(read_split(train_path), store, source=str(train_path))
-    test_df = read_split(test_path)
-    test_df = test_df[~test_df["is_tie"].astype(bool)].reset_index(drop=True)  # as the table
-    test = build_pairs(test_df, store, source=str(test_path), user_ids=train.user_ids)
+    test = read_test_pairs(test_path, store, train.user_ids)  # the accuracy table's pairs
     true_train = planted_rewards(train, truth, images)
     true_test = planted_rewards(test, truth, images)
-    model = fit_supervised_phi(torch.cat(train.item_features(store), dim=1), true_train,
-                               acc_params["ceiling"], bool(params["pasta"]["interaction"]), seed)
+    img_train, txt_train = train.item_features(store)
+    model = fit_supervised_phi(img_train, txt_train, true_train, acc_params["ceiling"],
+                               bool(params["pasta"]["interaction"]), seed)
     with torch.no_grad():
-        sup_train = model.phi(*train.item_features(store)).double().numpy()
+        sup_train = model.phi(img_train, txt_train).double().numpy()
         sup_test = model.phi(*test.item_features(store)).double().numpy()
     r2 = r_squared(sup_test, true_test)
     correct = {
