@@ -23,6 +23,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/premier.smk"
 include: "workflow/rules/lpp.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:

@@ -48,7 +48,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--quarantine", clean / "quarantine.parquet", "--stats", clean / "stats.json",
         "--threads", "1")
     pipe = root / "splits" / "pipe"
-    cli("split-pipe", {"seed": seed, "held_out_prompts": cfg["split"]["held_out"]["prompts"],
+    cli("split-pipe", {"seed": seed, "held_out": cfg["split"]["held_out"],
                        "pipe": cfg["split"]["pipe"]}, "--pairs", clean / "pairs.parquet",
         "--out", pipe)
     cli("clip", {"seed": seed, "clip": cfg["clip"]}, "--images", clean / "images.parquet",

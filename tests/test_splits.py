@@ -29,10 +29,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     clean = make_clean(root, world["shards"])
     pairs = load_pairs(clean["pairs"])
     seed, split = config["seed"], config["split"]
-    pipe = split_pipe(
-        pairs,
-        {"seed": seed, "held_out_prompts": split["held_out"]["prompts"], "pipe": split["pipe"]},
-    )
+    pipe = split_pipe(pairs, {"seed": seed, "held_out": split["held_out"], "pipe": split["pipe"]})
     ppd = split_ppd(pairs, {"seed": seed, "held_out": split["held_out"], "ppd": split["ppd"]})
     lpp = split_lpp(pairs, {"seed": seed, "held_out": split["held_out"], "lpp": split["lpp"]})
     return {
@@ -53,7 +50,10 @@ def test_pipe_train_and_test_are_disjoint_and_test_has_no_ties(data: dict[str, A
     # every tie is kept in train, with one of its two images as a random winner
     pairs = data["pairs"].set_index("ranking_id")
     unseen = set(data["pipe"]["unseen_prompts"]["caption"])
-    kept_ties = pairs.loc[pairs["is_tie"] & ~pairs["caption"].isin(unseen)]
+    held = set(data["ppd"]["test_unseen"]["user_id"]) | set(data["ppd"]["support"]["user_id"])
+    kept_ties = pairs.loc[
+        pairs["is_tie"] & ~pairs["caption"].isin(unseen) & ~pairs["user_id"].isin(held)
+    ]
     tr = train.set_index("ranking_id")
     assert set(kept_ties.index) <= set(tr.index)
     w = tr.loc[kept_ties.index, "image_w_uid"]
@@ -73,7 +73,10 @@ def test_pipe_winners_follow_the_labels(data: dict[str, Any]) -> None:
 def test_pipe_per_user_test_share_is_within_one_pair_of_ten_percent(data: dict[str, Any]) -> None:
     frac = data["config"]["split"]["pipe"]["test_fraction"]
     unseen = set(data["pipe"]["unseen_prompts"]["caption"])
-    pairs = data["pairs"][~data["pairs"]["caption"].isin(unseen)]
+    held = set(data["ppd"]["support"]["user_id"])
+    pairs = data["pairs"][
+        ~data["pairs"]["caption"].isin(unseen) & ~data["pairs"]["user_id"].isin(held)
+    ]
     n = nontie_counts(pairs)
     t = data["pipe"]["test"].groupby("user_id").size().reindex(n.index, fill_value=0)
     assert (np.abs(t - frac * n) <= 1.0).all()
@@ -87,7 +90,7 @@ def test_unseen_prompts_are_absent_from_every_split(data: dict[str, Any]) -> Non
     assert unseen["prompt_id"].is_unique and unseen["caption"].is_unique
     caps = set(unseen["caption"])
     tables = [data["pipe"]["train"], data["pipe"]["test"]]
-    tables += [data["ppd"][k] for k in ("train", "val", "test_seen", "test_unseen")]
+    tables += [data["ppd"][k] for k in ("train", "val", "test_seen", "test_unseen", "support")]
     tables += [data["lpp"]["references"], data["lpp"]["train_items"], data["lpp"]["episodes"]]
     for df in tables:
         assert not set(df["caption"]) & caps
@@ -99,7 +102,7 @@ def test_unseen_prompts_are_absent_from_every_split(data: dict[str, Any]) -> Non
 
 def test_ppd_splits_are_disjoint_and_unseen_users_never_train(data: dict[str, Any]) -> None:
     ppd = data["ppd"]
-    names = ("train", "val", "test_seen", "test_unseen")
+    names = ("train", "val", "test_seen", "test_unseen", "support")
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert not set(ppd[a]["ranking_id"]) & set(ppd[b]["ranking_id"]), (a, b)
@@ -131,7 +134,51 @@ def test_ppd_drops_users_with_fewer_than_min_pairs_and_counts_them(data: dict[st
         small
     )
     # unseen users have enough examples for PPD's few-shot conditioning
-    assert (ppd["test_unseen"].groupby("user_id").size() >= ho["min_pairs"]).all()
+    held = pd.concat([ppd["test_unseen"], ppd["support"]])
+    assert (held.groupby("user_id").size() >= ho["min_pairs"]).all()
+
+
+def test_unseen_users_have_one_support_set_and_no_pipe_pairs(data: dict[str, Any]) -> None:
+    """A held-out user's pairs: N support pairs (what every method may see) + test_unseen."""
+    ppd, pipe = data["ppd"], data["pipe"]
+    n = data["config"]["split"]["held_out"]["support_pairs"]
+    support = ppd["support"]
+    assert (support.groupby("user_id").size() == n).all()
+    assert not support["is_tie"].any()
+    held = set(support["user_id"])
+    assert held == set(ppd["test_unseen"]["user_id"]) | held and held
+    for name in ("train", "test"):
+        assert not held & set(pipe[name]["user_id"]), f"held-out user in PIPE {name}"
+    assert pipe["stats"]["held_out_users"] == len(held)
+    # support + test_unseen = every non-tie pair of theirs outside the unseen prompts
+    unseen = set(pipe["unseen_prompts"]["caption"])
+    pairs = data["pairs"]
+    theirs = pairs.loc[
+        pairs["user_id"].isin(held) & ~pairs["is_tie"] & ~pairs["caption"].isin(unseen)
+    ]
+    got = set(support["ranking_id"]) | set(ppd["test_unseen"]["ranking_id"])
+    assert got == set(theirs["ranking_id"])
+
+
+def test_lpp_user_model_train_carries_no_episode_label(data: dict[str, Any]) -> None:
+    from prefgen.data.splits import without_episode_labels
+
+    train, eps = data["pipe"]["train"], data["lpp"]["episodes"]
+    kept = without_episode_labels(train, eps)
+    cands = {(int(u), c) for u, cs in zip(eps["user_id"], eps["candidate_uids"], strict=True)
+             for c in cs}
+    touches = [
+        (u, w) in cands or (u, lo) in cands
+        for u, w, lo in zip(kept["user_id"], kept["image_w_uid"], kept["image_l_uid"], strict=True)
+    ]
+    assert not any(touches)
+    # the removal is exactly the pairs that touch a candidate, nothing else
+    all_touch = sum(
+        (u, w) in cands or (u, lo) in cands
+        for u, w, lo in zip(train["user_id"], train["image_w_uid"], train["image_l_uid"],
+                            strict=True)
+    )
+    assert all_touch > 0 and len(train) - len(kept) == all_touch
 
 
 def test_lpp_references_are_disjoint_from_test_episodes(data: dict[str, Any]) -> None:
@@ -175,7 +222,7 @@ def test_lpp_unseen_users_are_global_held_out_users_and_never_train(data: dict[s
     unseen = set(eps.loc[eps["user_group"] == "unseen", "user_id"])
     seen = set(eps.loc[eps["user_group"] == "seen", "user_id"])
     assert unseen and seen and not unseen & seen
-    assert unseen <= set(data["ppd"]["test_unseen"]["user_id"])
+    assert unseen <= set(data["ppd"]["support"]["user_id"])
     assert not unseen & set(data["lpp"]["train_items"]["user_id"])
     liked = data["lpp"]["references"].groupby("user_id")["liked"].sum()
     assert set(liked.index) == unseen | seen
@@ -187,7 +234,7 @@ def test_splits_are_deterministic(data: dict[str, Any]) -> None:
         data["pairs"],
         {
             "seed": config["seed"],
-            "held_out_prompts": config["split"]["held_out"]["prompts"],
+            "held_out": config["split"]["held_out"],
             "pipe": config["split"]["pipe"],
         },
     )
@@ -202,7 +249,7 @@ def test_eval_set_covers_every_type_with_shared_seeds(data: dict[str, Any]) -> N
         data["pipe"]["train"],
         data["pipe"]["unseen_prompts"],
         data["ppd"]["train"],
-        data["ppd"]["test_unseen"],
+        data["ppd"]["support"],
         data["users"],
         params,
     )
@@ -213,7 +260,7 @@ def test_eval_set_covers_every_type_with_shared_seeds(data: dict[str, Any]) -> N
     unseen = es.loc[es["user_group"] == "unseen"]
     assert seen["user_id"].nunique() == cfg["seen_users"]
     assert unseen["user_id"].nunique() == cfg["unseen_users"]
-    assert set(unseen["user_id"]) <= set(data["ppd"]["test_unseen"]["user_id"])
+    assert set(unseen["user_id"]) <= set(data["ppd"]["support"]["user_id"])
     assert set(seen["user_id"]) <= set(data["ppd"]["train"]["user_id"]) & set(
         data["pipe"]["train"]["user_id"]
     )

@@ -212,7 +212,7 @@ def test_vlm_embeddings_command_excludes_users_with_few_pairs(world: dict[str, P
     out = {k: tmp_path / f"ppd{k}" for k in (".safetensors", "_shots.parquet", "_stats.json")}
     params = {"seed": 0, "vlm": VLM_CFG, "ppd": {"embedding": EMB_CFG}}
     code = cli_main(["vlm-embeddings", "--params", json.dumps(params),
-                     "--train", str(world["train"]), "--test-unseen", str(world["test_unseen"]),
+                     "--train", str(world["train"]), "--support", str(world["test_unseen"]),
                      "--images", str(world["images"]), "--out", str(out[".safetensors"]),
                      "--shots", str(out["_shots.parquet"]), "--stats", str(out["_stats.json"])])
     assert code == 0

@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "judge-external": "prefgen.evaluation.judge",
     "evaluate": "prefgen.evaluation.evaluate",
     "bundle": "prefgen.evaluation.bundle",
+    "audit-contamination": "prefgen.evaluation.contamination",
     "train-lpp": "prefgen.lpp.train",
     "lpp-evaluate": "prefgen.lpp.evaluate",
     "lpp-prototypes": "prefgen.lpp.prototypes",

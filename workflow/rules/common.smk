@@ -39,6 +39,7 @@ def all_targets():
     targets += ppd_targets()
     targets += lpp_targets()
     targets += premier_targets()
+    targets += [f"{RUN}/tables/contamination.csv"]
     return targets
 
 
@@ -91,11 +92,24 @@ def user_model_targets():
     return targets
 
 
+def pasta_kind(variant):
+    """The model a fit_pasta variant is: `pasta` (K types) or `population` (K=1); the `_lpp`
+    variants are the same models fitted on the LPP table's training set."""
+    return variant.removesuffix("_lpp")
+
+
+def pasta_train(wildcards):
+    """PIPE train, or for the `_lpp` variants PIPE train without the LPP episodes' labels."""
+    if wildcards.variant.endswith("_lpp"):
+        return rules.split_lpp.output.user_model_train
+    return rules.split_pipe.output.train
+
+
 def pasta_params(wildcards):
     """fit_pasta's config subset: the population variant (K=1, one EM run) ignores n_types and
     restarts, so changing them reruns only the `pasta` variant."""
     pasta = dict(config["pasta"])
-    if wildcards.variant == "population":
+    if pasta_kind(wildcards.variant) == "population":
         pasta = {k: v for k, v in pasta.items() if k not in ("n_types", "restarts")}
     return stage_params(seed=config["seed"], pasta=pasta)
 
@@ -368,3 +382,151 @@ def lpp_model_params(**extra):
 
 def lpp_train_params(wildcards):
     return stage_params(**lpp_model_params(variant=wildcards.variant))
+
+
+# ---- Contamination audit (evaluate.smk) ----------------------------------------
+def split_source(path, labels=True):
+    return {"kind": "split", "path": str(path), "labels": labels}
+
+
+def adapter_source():
+    """What every adapter trains on: PIPE train through the adapters' own filter."""
+    return {
+        "kind": "adapter_pairs",
+        "path": str(rules.split_pipe.output.train),
+        "holdout": str(rules.split_ppd.output.test_unseen),
+    }
+
+
+def contamination_spec():
+    """Every consumer's training files (the rules' own inputs), where each is evaluated, and
+    the evaluation sets: `prefgen audit-contamination` compares them."""
+    pipe_train = rules.split_pipe.output.train
+    support = rules.split_ppd.output.support
+    clip = []
+    if config["clip"]["source"] == "train":
+        clip = [
+            {
+                "kind": "clean_pairs",
+                "path": str(rules.clip.input.pairs),
+                "exclude_prompts": str(rules.clip.input.unseen_prompts),
+                "labels": config["clip"]["images"] == "preferred",
+            }
+        ]
+    user_model = {"pipe_test": "preference_accuracy"}
+    generation = "win_rates"
+    consumers = {
+        "clip": {
+            "trains_on": clip,
+            "evaluated_on": {
+                "pipe_test": "features of every user model",
+                "lpp_episodes": "clip_score row",
+                "generation": "clip_score judge",
+            },
+        },
+        "pasta_phi": {
+            "trains_on": [split_source(pipe_train)],
+            "evaluated_on": {**user_model, "generation": "pipe judge"},
+        },
+        "population": {
+            "trains_on": [split_source(pipe_train)],
+            "evaluated_on": {**user_model, "generation": "population judge"},
+        },
+        "lambda": {
+            "trains_on": [split_source(pipe_train), split_source(support)],
+            "evaluated_on": {**user_model, "generation": "pipe judge, pipe embeddings"},
+        },
+        "judge_pipe_checkpoint_selection": {
+            "trains_on": [split_source(pipe_train), split_source(support)],
+            "evaluated_on": {
+                "generation": "pipe judge; selects every method's checkpoint"
+            },
+        },
+        "pasta_phi_lpp": {
+            "trains_on": [split_source(rules.split_lpp.output.user_model_train)],
+            "evaluated_on": {"lpp_episodes": "preference_prediction_topk pipe row"},
+        },
+        "population_lpp": {
+            "trains_on": [split_source(rules.split_lpp.output.user_model_train)],
+            "evaluated_on": {
+                "lpp_episodes": "preference_prediction_topk population row"
+            },
+        },
+        "ppd_embedding": {
+            "trains_on": [split_source(rules.vlm_embeddings.output.shots)],
+            "evaluated_on": {"generation": generation},
+        },
+        "premier_stage1_and_2": {
+            "trains_on": [
+                adapter_source(),
+                split_source(rules.premier_new_users.input.pairs),
+            ],
+            "evaluated_on": {"generation": generation},
+        },
+        "premier_history": {
+            "trains_on": [
+                adapter_source(),
+                split_source(rules.premier_history.input.pairs),
+            ],
+            "evaluated_on": {"generation": "premier_history"},
+            "allowed": {
+                "generation": "history-length analysis on unseen users' own likes, "
+                "not a compared method"
+            },
+        },
+        "user_probe": {
+            "trains_on": [split_source(rules.user_embedding_probe.input.train)],
+            "evaluated_on": {},
+        },
+    }
+    if not config["foundation"]["pretrained"]:
+        consumers["foundation"] = {
+            "trains_on": [split_source(rules.foundation.input.pairs, labels=False)],
+            "evaluated_on": {"generation": "every method's base model"},
+        }
+    for method in adapter_methods():
+        consumers[f"adapter_{method}"] = {
+            "trains_on": [adapter_source()],
+            "evaluated_on": {"generation": generation},
+        }
+    for variant in config["lpp"]["variants"]:
+        consumers[variant] = {
+            "trains_on": [
+                {
+                    "kind": "lpp_items",
+                    "path": str(rules.train_lpp.input.references),
+                    "train_items": str(rules.train_lpp.input.train_items),
+                }
+            ],
+            "evaluated_on": {"lpp_episodes": "preference_prediction_topk"},
+        }
+    if SYNTHETIC:
+        consumers["user_model_ceiling"] = {
+            "trains_on": [split_source(rules.user_model_ceiling.input.train)],
+            "evaluated_on": {"pipe_test": "user_model_ceiling"},
+        }
+    sets = {
+        "pipe_test": str(rules.split_pipe.output.test),
+        "ppd_test_seen": str(rules.split_ppd.output.test_seen),
+        "ppd_test_unseen": str(rules.split_ppd.output.test_unseen),
+        "support": str(support),
+        "lpp_episodes": str(rules.split_lpp.output.episodes),
+        "lpp_references": str(rules.split_lpp.output.references),
+        "clean_pairs": str(rules.ingest.output.pairs),
+        "generation": str(rules.eval_set.output.eval_set),
+    }
+    return {"consumers": consumers, "evaluation_sets": sets}
+
+
+def contamination_inputs(wildcards):
+    """Every file the spec names, so the audit runs after all of them exist."""
+    spec = contamination_spec()
+    paths = set(spec["evaluation_sets"].values())
+    for consumer in spec["consumers"].values():
+        for src in consumer["trains_on"]:
+            paths |= {
+                str(src[k])
+                for k in ("path", "holdout", "exclude_prompts", "train_items")
+                if src.get(k)
+            }
+    return sorted(paths)

@@ -75,7 +75,7 @@ rule split_pipe:
     params:
         cfg=stage_params(
             seed=config["seed"],
-            held_out_prompts=config["split"]["held_out"]["prompts"],
+            held_out=config["split"]["held_out"],
             pipe=config["split"]["pipe"],
         ),
         out=lambda wildcards, output: os.path.dirname(output.stats),
@@ -96,6 +96,7 @@ rule split_ppd:
         val=f"{RUN}/splits/ppd/val.parquet",
         test_seen=f"{RUN}/splits/ppd/test_seen.parquet",
         test_unseen=f"{RUN}/splits/ppd/test_unseen.parquet",
+        support=f"{RUN}/splits/ppd/support.parquet",
         stats=report(
             f"{RUN}/splits/ppd/stats.json",
             caption="../report/data_split_ppd.rst",
@@ -124,10 +125,12 @@ rule split_ppd:
 rule split_lpp:
     input:
         pairs=rules.ingest.output.pairs,
+        pipe_train=rules.split_pipe.output.train,
     output:
         references=f"{RUN}/splits/lpp/references.parquet",
         episodes=f"{RUN}/splits/lpp/episodes.parquet",
         train_items=f"{RUN}/splits/lpp/train_items.parquet",
+        user_model_train=f"{RUN}/splits/lpp/user_model_train.parquet",
         stats=report(
             f"{RUN}/splits/lpp/stats.json",
             caption="../report/data_split_lpp.rst",
@@ -149,7 +152,8 @@ rule split_lpp:
         mem_mb=2000,
         runtime=20,
     shell:
-        "prefgen split-lpp --params {params.cfg:q} --pairs {input.pairs} --out {params.out}"
+        "prefgen split-lpp --params {params.cfg:q} --pairs {input.pairs}"
+        " --pipe-train {input.pipe_train} --out {params.out}"
         " > {log} 2>&1"
 
 
@@ -158,7 +162,7 @@ rule eval_set:
         pipe_train=rules.split_pipe.output.train,
         unseen_prompts=rules.split_pipe.output.unseen_prompts,
         ppd_train=rules.split_ppd.output.train,
-        ppd_test_unseen=rules.split_ppd.output.test_unseen,
+        support=rules.split_ppd.output.support,
         truth_users=truth_users(),
     output:
         eval_set=f"{RUN}/splits/eval_set.parquet",
@@ -177,5 +181,5 @@ rule eval_set:
     shell:
         "prefgen eval-set --params {params.cfg:q} --pipe-train {input.pipe_train}"
         " --unseen-prompts {input.unseen_prompts} --ppd-train {input.ppd_train}"
-        " --ppd-test-unseen {input.ppd_test_unseen} {params.truth}"
+        " --support {input.support} {params.truth}"
         " --out {output.eval_set} > {log} 2>&1"

@@ -31,7 +31,7 @@ rule user_embeddings:
 rule vlm_embeddings:
     input:
         train=rules.split_ppd.output.train,
-        test_unseen=rules.split_ppd.output.test_unseen,
+        support=rules.split_ppd.output.support,
         images=rules.ingest.output.images,
         clip=vlm_clip_input(),
     output:
@@ -57,7 +57,7 @@ rule vlm_embeddings:
         clip=vlm_clip_arg,
     shell:
         "prefgen vlm-embeddings --params {params.cfg:q} --train {input.train:q}"
-        " --test-unseen {input.test_unseen:q} --images {input.images:q} {params.clip}"
+        " --support {input.support:q} --images {input.images:q} {params.clip}"
         " --out {output.emb:q} --shots {output.shots:q} --stats {output.stats:q} > {log} 2>&1"
 
 

@@ -1,6 +1,7 @@
-# LPP baseline (issue 9): a VLM preference predictor with latent preference prototypes, trained
-# per variant (full, without prototypes, without L_aux), evaluated by top-K accuracy on the
-# split_lpp episodes against PIPE's user model, and its prototypes analysed (LPP Fig. 3 in kind).
+# LPP baseline: a VLM preference predictor with latent preference prototypes, trained per variant
+# (full, without prototypes, without L_aux), evaluated by top-K accuracy on the split_lpp
+# episodes against PIPE's user model refitted without the episodes' labels (fit_pasta's `_lpp`
+# variants), and its prototypes analysed (LPP Fig. 3 in kind).
 
 
 rule train_lpp:
@@ -39,10 +40,10 @@ rule lpp_evaluate:
             f"{RUN}/models/lpp/{{variant}}", variant=config["lpp"]["variants"]
         ),
         clip=f"{RUN}/models/clip",
-        pasta=f"{RUN}/user_model/pasta.safetensors",
-        pasta_meta=f"{RUN}/user_model/pasta.json",
-        population=f"{RUN}/user_model/population.safetensors",
-        population_meta=f"{RUN}/user_model/population.json",
+        pasta=f"{RUN}/user_model/pasta_lpp.safetensors",
+        pasta_meta=f"{RUN}/user_model/pasta_lpp.json",
+        population=f"{RUN}/user_model/population_lpp.safetensors",
+        population_meta=f"{RUN}/user_model/population_lpp.json",
         truth=truth_inputs(SYNTHETIC),
     output:
         table=report(

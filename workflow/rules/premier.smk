@@ -68,7 +68,7 @@ rule premier_new_users:
         unpack(foundation_input),
         adapter=f"{RUN}/adapters/premier/final.json",
         init=f"{RUN}/embeddings/premier_init.safetensors",
-        pairs=rules.split_ppd.output.test_unseen,
+        pairs=rules.split_ppd.output.support,
         images=rules.ingest.output.images,
         eval_set=rules.eval_set.output.eval_set,
     output:

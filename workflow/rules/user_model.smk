@@ -1,6 +1,7 @@
-# User model (issue 4, PIPE §2-3.2): the CLIP model whose frozen encoders feed everything
+# User model (PIPE §2-3.2): the CLIP model whose frozen encoders feed everything
 # (`clip`), its embeddings of the PIPE split's images and captions (`features`), PASTA's K user
-# types and the K=1 population model fitted by EM over users (`fit_pasta`), every user's type
+# types and the K=1 population model fitted by EM over users (`fit_pasta`; the `_lpp` variants
+# are refitted without the LPP episodes' labels for the LPP table), every user's type
 # weights lambda_u in one batched regression (`fit_lambda`), the preference-accuracy table
 # (`preference_accuracy`) and, on the synthetic world, recovery of the planted truth.
 
@@ -9,6 +10,7 @@ rule clip:
     input:
         images=rules.ingest.output.images,
         pairs=rules.ingest.output.pairs,
+        unseen_prompts=rules.split_pipe.output.unseen_prompts,
     output:
         model=directory(f"{RUN}/models/clip"),
         table=report(
@@ -32,7 +34,8 @@ rule clip:
         gpu=1,
     shell:
         "prefgen clip --params {params.cfg:q} --images {input.images} --pairs {input.pairs}"
-        " --out-dir {output.model} --table {output.table} --threads {threads} > {log} 2>&1"
+        " --exclude-prompts {input.unseen_prompts} --out-dir {output.model}"
+        " --table {output.table} --threads {threads} > {log} 2>&1"
 
 
 rule features:
@@ -41,6 +44,7 @@ rule features:
         images=rules.ingest.output.images,
         train=rules.split_pipe.output.train,
         test=rules.split_pipe.output.test,
+        support=rules.split_ppd.output.support,
     output:
         images=f"{RUN}/features/images.safetensors",
         image_index=f"{RUN}/features/images.parquet",
@@ -61,14 +65,14 @@ rule features:
         gpu=1,
     shell:
         "prefgen features --params {params.cfg:q} --clip-dir {input.clip}"
-        " --images {input.images} --splits {input.train} {input.test}"
+        " --images {input.images} --splits {input.train} {input.test} {input.support}"
         " --out-dir {params.out} --threads {threads} > {log} 2>&1"
 
 
 rule fit_pasta:
     input:
         features=rules.features.output,
-        train=rules.split_pipe.output.train,
+        train=pasta_train,
     output:
         model=f"{RUN}/user_model/{{variant}}.safetensors",
         meta=f"{RUN}/user_model/{{variant}}.json",
@@ -84,8 +88,9 @@ rule fit_pasta:
     params:
         cfg=pasta_params,
         features=features_dir,
+        kind=lambda wildcards: pasta_kind(wildcards.variant),
     wildcard_constraints:
-        variant="pasta|population",
+        variant="pasta|population|pasta_lpp|population_lpp",
     priority: PRIORITY_CHAIN
     threads: 1
     resources:
@@ -93,7 +98,7 @@ rule fit_pasta:
         runtime=60,
     shell:
         "prefgen fit-pasta --params {params.cfg:q} --features {params.features}"
-        " --train {input.train} --variant {wildcards.variant} --model {output.model}"
+        " --train {input.train} --variant {params.kind} --model {output.model}"
         " --em-log {output.em} --threads {threads} > {log} 2>&1"
 
 
@@ -102,6 +107,7 @@ rule fit_lambda:
         features=rules.features.output,
         model=f"{RUN}/user_model/pasta.safetensors",
         train=rules.split_pipe.output.train,
+        support=rules.split_ppd.output.support,
     output:
         lambdas=f"{RUN}/user_model/lambda.parquet",
         summary=f"{RUN}/user_model/lambda.json",
@@ -119,7 +125,8 @@ rule fit_lambda:
         runtime=30,
     shell:
         "prefgen fit-lambda --params {params.cfg:q} --features {params.features}"
-        " --model {input.model} --train {input.train} --out {output.lambdas}"
+        " --model {input.model} --train {input.train} --support {input.support}"
+        " --out {output.lambdas}"
         " --summary {output.summary} --threads {threads} > {log} 2>&1"
 
 

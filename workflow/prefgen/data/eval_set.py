@@ -3,7 +3,8 @@
 Win rates compare methods on the same (user, prompt, seed) triples, so the set is fixed once,
 here, and every method's sampler reads it. Seen users are users every adapter method trained
 on (in PIPE's and PPD's training splits, with at least ``min_train_pairs`` PIPE training pairs);
-unseen users come from PPD's ``test_unseen`` (the global held-out users). When the synthetic
+unseen users are the global held-out users with a support set (``splits/ppd/support.parquet``,
+the only pairs of theirs any method sees). When the synthetic
 world's truth exists, users are picked round-robin over their dominant planted type, so every
 type is represented; with real data they are a seeded random draw. Prompts are a seeded draw
 from the unseen prompts (no pair in any split uses them). Each row's seed is a hash of the
@@ -52,7 +53,7 @@ def build_eval_set(
     pipe_train: pd.DataFrame,
     unseen_prompts: pd.DataFrame,
     ppd_train: pd.DataFrame,
-    ppd_test_unseen: pd.DataFrame,
+    support: pd.DataFrame,
     truth_users: pd.DataFrame | None,
     params: dict[str, Any],
 ) -> pd.DataFrame:
@@ -61,7 +62,7 @@ def build_eval_set(
     gen = rng(seed, "eval_set")
     types = None if truth_users is None else truth_users.set_index("user_id")["dominant_type"]
     counts = pipe_train.groupby("user_id").size()
-    unseen_pool = np.unique(ppd_test_unseen["user_id"])
+    unseen_pool = np.unique(support["user_id"])
     seen_pool = np.intersect1d(
         counts[counts >= int(cfg["min_train_pairs"])].index.to_numpy(),
         np.unique(ppd_train["user_id"]),
@@ -103,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipe-train", required=True)
     parser.add_argument("--unseen-prompts", required=True)
     parser.add_argument("--ppd-train", required=True)
-    parser.add_argument("--ppd-test-unseen", required=True)
+    parser.add_argument("--support", required=True, help="splits/ppd/support.parquet")
     parser.add_argument("--truth-users", default=None, help="the world's users.parquet (optional)")
     parser.add_argument("--out", required=True)
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
         pd.read_parquet(args.pipe_train),
         pd.read_parquet(args.unseen_prompts),
         pd.read_parquet(args.ppd_train),
-        pd.read_parquet(args.ppd_test_unseen),
+        pd.read_parquet(args.support),
         truth,
         args.params,
     )

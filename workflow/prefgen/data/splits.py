@@ -6,20 +6,26 @@ everywhere:
 - unseen prompts (``held_out_prompts``): the least-used captions; every pair with one of them is
   removed from every split, so generation is evaluated on prompts no model trained on;
 - held-out users (``held_out_users``): a share of the users with enough pairs; they are PPD's
-  ``test_unseen`` users and LPP's unseen users, and no adapter method trains on them.
+  ``test_unseen`` users and LPP's unseen users. Their pairs are in no training split: each gets
+  one support set of ``support_pairs`` non-tie pairs (``splits/ppd/support.parquet``), the only
+  pairs of theirs any method sees (PPD's few shots, PIPE's λ with φ frozen, Premier's stage 2),
+  and the rest are ``test_unseen``.
 
 Split tables share the columns ``SPLIT_COLUMNS`` (w = preferred image). A tie kept for training
 gets a random winner and keeps ``is_tie = True``, so a consumer can still drop it.
 
-- PIPE §4: per user, ``round(test_fraction * non-tie pairs)`` of the user's non-tie pairs go to
-  test, everything else (ties included) to train.
+- PIPE §4: held-out users removed; per user, ``round(test_fraction * non-tie pairs)`` of the
+  user's non-tie pairs go to test, everything else (ties included) to train.
 - PPD §5: users with fewer than ``min_pairs`` non-tie pairs dropped; held-out users ->
-  ``test_unseen``; the remaining (seen) users' pairs on held-out captions -> ``test_seen``, the
-  rest -> ``train``/``val``. Ties are kept (random winner) only in train.
+  ``support`` (their support set) and ``test_unseen`` (the rest); the remaining (seen) users'
+  pairs on held-out captions -> ``test_seen``, the rest -> ``train``/``val``. Ties are kept
+  (random winner) only in train.
 - LPP §4: per user, liked images = images the user preferred at least once, disliked = images
   the user only ever rejected; users with >= ``min_liked`` liked images; ``n_ref`` reference
   likes and dislikes, 1-vs-3 and 1-vs-1 test episodes on other images, training items from the
-  rest (seen users only).
+  rest (seen users only). The user models LPP is compared with are refitted on
+  ``user_model_train``: PIPE train without any pair that carries the label of an episode
+  candidate (:func:`without_episode_labels`).
 """
 
 from __future__ import annotations
@@ -163,12 +169,31 @@ def per_user_quota(pairs: pd.DataFrame, quota: pd.Series, gen: np.random.Generat
     return rank < q
 
 
+def support_mask(pairs: pd.DataFrame, n: int, seed: int) -> np.ndarray:
+    """Boolean mask of each user's support set: ``n`` of their pairs, in a per-user seeded draw.
+
+    Seeded per user (not by row position), so adding or removing another user never changes a
+    user's support set.
+    """
+    mask = np.zeros(len(pairs), dtype=bool)
+    for user, rows in pairs.groupby("user_id", sort=True).indices.items():
+        order = np.sort(rows)[rng(seed, "split", "support", int(user)).permutation(len(rows))]
+        mask[order[:n]] = True
+    return mask
+
+
 # --- PIPE -----------------------------------------------------------------------------------
 def split_pipe(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     seed = int(params["seed"])
+    ho = params["held_out"]
     frac = float(params["pipe"]["test_fraction"])
-    unseen = held_out_prompts(pairs, int(params["held_out_prompts"]), seed)
+    unseen = held_out_prompts(pairs, int(ho["prompts"]), seed)
     rest = without_prompts(pairs, unseen)
+    # held-out users are unseen to every method: none of their pairs is PIPE train or test
+    held = held_out_users(rest, float(ho["user_fraction"]), int(ho["min_pairs"]), seed)
+    in_held = rest["user_id"].isin(set(held.tolist())).to_numpy()
+    n_held_pairs = int(in_held.sum())
+    rest = rest.loc[~in_held].reset_index(drop=True)
     gen = rng(seed, "split", "pipe")
     nontie = rest.loc[~rest["is_tie"]]
     n_nontie = nontie.groupby("user_id").size()
@@ -184,8 +209,10 @@ def split_pipe(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
         "train": _split_stats(train),
         "test": _split_stats(test),
         "unseen_prompts": len(unseen),
+        "held_out_users": len(held),
         "dropped": {
-            "pairs_with_unseen_prompts": int(len(pairs) - len(rest)),
+            "pairs_with_unseen_prompts": int(len(pairs) - len(rest) - n_held_pairs),
+            "pairs_of_held_out_users": n_held_pairs,
             "ties_from_test": "none: ties are never drawn for test; all "
             f"{int(rest['is_tie'].sum())} ties are in train with a random winner",
         },
@@ -228,7 +255,10 @@ def split_ppd(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     in_small = rest["user_id"].isin(small).to_numpy()
     in_unseen = rest["user_id"].isin(unseen_users).to_numpy()
     ties = rest["is_tie"].to_numpy()
-    test_unseen = rest.loc[in_unseen & ~ties]
+    held_nontie = rest.loc[in_unseen & ~ties]
+    is_support = support_mask(held_nontie, int(ho["support_pairs"]), seed)
+    support = held_nontie.loc[is_support]
+    test_unseen = held_nontie.loc[~is_support]
     seen = rest.loc[~in_small & ~in_unseen]
 
     captions = np.sort(seen["caption"].unique())
@@ -256,12 +286,14 @@ def split_ppd(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
         "val": to_split_rows(val, gen),
         "test_seen": to_split_rows(test_seen, gen),
         "test_unseen": to_split_rows(test_unseen, gen),
+        "support": to_split_rows(support, gen),
     }
     stats = {name: _split_stats(df) for name, df in out.items()}
     stats.update(
         {
             "users_kept": int(len(counts) - len(small)),
             "held_out_users": len(unseen_users),
+            "support_pairs_per_held_out_user": int(ho["support_pairs"]),
             "held_out_captions": n_test_caps,
             "dropped": {
                 "pairs_with_unseen_prompts": int(len(pairs) - len(rest)),
@@ -413,23 +445,59 @@ def split_lpp(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     return {"references": references, "episodes": eps, "train_items": train_df, "stats": stats}
 
 
+def without_episode_labels(train: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFrame:
+    """``train`` without every pair of an episode's user that involves one of its candidates.
+
+    An episode asks which candidate the user liked; a pair of that user with a candidate carries
+    part of that label (the candidate won or lost it). The user models compared with LPP are
+    fitted on what is left, so none of them trained on an episode's answer.
+    """
+    cands = episodes[["user_id", "candidate_uids"]].explode("candidate_uids")
+    keys = set(zip(cands["user_id"].astype(np.int64), cands["candidate_uids"], strict=True))
+    users = train["user_id"].to_numpy(np.int64)
+    touches = np.fromiter(
+        (
+            (u, w) in keys or (u, lo) in keys
+            for u, w, lo in zip(users, train["image_w_uid"], train["image_l_uid"], strict=True)
+        ),
+        dtype=bool,
+        count=len(train),
+    )
+    return train.loc[~touches].reset_index(drop=True)
+
+
 # --- CLI ------------------------------------------------------------------------------------
 OUTPUTS = {
     "split-pipe": ("train", "test", "unseen_prompts"),
-    "split-ppd": ("train", "val", "test_seen", "test_unseen"),
-    "split-lpp": ("references", "episodes", "train_items"),
+    "split-ppd": ("train", "val", "test_seen", "test_unseen", "support"),
+    "split-lpp": ("references", "episodes", "train_items", "user_model_train"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, help="data/clean/pairs.parquet")
     parser.add_argument("--out", required=True, help="output directory of this split")
+    parser.add_argument(
+        "--pipe-train",
+        default=None,
+        help="split-lpp: splits/pipe/train.parquet, to write user_model_train.parquet from",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     pairs = load_pairs(args.pairs)
     fn = {"split-pipe": split_pipe, "split-ppd": split_ppd, "split-lpp": split_lpp}[args._command]
     result = fn(pairs, args.params)
+    if args._command == "split-lpp":
+        if not args.pipe_train:
+            raise ValueError("split-lpp: --pipe-train is required (the LPP user-model train set)")
+        pipe_train = pd.read_parquet(args.pipe_train)
+        result["user_model_train"] = without_episode_labels(pipe_train, result["episodes"])
+        result["stats"]["user_model_train"] = {
+            "pairs": len(result["user_model_train"]),
+            "removed_pairs_with_an_episode_candidate": len(pipe_train)
+            - len(result["user_model_train"]),
+        }
     out = Path(args.out)
     for name in OUTPUTS[args._command]:
         write_parquet(result[name], out / f"{name}.parquet")
@@ -444,4 +512,6 @@ __all__ = [
     "split_lpp",
     "split_pipe",
     "split_ppd",
+    "support_mask",
+    "without_episode_labels",
 ]

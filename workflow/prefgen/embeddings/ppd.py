@@ -5,7 +5,8 @@ caption, the preferred image and the dispreferred image, shown to LLaVA-OneVisio
 multi-image prompt; an intermediate hidden state of the VLM is the user embedding. Users with
 fewer than N pairs get no embedding and are dropped ("824 users ... as no user embedding for this
 user can be formed"). Seen users draw their examples from their PPD train pairs; held-out
-(unseen) users from their own pairs in ``test_unseen``, which no adapter trains on.
+(unseen) users from their support set (``splits/ppd/support.parquet``), the only pairs of theirs
+that any method sees.
 
 The prompt (:func:`build_prompt`) follows PPD's released extraction script: an opening sentence,
 then per example its caption, ``<image>`` + "This is the preferred image.", ``<image>`` +
@@ -308,8 +309,8 @@ def embedding_metadata(vlm: VLM, params: dict[str, Any]) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="splits/ppd/train.parquet (seen users)")
-    parser.add_argument("--test-unseen", required=True,
-                        help="splits/ppd/test_unseen.parquet (held-out users' own pairs)")
+    parser.add_argument("--support", required=True,
+                        help="splits/ppd/support.parquet (held-out users' support sets)")
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
     parser.add_argument("--clip", default=None,
                         help="models/clip/ (only read when vlm.stand_in.vision_init is 'clip')")
@@ -323,16 +324,16 @@ def run(args: argparse.Namespace) -> None:
     seed, emb_cfg = int(params["seed"]), params["ppd"]["embedding"]
     n_shots = int(emb_cfg["n_shots"])
     seed_everything(seed)
-    seen, unseen = read_split(args.train), read_split(args.test_unseen)
+    seen, unseen = read_split(args.train), read_split(args.support)
     overlap = np.intersect1d(seen["user_id"].unique(), unseen["user_id"].unique())
     if len(overlap):
-        raise ValueError(f"{args.test_unseen}: user_id {int(overlap[0])} also has train pairs; "
+        raise ValueError(f"{args.support}: user_id {int(overlap[0])} also has train pairs; "
                          "held-out users must be disjoint from train users")
     shots_seen, excl_seen = select_shots(seen, n_shots, emb_cfg["exclude_ties"], seed)
     shots_unseen, excl_unseen = select_shots(unseen, n_shots, emb_cfg["exclude_ties"], seed)
     shots = pd.concat([shots_seen, shots_unseen], ignore_index=True)
     if shots.empty:
-        raise ValueError(f"{args.train}, {args.test_unseen}: no user has {n_shots} usable pairs")
+        raise ValueError(f"{args.train}, {args.support}: no user has {n_shots} usable pairs")
 
     vlm = load_vlm(params["vlm"], seed, args.clip or None)
     images = load_pil_images(args.images, pd.concat([shots["image_w_uid"], shots["image_l_uid"]]))

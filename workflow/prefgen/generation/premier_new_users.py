@@ -3,8 +3,10 @@
 ``premier-new-users``: the held-out (unseen) users of the evaluation set get Premier
 embeddings. For every checkpoint the sampler will use, the adapters and the training users'
 embeddings are frozen and only the combination weights ``w`` of ``e_new = Σ_k w_k e_k`` are
-fitted with the denoising loss on the user's first ``history`` liked images (the preferred
-images of their ``splits/ppd/test_unseen`` pairs, in a seeded order; Premier's main setting is 8).
+fitted with the denoising loss on the user's first ``history`` liked images: the preferred
+images of their support set (``splits/ppd/support.parquet``, the same pairs PPD's few shots and
+PIPE's λ get), in a seeded order. Premier's main setting is 8 liked images; with a support set of
+N pairs a user has at most N, so every method onboards a new user from the same evidence.
 Writes ``adapters/premier_stage2/`` in the trainer's layout (``final.json`` +
 ``checkpoint-{step}/adapter.safetensors``, each the stage-1 weights plus ``new_users.*``), which
 ``sample`` reads like any adapter folder, and ``embeddings/premier.safetensors`` (every
@@ -46,7 +48,8 @@ def add_stage2_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--foundation", required=True, help="pipeline folder or hub id")
     parser.add_argument("--adapter", required=True, help="adapters/premier/final.json")
     parser.add_argument("--init", required=True, help="embeddings/premier_init.safetensors")
-    parser.add_argument("--pairs", required=True, help="splits/ppd/test_unseen.parquet")
+    parser.add_argument("--pairs", required=True,
+                        help="stage 2: splits/ppd/support.parquet; history: test_unseen")
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
     parser.add_argument("--eval-set", required=True, help="splits/eval_set.parquet")
 

@@ -10,7 +10,11 @@ broken at random, counted as the expected hit). Methods:
   the user's references, in a seeded shuffled order;
 - ``pipe``: r_u = λ_uᵀ φ(c, x) with λ_u fitted (PIPE Eq. 2, the ``lambda`` config) on the
   *same references*: every liked reference preferred to every disliked one, N_ref² pairs;
-- ``population``: the K = 1 reward model (PickScore analogue), the same for every user;
+- ``population``: the K = 1 reward model (PickScore analogue), the same for every user.
+
+φ and the population model are the ``_lpp`` fits (``user_model/pasta_lpp``,
+``population_lpp``): PIPE train without any pair that carries an episode candidate's label
+(``splits/lpp/user_model_train.parquet``), so no compared model trained on an episode's answer;
 - ``clip_score``: 100 · max(cos(image, caption), 0) with the run's CLIP;
 - ``oracle`` (synthetic world only): the user's true reward, the Bayes-optimal ranking.
 

@@ -505,6 +505,8 @@ def image_caption_pairs(pairs_parquet: str | Path, images: str = "all") -> pd.Da
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
     parser.add_argument("--pairs", required=True, help="data/clean/pairs.parquet (captions)")
+    parser.add_argument("--exclude-prompts", default=None,
+                        help="splits/pipe/unseen_prompts.parquet: captions CLIP never sees")
     parser.add_argument("--out-dir", required=True, help="models/clip/")
     parser.add_argument("--table", required=True, help="tables/clip_retrieval.csv")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -519,6 +521,14 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     seed_everything(derive_seed(seed, "clip"))
     data = image_caption_pairs(args.pairs, clip_params["images"])
+    if args.exclude_prompts:
+        # the generation evaluation's prompts: CLIP scores those samples (clip_score) and feeds
+        # every user model, so it never trains on them
+        unseen = set(pd.read_parquet(args.exclude_prompts, columns=["caption"])["caption"])
+        n_before = len(data)
+        data = data.loc[~data["caption"].isin(unseen)].reset_index(drop=True)
+        log.info("clip: %d (image, caption) rows on the %d held-out prompts left out",
+                 n_before - len(data), len(unseen))
     held_out = caption_split(data["caption"].tolist(), clip_params["eval"]["holdout_fraction"],
                              seed)
     log.info("clip: %d (image, caption) rows, %d distinct captions, %d held out",

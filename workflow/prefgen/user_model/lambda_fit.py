@@ -438,14 +438,33 @@ def fit_users_dphi(dphi: np.ndarray, pairs: PairSet, params: dict[str, Any],
     return fit, mu
 
 
-def lambda_table(user_ids: np.ndarray, fit: LambdaFit) -> pd.DataFrame:
+def lambda_table(user_ids: np.ndarray, fit: LambdaFit, fitted_on: str = "train") -> pd.DataFrame:
+    """One row per user; ``fitted_on`` says which pairs gave λ (``train`` or ``support``)."""
     df = pd.DataFrame({"user_id": np.asarray(user_ids, dtype=np.int64)})
     for k in range(fit.lam.shape[1]):
         df[f"lambda_{k}"] = fit.lam[:, k]
     df["n_pairs"] = fit.n_pairs.astype(np.int64)
     df["n_informative"] = fit.n_informative.astype(np.int64)
     df["fallback"] = fit.fallback.astype(bool)
+    df["fitted_on"] = fitted_on
     return df
+
+
+def fit_support_users(model: Any, support: pd.DataFrame, store: FeatureStore,
+                      params: dict[str, Any], mu: np.ndarray, source: str) -> pd.DataFrame:
+    """λ of held-out users from their support sets alone (Eq. 2, φ frozen, prior μ from train).
+
+    PIPE describes no new-user path; this is the reading every method shares: a new user is
+    known only by the support pairs PPD and Premier also get. μ stays the training users'
+    population λ, so adding the support sets changes no training user's λ.
+    """
+    pairs = build_pairs(support, store, source=source)
+    l2 = float(params["l2"])
+    fit = fit_lambdas(pair_dphi(model, pairs, store), pairs.user, pairs.n_users, l2,
+                      prior_mean=mu, informative=~pairs.is_tie,
+                      min_informative=int(params["min_informative"]),
+                      max_iter=int(params["max_iter"]), tol=float(params["tol"]))
+    return lambda_table(pairs.user_ids, fit, fitted_on="support")
 
 
 def read_lambdas(path: str | Path) -> pd.DataFrame:
@@ -470,6 +489,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True)
     parser.add_argument("--model", required=True, help="user_model/pasta.safetensors")
     parser.add_argument("--train", required=True, help="splits/pipe/train.parquet")
+    parser.add_argument("--support", default=None,
+                        help="splits/ppd/support.parquet: held-out users' λ from these alone")
     parser.add_argument("--out", required=True, help="user_model/lambda.parquet")
     parser.add_argument("--summary", required=True, help="user_model/lambda.json")
     parser.add_argument("--threads", type=int, default=0)
@@ -486,10 +507,24 @@ def run(args: argparse.Namespace) -> None:
     model = load_reward_model(args.model)
     names = np.array([f"{args.train} ranking_id {r}" for r in train["ranking_id"]])
     fit, mu = fit_users(model, pairs, store, params, row_names=names)
-    write_parquet(lambda_table(pairs.user_ids, fit), args.out)
+    table = lambda_table(pairs.user_ids, fit)
+    n_support_users = 0
+    if args.support:
+        support = read_split(args.support)
+        both = np.intersect1d(support["user_id"].unique(), table["user_id"])
+        if len(both):
+            raise ValueError(f"{args.support}: user_id {int(both[0])} also has PIPE train pairs "
+                             f"in {args.train}; support users must be held out of train")
+        if len(support):
+            extra = fit_support_users(model, support, store, params, mu, str(args.support))
+            n_support_users = len(extra)
+            table = pd.concat([table, extra], ignore_index=True).sort_values(
+                "user_id", kind="stable").reset_index(drop=True)
+    write_parquet(table, args.out)
     summary = {"population_lambda": mu.tolist(), "l2": float(params["l2"]),
                "prior": params["prior"], "min_informative": int(params["min_informative"]),
                "n_users": pairs.n_users, "n_pairs": pairs.n_pairs,
+               "n_support_users": n_support_users,
                "n_fallback": int(fit.fallback.sum()), "newton_iterations": fit.iterations,
                "max_grad_norm": float(fit.grad_norm.max()) if len(fit.grad_norm) else 0.0,
                "fallback_rule": "users with fewer than min_informative non-tie pairs with "
