@@ -122,3 +122,63 @@ def test_report_builds_from_the_finished_run(smoke_run: Path) -> None:
               "config/smoke.yaml", cwd=smoke_run)
     html = report.read_text(errors="replace")
     assert "win_rates.csv" in html and "preference_accuracy.csv" in html
+
+
+def test_contamination_audit_is_clean_and_complete(smoke_run: Path) -> None:
+    """Every consumer against every evaluation set, and no violation in the shipped config."""
+    table = pd.read_csv(smoke_run / "results" / "smoke" / "tables" / "contamination.csv")
+    assert not (table["verdict"] == "violation").any(), table[table["verdict"] == "violation"]
+    assert set(table["evaluation_set"]) == {"pipe_test", "ppd_test_seen", "ppd_test_unseen",
+                                            "lpp_episodes", "generation"}
+    assert {"clip", "pasta_phi", "population", "lambda", "pasta_phi_lpp", "adapter_pipe",
+            "ppd_embedding", "premier_stage1_and_2", "lpp", "user_probe",
+            "judge_pipe_checkpoint_selection"} <= set(table["consumer"])
+    assert table.groupby("consumer").size().eq(5).all()
+    # what was shared before the fixes is now clean where it is scored
+    scored = table.loc[table["evaluated_on"] != "-"].set_index(["consumer", "evaluation_set"])
+    for key in [("pasta_phi_lpp", "lpp_episodes"), ("population_lpp", "lpp_episodes"),
+                ("judge_pipe_checkpoint_selection", "generation"), ("clip", "generation")]:
+        assert scored.loc[key, "verdict"] == "clean", key
+
+
+def test_unseen_users_are_known_only_by_their_support_set(smoke_run: Path) -> None:
+    run = smoke_run / "results" / "smoke"
+    n = smoke_config(smoke_run)["split"]["held_out"]["support_pairs"]
+    support = pd.read_parquet(run / "splits" / "ppd" / "support.parquet")
+    es = pd.read_parquet(run / "splits" / "eval_set.parquet")
+    unseen = set(es.loc[es["user_group"] == "unseen", "user_id"])
+    lam = pd.read_parquet(run / "user_model" / "lambda.parquet").set_index("user_id")
+    assert (lam.loc[sorted(unseen), "fitted_on"] == "support").all()
+    assert (lam.loc[sorted(unseen), "n_pairs"] == n).all()
+    shots = pd.read_parquet(run / "embeddings" / "ppd_shots.parquet")
+    theirs = shots.loc[shots["user_id"].isin(unseen)]
+    assert set(theirs["ranking_id"]) <= set(support["ranking_id"])
+
+
+def test_a_planted_leak_fails_the_audit_and_names_it(smoke_run: Path) -> None:
+    """PIPE test pairs fed into PIPE's training split: the audit rule fails and says where.
+
+    Runs last: it re-runs only the audit (params trigger only, so the tampered split does not
+    retrain anything), then restores the split and the audit's clean table.
+    """
+    import shutil
+
+    run = smoke_run / "results" / "smoke"
+    train = run / "splits" / "pipe" / "train.parquet"
+    backup = smoke_run / "train.parquet.orig"
+    shutil.copy2(train, backup)
+    target = "results/smoke/tables/contamination.csv"
+    audit_only = ("--cores", "1", target, "--configfile", "config/smoke.yaml",
+                  "--forcerun", "audit_contamination", "--rerun-triggers", "params")
+    try:
+        test = pd.read_parquet(run / "splits" / "pipe" / "test.parquet")
+        pd.concat([pd.read_parquet(train), test.iloc[:3]]).to_parquet(train, index=False)
+        proc = snakemake(*audit_only, cwd=smoke_run, check=False)
+        assert proc.returncode != 0
+        log = (smoke_run / "logs" / "smoke" / "audit_contamination"
+               / "audit_contamination.log").read_text()
+        assert "pasta_phi on pipe_test (preference_accuracy): 3 shared labelled pairs" in log
+        assert not (run / "tables" / "contamination.csv").exists()
+    finally:
+        shutil.copy2(backup, train)
+        snakemake(*audit_only, cwd=smoke_run)
