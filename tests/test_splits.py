@@ -281,3 +281,28 @@ def test_mini_config_meets_the_issue_scale() -> None:
     assert mini["world"]["n_users"] >= 500 and mini["world"]["n_pairs"] >= 40000
     assert mini["split"]["held_out"]["prompts"] >= 100
     assert 4 <= mini["world"]["n_types"] <= 6 and mini["world"]["image_size"] == 32
+
+
+def test_a_repeat_of_a_test_pair_never_trains(data: dict[str, Any]) -> None:
+    """A user who ranked the same two images twice: if one ranking is test, the other is not
+    train (it would train on the test label); it is dropped and counted."""
+    config = data["config"]
+    pairs = data["pairs"]
+    test = data["pipe"]["test"]
+    first = pairs.loc[pairs["ranking_id"] == test["ranking_id"].iloc[0]].iloc[0]
+    repeat = first.copy()
+    repeat["ranking_id"] = int(pairs["ranking_id"].max()) + 1
+    repeat["image_0_uid"], repeat["image_1_uid"] = first["image_1_uid"], first["image_0_uid"]
+    repeat["label_0"], repeat["label_1"] = first["label_1"], first["label_0"]
+    params = {"seed": config["seed"], "held_out": config["split"]["held_out"],
+              "pipe": config["split"]["pipe"]}
+    out = split_pipe(pd.concat([pairs, repeat.to_frame().T.astype(pairs.dtypes)],
+                               ignore_index=True), params)
+    def keys(df: pd.DataFrame) -> set[tuple]:
+        return {(u, *sorted((w, lo))) for u, w, lo in
+                zip(df["user_id"], df["image_w_uid"], df["image_l_uid"], strict=True)}
+
+    assert not keys(out["train"]) & keys(out["test"])
+    both = {int(first["ranking_id"]), int(repeat["ranking_id"])}
+    if both & set(out["test"]["ranking_id"]):
+        assert out["stats"]["dropped"]["train_repeats_of_a_test_pair"] >= 1

@@ -169,6 +169,13 @@ def per_user_quota(pairs: pd.DataFrame, quota: pd.Series, gen: np.random.Generat
     return rank < q
 
 
+def unordered_pair_key(pairs: pd.DataFrame) -> pd.Series:
+    """``user|image|image`` with the two images sorted: the same labelled pair in any order."""
+    a, b = pairs["image_0_uid"].astype(str), pairs["image_1_uid"].astype(str)
+    lo, hi = a.where(a < b, b), b.where(a < b, a)
+    return pairs["user_id"].astype(str) + "|" + lo + "|" + hi
+
+
 def support_mask(pairs: pd.DataFrame, n: int, seed: int) -> np.ndarray:
     """Boolean mask of each user's support set: ``n`` of their pairs, in a per-user seeded draw.
 
@@ -201,7 +208,10 @@ def split_pipe(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     test_mask_nontie = per_user_quota(nontie, quota, gen)
     test_ids = set(nontie.loc[test_mask_nontie, "ranking_id"])
     is_test = rest["ranking_id"].isin(test_ids).to_numpy()
-    train = to_split_rows(rest.loc[~is_test], gen)
+    # a user who ranked the same two images again: that repeat must not train on a test label
+    key = unordered_pair_key(rest)
+    repeat_of_test = ~is_test & key.isin(set(key[is_test])).to_numpy()
+    train = to_split_rows(rest.loc[~is_test & ~repeat_of_test], gen)
     test = to_split_rows(rest.loc[is_test], gen)
     per_user_test = test.groupby("user_id").size().reindex(n_nontie.index, fill_value=0)
     stats = {
@@ -213,6 +223,7 @@ def split_pipe(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
         "dropped": {
             "pairs_with_unseen_prompts": int(len(pairs) - len(rest) - n_held_pairs),
             "pairs_of_held_out_users": n_held_pairs,
+            "train_repeats_of_a_test_pair": int(repeat_of_test.sum()),
             "ties_from_test": "none: ties are never drawn for test; all "
             f"{int(rest['is_tie'].sum())} ties are in train with a random winner",
         },
