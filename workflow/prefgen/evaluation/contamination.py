@@ -78,6 +78,7 @@ class TrainingData:
     items: set[ItemKey] = field(default_factory=set)  # labelled (user, image) items
     captions: set[str] = field(default_factory=set)  # every training caption
     labelled_users: set[int] = field(default_factory=set)
+    _by_user: dict[int, tuple[set[PairKey], set[ItemKey]]] | None = None
 
     def add_pairs(self, df: pd.DataFrame, a: str, b: str, labelled: bool) -> None:
         self.rows += len(df)
@@ -94,7 +95,14 @@ class TrainingData:
         self.labelled_users |= set(df["user_id"].astype(np.int64).tolist())
 
     def labelled_keys_of(self, user: int) -> tuple[set[PairKey], set[ItemKey]]:
-        return ({k for k in self.pairs if k[0] == user}, {k for k in self.items if k[0] == user})
+        """The user's labelled pairs and items (indexed once, on first use)."""
+        if self._by_user is None:
+            self._by_user = {}
+            for key in self.pairs:
+                self._by_user.setdefault(key[0], (set(), set()))[0].add(key)
+            for key in self.items:
+                self._by_user.setdefault(key[0], (set(), set()))[1].add(key)
+        return self._by_user.get(user, (set(), set()))
 
 
 def read(path: str, what: str) -> pd.DataFrame:
