@@ -203,6 +203,8 @@ def test_scorer_agrees_with_cached_features(run: Path) -> None:
     lam = pd.read_parquet(run / "user_model" / "lambda.parquet").set_index("user_id")
     expected = (phi.numpy() * lam.loc[users, [f"lambda_{i}" for i in range(phi.shape[1])]]
                 .to_numpy()).sum(1)
+    # the scorer decodes the JPEGs and runs CLIP again, batched its own way; the cache was
+    # written by the features stage: float32 features, rewards of order 1
     np.testing.assert_allclose(pipe, expected, rtol=1e-4, atol=1e-4)
     # PIL input of another size goes through open_clip's preprocess and still scores
     from PIL import Image
