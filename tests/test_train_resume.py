@@ -41,6 +41,7 @@ def max_diff(a: Path, b: Path) -> float:
     return max((ta[k] - tb[k]).abs().max().item() for k in ta)
 
 
+@pytest.mark.slow  # three training runs in fresh processes
 def test_killed_run_resumes_to_the_same_weights(tmp_path_factory) -> None:
     setup = shared_setup(tmp_path_factory, "personal")
     cfg = smoke_config()["train"] | {"steps": 16, "checkpoint_every": 2}
@@ -80,6 +81,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a training run in one process and one in two, each a fresh start
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory) -> None:
     setup = shared_setup(tmp_path_factory, "personal")
     cfg = smoke_config()["train"] | {"steps": 12, "batch_size": 16, "checkpoint_every": 12}
