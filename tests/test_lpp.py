@@ -1,4 +1,4 @@
-"""LPP baseline (issue 9): episodes, prototypes, losses, top-K scoring, training round trip.
+"""LPP baseline: episodes, prototypes, losses, top-K scoring, training round trip.
 
 Acceptance points tested here: episodes hold exactly one liked target; prototypes are prepended
 (the sequence grows by L_p) and receive gradients; L_aux is zero when the liked score leads every

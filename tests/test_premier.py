@@ -1,4 +1,4 @@
-"""Premier (issue 8): token-wise modulation, dispersion loss, new users as combinations.
+"""Premier: token-wise modulation, dispersion loss, new users as combinations.
 
 Unit tests run against a tiny SDXL-architecture UNet built from a config here (seconds on CPU);
 the last test runs the shared trainer itself on a tiny pipeline.

@@ -1,4 +1,4 @@
-"""PPD's VLM user embedding (issue 7): the few-shot prompt, the stand-in, the command.
+"""PPD's VLM user embedding: the few-shot prompt, the stand-in, the command.
 
 Acceptance points tested here: the prompt holds exactly N=4 examples with the preferred and
 dispreferred images in the documented order (and the processor maps the images in that order);
