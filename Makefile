@@ -1,5 +1,6 @@
 # Two commands a user needs: `make run` and `make test`. Both create .venv when absent and are
 # idempotent: the install step is a stamp file that is only redone when pyproject.toml changes.
+# `make test-fast` is the quick tier of `make test` for development (no slow, e2e or slurm tests).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # Rules call `prefgen ...`: the venv's bin must be on PATH for Snakemake's shell jobs.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test lint format slurm-profile judges-env clean-smoke
+.PHONY: install run test test-fast lint format slurm-profile judges-env clean-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +31,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# Unit and small integration tests: the markers are registered in pyproject.toml.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow and not e2e and not slurm"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check workflow tests bench

@@ -159,6 +159,6 @@ def test_gradient_checkpointing_recomputes_blocks_and_keeps_the_weights(tmp_path
         calls[on] = count[0]
     assert calls == {False: 2 * 3, True: 3 * 3}
     assert weights[False].keys() == weights[True].keys()
-    for name, value in weights[False].items():
-        assert torch.allclose(value, weights[True][name], rtol=0, atol=1e-6), name
+    for name, value in weights[False].items():  # tolerance: see the docstring
+        torch.testing.assert_close(value, weights[True][name], rtol=0, atol=1e-6, msg=name)
     assert any(v.abs().sum() > 0 for k, v in weights[True].items() if "to_v_ip" in k)

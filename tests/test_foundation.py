@@ -50,7 +50,10 @@ def test_pipeline_is_sdxl_and_round_trips_through_save_pretrained(tmp_path) -> N
 
     pipe.set_progress_bar_config(disable=True)
     assert sample(loaded).shape == (1, 16, 16, 3)
-    np.testing.assert_array_equal(sample(loaded), sample(pipe))
+    # from_pretrained rebuilds every module and reloads its weights, so some CPUs' kernels sum
+    # in another order (seen: 606 of 768 values off by up to 6e-7). 1e-5 is far above that and
+    # far below one 8-bit level (1/255), the resolution a sample is saved at.
+    np.testing.assert_allclose(sample(loaded), sample(pipe), rtol=0, atol=1e-5)
 
 
 def test_short_training_lowers_both_losses(tmp_path) -> None:
@@ -87,7 +90,7 @@ def test_colour_whitening_equalises_colour_axes_and_keeps_total_variance() -> No
     torch.testing.assert_close(white_cov, torch.eye(3) * white_cov.trace() / 3, atol=1e-4,
                                rtol=1e-4)
     torch.testing.assert_close(white_cov.trace(), cov.trace(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(whiten, whiten.T)
+    torch.testing.assert_close(whiten, whiten.T, rtol=1e-5, atol=1e-6)  # V·diag·Vᵀ, rounded
 
 
 @pytest.mark.parametrize("space", ["rgb", "whitened"])

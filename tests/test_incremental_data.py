@@ -1,4 +1,4 @@
-"""Incremental reruns of the data stages (issue 3): a changed `split.pipe` key replans
+"""Incremental reruns of the data stages: a changed `split.pipe` key replans
 `split_pipe` and its dependants but never `world` or `ingest`; an unchanged config plans nothing.
 
 Runs only the data targets of the smoke config in a copy of the workflow (about a minute), so it

@@ -40,7 +40,8 @@ def test_matches_sklearn_per_user_solution() -> None:
         ours, theirs = regularised_loss(x, fit.lam[u], l2), regularised_loss(x, ref, l2)
         assert ours <= theirs * (1 + 1e-9), (u, ours, theirs)
         assert abs(ours - theirs) / theirs < 1e-7
-        np.testing.assert_allclose(fit.lam[u], ref, atol=1e-4)
+        # another solver (lbfgs) on the same optimum: agrees to its own tolerance, not ours
+        np.testing.assert_allclose(fit.lam[u], ref, rtol=0, atol=1e-4)
     assert (fit.grad_norm < 1e-5 * (1 + counts)).all()
 
 
@@ -54,7 +55,9 @@ def test_batched_equals_one_user_at_a_time() -> None:
     for u in range(len(counts)):
         x = dphi[starts[u]:starts[u + 1]]
         alone = fit_lambdas(x, np.zeros(len(x), dtype=np.int64), 1, 0.5, prior_mean=mu)
-        np.testing.assert_allclose(fit.lam[u], alone.lam[0], atol=1e-8)
+        # batched vs alone: float64 Newton to a 1e-10 decrement (quadratic convergence) puts
+        # both at the optimum far closer than 1e-8; only summation order differs
+        np.testing.assert_allclose(fit.lam[u], alone.lam[0], rtol=0, atol=1e-8)
 
 
 def test_recovers_planted_lambda_for_users_with_50_pairs() -> None:

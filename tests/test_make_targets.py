@@ -38,3 +38,26 @@ def test_make_run_lines_end_with_the_config_file() -> None:
         words = line.split()
         assert words[1] == "all", line
         assert words[-2:] == ["--configfile", "config/smoke.yaml"], line
+
+
+def test_fast_tier_is_the_full_suite_minus_registered_markers() -> None:
+    """`make test-fast` runs `make test`'s pytest, narrowed only by markers pyproject registers
+    (an unregistered or misspelt marker would deselect nothing and the tier would stay slow)."""
+    import re
+    import tomllib
+
+    def pytest_line(target: str) -> str:
+        out = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True,
+                             check=True)
+        lines = [line for line in out.stdout.splitlines() if "bin/pytest" in line]
+        assert len(lines) == 1, out.stdout
+        return lines[0]
+
+    full, fast = pytest_line("test"), pytest_line("test-fast")
+    assert fast.startswith(full + " -m "), (full, fast)
+    expression = fast.removeprefix(full + " -m ").strip("\"'")
+    deselected = set(re.findall(r"not (\w+)", expression))
+    assert deselected == {"slow", "e2e", "slurm"}, expression
+    registered = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"][
+        "ini_options"]["markers"]
+    assert deselected <= {m.split(":")[0] for m in registered}

@@ -1,6 +1,6 @@
 """config/paper.yaml is a valid experiment and plans the whole paper DAG offline.
 
-Issue 10 acceptance: `snakemake -n all --configfile config/paper.yaml` on the committed
+Acceptance: `snakemake -n all --configfile config/paper.yaml` on the committed
 real-schema Pick-a-Pic sample plans every rule family in under 15 s, with the papers' models,
 and GPU stages carry a GPU request in the plan while CPU stages do not.
 """
@@ -30,7 +30,7 @@ SAMPLE_GLOB = "tests/data/pickapic_sample/*.parquet"
 #: the stand-in foundation (SDXL is loaded with from_pretrained), and the recovery of planted
 #: truth, which real data does not have.
 ABSENT_AT_PAPER = {"world", "foundation", "user_model_recovery", "user_model_ceiling"}
-#: GPU stages (issue 10 part 1); each planned job of these must request a GPU.
+#: GPU stages; each planned job of these must request a GPU.
 GPU_RULES = {"encode", "features", "vlm_embeddings", "train_adapter", "sample", "judge_external",
              "train_premier", "sample_premier"}
 #: Stages that must stay on CPU nodes.

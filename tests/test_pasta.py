@@ -122,8 +122,11 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     save_reward_model(best.model, path, {"pi": torch.exp(best.log_pi).tolist()})
     loaded = load_reward_model(path)
     img, txt = pairs.item_features(store)
+    # a rebuilt model from the saved tensors: the same numbers up to the order some CPU kernels
+    # sum in (float32 rewards of order 1)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.phi(img, txt), best.model.phi(img, txt))
+        torch.testing.assert_close(loaded.phi(img, txt), best.model.phi(img, txt),
+                                   rtol=1e-5, atol=1e-5)
     assert loaded.W.shape == (2, PARAMS["hidden"])
 
 
@@ -135,4 +138,4 @@ def test_deterministic_given_seed() -> None:
     b, _ = fit_pasta(pairs, store, params, n_types=2, seed=7, progress=False)
     for (ka, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(),
                                  strict=True):
-        assert torch.equal(va, vb), ka
+        assert torch.equal(va, vb), ka  # the same fit twice in one process: exact

@@ -1,10 +1,9 @@
 """The user-model stages end to end on a freshly generated smoke world, plus the bootstrap.
 
-One module-scoped run builds the smoke world (config/smoke.yaml) and calls every stage the way
-its rule does (`prefgen <command> --params ...`): world, ingest, split-pipe, clip, features,
-fit-pasta (both variants), fit-lambda, preference-accuracy, user-model-recovery,
-user-model-ceiling. The checks
-below read the files those stages wrote.
+One module-scoped run builds the smoke world (config/smoke.yaml) and runs every stage up to the
+user-model tables with its rule's own command line (see tests/rule_commands.py): world, ingest,
+split-pipe, clip, features, fit-pasta (both variants), fit-lambda, preference-accuracy,
+user-model-recovery, user-model-ceiling. The checks below read the files those stages wrote.
 """
 
 from __future__ import annotations
@@ -16,82 +15,34 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from prefgen.cli import main
 from prefgen.core.config import load_config
 from prefgen.user_model.accuracy import COLUMNS, accuracy_table, user_bootstrap
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.rule_commands import run_rules
+from tests.workflow_copy import copy_workflow
 
-#: Acceptance on smoke (issue 4): same ordering as mini with a looser margin (measured: +0.065,
-#: pipe 0.701 vs population 0.636 on 354 test pairs of 74 users).
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "config/smoke.yaml"
+
+#: Acceptance on smoke: same ordering as mini with a looser margin (measured: +0.065, pipe 0.701
+#: vs population 0.636 on 354 test pairs of 74 users).
 SMOKE_MIN_MARGIN = 0.04
 
-
-def cli(command: str, params: dict, *args: str | Path) -> None:
-    code = main([command, "--params", json.dumps(params, sort_keys=True), *map(str, args)])
-    assert code == 0, f"prefgen {command} exited with {code}"
+#: What the module's run makes; the rules' DAG brings in everything upstream.
+TARGETS = ["tables/preference_accuracy.csv", "tables/user_model_recovery.csv",
+           "tables/user_model_ceiling.csv", "tables/clip_retrieval.csv"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke run's folder (results/smoke of a workflow copy) after the user-model stages."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    cfg = load_config(REPO / "config" / "smoke.yaml")
-    root = tmp_path_factory.mktemp("smoke_user_model")
-    seed = cfg["seed"]
-    truth = root / "data" / "truth"
-    cli("world", {"seed": seed, "world": cfg["world"]}, "--shards", root / "data" / "world",
-        "--world-json", truth / "world.json", "--users", truth / "users.parquet")
-    clean = root / "data" / "clean"
-    cli("ingest", {"data": cfg["data"]}, "--shards", root / "data" / "world",
-        "--pairs", clean / "pairs.parquet", "--images", clean / "images.parquet",
-        "--quarantine", clean / "quarantine.parquet", "--stats", clean / "stats.json",
-        "--threads", "1")
-    pipe = root / "splits" / "pipe"
-    cli("split-pipe", {"seed": seed, "held_out": cfg["split"]["held_out"],
-                       "pipe": cfg["split"]["pipe"]}, "--pairs", clean / "pairs.parquet",
-        "--out", pipe)
-    cli("clip", {"seed": seed, "clip": cfg["clip"]}, "--images", clean / "images.parquet",
-        "--pairs", clean / "pairs.parquet", "--out-dir", root / "models" / "clip",
-        "--table", root / "tables" / "clip_retrieval.csv", "--threads", "1")
-    cli("features", {"features": cfg["features"]}, "--clip-dir", root / "models" / "clip",
-        "--images", clean / "images.parquet", "--splits", pipe / "train.parquet",
-        pipe / "test.parquet", "--out-dir", root / "features", "--threads", "1")
-    um = root / "user_model"
-    for variant in ("population", "pasta"):
-        pasta = dict(cfg["pasta"])
-        if variant == "population":
-            pasta = {k: v for k, v in pasta.items() if k not in ("n_types", "restarts")}
-        cli("fit-pasta", {"seed": seed, "pasta": pasta}, "--features", root / "features",
-            "--train", pipe / "train.parquet", "--variant", variant,
-            "--model", um / f"{variant}.safetensors", "--em-log", um / f"{variant}_em.csv",
-            "--threads", "1")
-    cli("fit-lambda", {"lambda": cfg["lambda"]}, "--features", root / "features",
-        "--model", um / "pasta.safetensors", "--train", pipe / "train.parquet",
-        "--out", um / "lambda.parquet", "--summary", um / "lambda.json", "--threads", "1")
-    acc = {k: v for k, v in cfg["preference_accuracy"].items() if k != "recovery_min_pairs"}
-    cli("preference-accuracy", {"seed": seed, "scale": cfg["scale"], "preference_accuracy": acc},
-        "--features", root / "features", "--pasta", um / "pasta.safetensors",
-        "--population", um / "population.safetensors", "--lambdas", um / "lambda.parquet",
-        "--lambda-summary", um / "lambda.json", "--train", pipe / "train.parquet",
-        "--test", pipe / "test.parquet", "--truth", truth, "--images", clean / "images.parquet",
-        "--table", root / "tables" / "preference_accuracy.csv",
-        "--figure", root / "figures" / "accuracy_vs_history.png",
-        "--summary", um / "preference_accuracy.json")
-    cli("user-model-recovery", {"preference_accuracy": {
-        "recovery_min_pairs": cfg["preference_accuracy"]["recovery_min_pairs"]}},
-        "--features", root / "features", "--pasta", um / "pasta.safetensors",
-        "--lambdas", um / "lambda.parquet", "--test", pipe / "test.parquet", "--truth", truth,
-        "--images", clean / "images.parquet",
-        "--table", root / "tables" / "user_model_recovery.csv")
-    ceiling = {k: v for k, v in cfg["preference_accuracy"].items() if k != "recovery_min_pairs"}
-    cli("user-model-ceiling", {"seed": seed, "pasta": {"interaction": cfg["pasta"]["interaction"]},
-                               "lambda": cfg["lambda"], "preference_accuracy": ceiling},
-        "--features", root / "features", "--train", pipe / "train.parquet",
-        "--test", pipe / "test.parquet", "--truth", truth, "--images", clean / "images.parquet",
-        "--accuracy", root / "tables" / "preference_accuracy.csv",
-        "--table", root / "tables" / "user_model_ceiling.csv", "--threads", "1")
-    yield root
+    root = copy_workflow(tmp_path_factory.mktemp("smoke_user_model"))
+    out = f"results/{load_config(REPO / CONFIG)['run_name']}"
+    ran = run_rules(root, [f"{out}/{t}" for t in TARGETS], CONFIG)
+    assert {"preference-accuracy", "user-model-recovery", "user-model-ceiling"} <= set(ran), ran
+    yield root / out
     torch.set_num_threads(before)
 
 
@@ -115,7 +66,7 @@ def test_accuracy_table_contract(run: Path) -> None:
 
 
 def test_smoke_ordering_pipe_beats_population_oracle_bounds(run: Path) -> None:
-    """Issue 4 acceptance on smoke: population < pipe <= oracle, with a margin."""
+    """Acceptance on smoke: population < pipe <= oracle, with a margin."""
     acc = pd.read_csv(run / "tables" / "preference_accuracy.csv").set_index("method")
     summary = json.loads((run / "user_model" / "preference_accuracy.json").read_text())
     assert acc.loc["pipe", "accuracy"] > acc.loc["population", "accuracy"] + SMOKE_MIN_MARGIN, acc
@@ -203,6 +154,8 @@ def test_scorer_agrees_with_cached_features(run: Path) -> None:
     lam = pd.read_parquet(run / "user_model" / "lambda.parquet").set_index("user_id")
     expected = (phi.numpy() * lam.loc[users, [f"lambda_{i}" for i in range(phi.shape[1])]]
                 .to_numpy()).sum(1)
+    # the scorer decodes the JPEGs and runs CLIP again, batched its own way; the cache was
+    # written by the features stage: float32 features, rewards of order 1
     np.testing.assert_allclose(pipe, expected, rtol=1e-4, atol=1e-4)
     # PIL input of another size goes through open_clip's preprocess and still scores
     from PIL import Image

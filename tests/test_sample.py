@@ -76,8 +76,11 @@ def test_users_without_embedding_are_flagged(samples) -> None:
 def test_images_do_not_depend_on_batching_and_adapters_change_them(samples) -> None:
     setup, run, cfg, out = samples
     small = sample(setup, run, "base", cfg | {"batch_size": 2}, name="base-small-batches")
+    # other batch shapes sum in another order (~1e-7), which can carry a pixel across a
+    # rounding boundary when it is saved: at most one 8-bit level apart
     for a, b in zip(out["base"]["path"], small["path"], strict=True):
-        np.testing.assert_array_equal(pixels(run, a), pixels(run, b))
+        np.testing.assert_allclose(pixels(run, a).astype(int), pixels(run, b).astype(int),
+                                   rtol=0, atol=1)
     base = out["base"].set_index(["user_id", "prompt_id", "seed"])["path"]
     pipe = out["pipe"][out["pipe"]["step"] == 4].set_index(["user_id", "prompt_id", "seed"])
     diffs = [np.abs(pixels(run, base[k]).astype(int) - pixels(run, p).astype(int)).max()

@@ -1,4 +1,4 @@
-"""Split invariants (issue 3): PIPE, PPD, LPP and the evaluation set, on the smoke world."""
+"""Split invariants: PIPE, PPD, LPP and the evaluation set, on the smoke world."""
 
 from __future__ import annotations
 
@@ -273,7 +273,7 @@ def test_eval_set_covers_every_type_with_shared_seeds(data: dict[str, Any]) -> N
     pd.testing.assert_frame_equal(build_eval_set(*args), es)
 
 
-def test_mini_config_meets_the_issue_scale() -> None:
+def test_mini_config_meets_the_required_scale() -> None:
     """Mini is the default run: >= 500 users, >= 40,000 pairs, >= 100 unseen prompts."""
     from prefgen.core.config import load_config
 
