@@ -1,0 +1,153 @@
+"""A reader's commands on a finished smoke run: ``prefgen generate`` draws the pixels the
+``sample`` rule wrote, ``prefgen score`` gives the numbers the ``judge`` rule wrote.
+
+Tolerances. Images: the sampler seeds every image's noise with its own generator and the Euler
+scheduler adds none, so the only thing a reader's call can change is the batch the image is
+drawn in. The same rows as the rule's call for that user (all of the user's evaluation rows,
+in order) give bit-identical PNGs; an image drawn alone goes through kernels of another batch
+shape, whose float sums may round differently: at most one 8-bit level per channel (measured on
+the smoke run, 24 images drawn alone per method: pipe 1 level, ppd and Premier 0). Scores: the
+scorer embeds other batches with the run's CLIP than the judge rule did, so float32 rounding
+enters the scores: relative 1e-6 (measured: population up to 2.1e-7, pipe and oracle equal).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from prefgen.cli import main
+from prefgen.core.config import ConfigError
+from prefgen.evaluation.score import score_images
+from prefgen.generation.generate import TrainedRun, generate_images, pair_up
+
+pytestmark = pytest.mark.e2e
+
+METHODS = ["base", "dpo", "pipe", "ppd", "premier"]
+#: one 8-bit level: an image drawn in a batch of another shape (see the module docstring)
+PIXEL_TOL = 1
+SCORE_RTOL = 1e-6
+
+
+def selected(run, method: str) -> pd.DataFrame:
+    """The sample index rows of ``method`` at the checkpoint evaluate selected."""
+    index = pd.read_parquet(run / "samples" / method / "index.parquet")
+    return index[index["step"] == TrainedRun.open(run).selected_step(method)]
+
+
+def pixels(run, path: str) -> np.ndarray:
+    return np.asarray(Image.open(run / path).convert("RGB"))
+
+
+def a_user(rows: pd.DataFrame) -> int:
+    return int(rows.loc[rows["own_embedding"], "user_id"].iloc[0])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_generate_draws_the_sample_rules_pixels(smoke_results, method, one_torch_thread) -> None:
+    run = smoke_results
+    rows = selected(run, method)
+    shared = method in ("base", "dpo")  # one input for everybody: the rule batches all rows
+    if not shared:  # the rule's call for one user: all of that user's rows, in order
+        rows = rows[rows["user_id"] == a_user(rows)]
+    user = None if shared else int(rows["user_id"].iloc[0])
+    images, record = generate_images(run, method, rows["caption"].tolist(),
+                                     rows["seed"].tolist(), user_id=user)
+    assert record["step"] == int(rows["step"].iloc[0])
+    assert record["own_embedding"] == (not shared)
+    for img, path in zip(images, rows["path"], strict=True):
+        np.testing.assert_array_equal(img, pixels(run, path))
+
+
+@pytest.mark.parametrize("method", ["pipe", "premier"])
+def test_one_image_alone_is_within_one_level(smoke_results, method, one_torch_thread) -> None:
+    run = smoke_results
+    rows = selected(run, method)
+    row = rows[rows["user_id"] == a_user(rows)].iloc[-1]
+    images, _ = generate_images(run, method, [row["caption"]], [int(row["seed"])],
+                                user_id=int(row["user_id"]))
+    diff = np.abs(images[0].astype(int) - pixels(run, row["path"]).astype(int))
+    assert diff.max() <= PIXEL_TOL
+
+
+def test_other_checkpoints_users_and_seeds_change_the_image(smoke_results,
+                                                            one_torch_thread) -> None:
+    run = smoke_results
+    rows = selected(run, "pipe")
+    users = rows.loc[rows["own_embedding"], "user_id"].unique()[:2]
+    caption, seed = rows["caption"].iloc[0], int(rows["seed"].iloc[0])
+    draw = [generate_images(run, "pipe", [caption], [s], user_id=int(u), step=st)[0][0]
+            for u, s, st in [(users[0], seed, None), (users[1], seed, None),
+                             (users[0], seed + 1, None), (users[0], seed, 6)]]
+    for other in draw[1:]:
+        assert np.abs(draw[0].astype(int) - other.astype(int)).max() > 0
+
+
+def test_generate_cli_writes_pngs_and_what_was_used(smoke_results, tmp_path, capsys,
+                                                    one_torch_thread) -> None:
+    run = smoke_results
+    rows = selected(run, "pipe")
+    user = a_user(rows)
+    out = tmp_path / "out"
+    assert main(["generate", "--run", str(run), "--method", "pipe", "--user", str(user),
+                 "--prompt", "a teal square on a beige background", "--prompt",
+                 "a red circle on a grey background", "--seed", "7", "--out", str(out)]) == 0
+    record = json.loads((out / "generate.json").read_text())
+    assert record["step"] == TrainedRun.open(run).selected_step("pipe")
+    assert record["sample"]["num_inference_steps"] == 8 and record["user_id"] == user
+    assert [e["seed"] for e in record["images"]] == [7, 7]
+    for entry in record["images"]:
+        assert Image.open(out / entry["file"]).size == (16, 16)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == [str(out / e["file"]) for e in record["images"]]
+    assert main(["score", "--run", str(run), "--generated", str(out / "generate.json")]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == "image,user_id,caption,pipe,population,oracle" and len(table) == 3
+
+
+def test_generate_errors_name_what_is_wrong(smoke_results, tmp_path) -> None:
+    run = smoke_results
+    with pytest.raises(ConfigError, match="MANIFEST.json: missing"):
+        TrainedRun.open(tmp_path)
+    listed = r"method 'lora': not trained .*\(methods: base, dpo, pipe, ppd, premier\)"
+    with pytest.raises(ConfigError, match=listed):
+        generate_images(run, "lora", ["a red circle"], [0], user_id=1)
+    with pytest.raises(ValueError, match="user -5 has no 'pipe' embedding"):
+        generate_images(run, "pipe", ["a red circle"], [0], user_id=-5)
+    with pytest.raises(ValueError, match="give a user id"):
+        generate_images(run, "pipe", ["a red circle"], [0])
+    with pytest.raises(ValueError, match="checkpoint"):
+        generate_images(run, "pipe", ["a red circle"], [0], user_id=1, step=5)
+    with pytest.raises(ValueError, match="3 prompts and 2 seeds"):
+        pair_up(["a", "b", "c"], [1, 2])
+    assert pair_up(["a", "b"], [4]) == (["a", "b"], [4, 4])
+    assert main(["generate", "--run", str(tmp_path), "--method", "pipe", "--prompt", "x",
+                 "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.parametrize("method", ["pipe", "ppd", "base"])
+def test_score_matches_the_judge_rule(smoke_results, method) -> None:
+    run = smoke_results
+    judged = pd.read_parquet(run / "scores" / f"{method}.parquet")
+    rows = judged.groupby("step").head(5)  # other batches than the rule's
+    got = score_images(run, [run / p for p in rows["path"]], rows["caption"].tolist(),
+                       rows["user_id"].tolist())
+    assert list(got.columns) == ["user_id", "caption", "pipe", "population", "oracle"]
+    for name in ("pipe", "population", "oracle"):
+        np.testing.assert_allclose(got[name], rows[name], rtol=SCORE_RTOL, atol=1e-9)
+
+
+def test_score_errors_name_what_is_wrong(smoke_results) -> None:
+    run = smoke_results
+    path = run / selected(run, "pipe")["path"].iloc[0]
+    with pytest.raises(KeyError, match="-5"):
+        score_images(run, [path], ["a red circle"], [-5], ["pipe"])
+    with pytest.raises(ValueError, match="unknown scorer"):
+        score_images(run, [path], ["a red circle"], [1], ["hpsv2"])
+    with pytest.raises(ValueError, match="1 images, 2 captions"):
+        score_images(run, [path], ["a", "b"], [1])
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        score_images(run, [run / "nope.png"], ["a"], [1], ["population"])
