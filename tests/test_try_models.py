@@ -18,6 +18,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from prefgen.cli import main
 from prefgen.core.config import ConfigError
@@ -151,3 +152,38 @@ def test_score_errors_name_what_is_wrong(smoke_results) -> None:
         score_images(run, [path], ["a", "b"], [1])
     with pytest.raises(FileNotFoundError, match="nope.png"):
         score_images(run, [run / "nope.png"], ["a"], [1], ["population"])
+
+
+@pytest.mark.parametrize("method", ["pipe", "dpo"])
+@torch.no_grad()
+def test_stock_diffusers_loads_the_adapter(smoke_results, method, one_torch_thread) -> None:
+    """results/README.md's snippet: a fresh pipeline from the run's foundation folder, the
+    checkpoint's ip_adapter.safetensors through diffusers' load_ip_adapter, the user vector as
+    ip_adapter_image_embeds; the sample rule's PNGs within one 8-bit level (smoke adapters have
+    2 user tokens, written as 4: float sums in another order, see test_diffusers_format.py)."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    run = smoke_results
+    rows = selected(run, method)
+    user = int(rows["user_id"].iloc[0])
+    rows = rows[rows["user_id"] == user]
+    step = int(rows["step"].iloc[0])
+    ckpt = run / "adapters" / method / f"checkpoint-{step}"
+    pipe = StableDiffusionXLPipeline.from_pretrained(run / "models" / "foundation")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(str(ckpt), subfolder="", weight_name="ip_adapter.safetensors",
+                         image_encoder_folder=None)
+    if method == "dpo":  # population DPO: one learned vector for everybody
+        e = load_file(ckpt / "ip_adapter.safetensors")["user_embeds.constant"]
+    else:
+        users = load_file(run / "embeddings" / "pipe.safetensors")
+        e = users["emb"][(users["user_ids"] == user).nonzero().item()][None]
+    e = e[None]  # [1 image, 1 embedding, D]
+    out = pipe(prompt=rows["caption"].tolist(),
+               generator=[torch.Generator().manual_seed(int(s)) for s in rows["seed"]],
+               ip_adapter_image_embeds=[torch.cat([e, e])],  # CFG: the same user both ways
+               num_inference_steps=8, guidance_scale=3.0, output_type="np").images
+    for img, path in zip(out, rows["path"], strict=True):
+        ours = (np.clip(img, 0, 1) * 255).round().astype(int)
+        assert np.abs(ours - pixels(run, path).astype(int)).max() <= PIXEL_TOL
