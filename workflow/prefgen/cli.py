@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             args.params = parse_params(args.params)
         args._run(args)
     except errors as exc:
-        print(f"prefgen {argv[0]}: {exc}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no quotes
+        print(f"prefgen {argv[0]}: {message}", file=sys.stderr)
         return 2
     return 0
 

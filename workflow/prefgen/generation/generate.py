@@ -165,7 +165,8 @@ def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds:
         if per_user and not own and not allow_dropped_user:
             raise ValueError(f"user {user} has no '{method}' embedding in {embeddings}: the "
                              "model would draw with the dropped-user input (no "
-                             "personalization); allow that explicitly to proceed")
+                             "personalization); allow it explicitly with --allow-dropped-user "
+                             "(allow_dropped_user=True)")
     rows = pd.DataFrame({"user_id": user, "caption": prompts, "seed": seeds})
     images, _ = generate(pipe, rows, cfg, extra, per_user)
     record = {
