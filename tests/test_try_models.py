@@ -187,3 +187,85 @@ def test_stock_diffusers_loads_the_adapter(smoke_results, method, one_torch_thre
     for img, path in zip(out, rows["path"], strict=True):
         ours = (np.clip(img, 0, 1) * 255).round().astype(int)
         assert np.abs(ours - pixels(run, path).astype(int)).max() <= PIXEL_TOL
+
+
+def pickapic_pairs(train: pd.DataFrame, path) -> None:
+    """A user's split pairs in Pick-a-Pic columns, every other pair with the images swapped.
+
+    A tie keeps the direction the split gave it (the split randomises it, and fit_lambda fits
+    it so), so the pairs are exactly what the workflow fitted the user's λ on."""
+    swap = np.arange(len(train)) % 2 == 1
+    w, lose = train["image_w_uid"].to_numpy(), train["image_l_uid"].to_numpy()
+    pd.DataFrame({"caption": train["caption"].to_numpy(),
+                  "image_0_uid": np.where(swap, lose, w), "image_1_uid": np.where(swap, w, lose),
+                  "label_0": np.where(swap, 0.0, 1.0), "label_1": np.where(swap, 1.0, 0.0),
+                  "user_id": 0}).to_parquet(path)
+
+
+@pytest.fixture(scope="module")
+def known_user(smoke_results):
+    """A seen evaluation user and their PIPE training pairs."""
+    run = smoke_results
+    train = pd.read_parquet(run / "splits" / "pipe" / "train.parquet")
+    rows = selected(run, "pipe")
+    user = int(rows.loc[rows["user_group"] == "seen", "user_id"].iloc[0])
+    mine = train[train["user_id"] == user]
+    assert len(mine) >= 3
+    return user, mine
+
+
+def test_new_user_from_pairs_is_the_user_the_workflow_fitted(smoke_results, known_user,
+                                                             tmp_path, one_torch_thread) -> None:
+    """Onboarding a known user from their own training pairs gives back their λ and E_u, and
+    the pipe images the sample rule drew for them, exactly: the same Δφ (the run's features)
+    through the same per-user Newton solve (each user's sums run over their own pairs only),
+    then the same sampler call."""
+    from prefgen.core.io import load_tensors
+    from prefgen.embeddings.onboard import onboard_pipe
+
+    run = smoke_results
+    user, train = known_user
+    pickapic_pairs(train, tmp_path / "pairs.parquet")
+    config = TrainedRun.open(run).config
+    users, info = onboard_pipe(run, tmp_path / "pairs.parquet", user, config)
+    fitted = pd.read_parquet(run / "user_model" / "lambda.parquet").set_index("user_id")
+    lam = fitted.loc[user, [f"lambda_{k}" for k in range(len(info["lambda"]))]].to_numpy(float)
+    np.testing.assert_array_equal(info["lambda"], lam)
+    table = load_tensors(run / "embeddings" / "pipe.safetensors")
+    row = int((table["user_ids"] == user).nonzero().item())
+    assert torch.equal(users.emb[0], table["emb"][row])
+    rows = selected(run, "pipe")
+    rows = rows[rows["user_id"] == user]
+    images, record = generate_images(run, "pipe", rows["caption"].tolist(),
+                                     rows["seed"].tolist(), pairs=tmp_path / "pairs.parquet")
+    assert record["user_id"] == -1 and record["onboarded"]["n_pairs"] == len(train)
+    for img, path in zip(images, rows["path"], strict=True):
+        np.testing.assert_array_equal(img, pixels(run, path))
+
+
+def test_onboarding_errors_name_what_is_wrong(smoke_results, known_user, tmp_path) -> None:
+    run = smoke_results
+    _, train = known_user
+    good = tmp_path / "pairs.parquet"
+    pickapic_pairs(train, good)
+    with pytest.raises(ValueError, match="method 'ppd' cannot onboard a user from pairs"):
+        generate_images(run, "ppd", ["a red circle"], [0], pairs=good)
+    ties = pd.read_parquet(good).assign(label_0=0.5, label_1=0.5)
+    ties.to_parquet(tmp_path / "ties.parquet")
+    with pytest.raises(ValueError, match="0 non-tie pair.*needs at least 1"):
+        generate_images(run, "pipe", ["a red circle"], [0], pairs=tmp_path / "ties.parquet")
+    unknown = pd.read_parquet(good)
+    unknown.loc[1, "image_1_uid"] = "not-an-image"
+    unknown.to_parquet(tmp_path / "unknown.parquet")
+    with pytest.raises(ValueError, match=r"'not-an-image'\] \(rows \[1\]\) are not among"):
+        generate_images(run, "pipe", ["a red circle"], [0], pairs=tmp_path / "unknown.parquet")
+    bad = pd.read_parquet(good)
+    bad.loc[2, "label_0"] = 0.7
+    bad.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="row 2: labels \\(0.7, 0\\)"):
+        generate_images(run, "pipe", ["a red circle"], [0], pairs=tmp_path / "bad.parquet")
+    pd.read_parquet(good).drop(columns="label_1").to_parquet(tmp_path / "cols.parquet")
+    with pytest.raises(ValueError, match="missing column\\(s\\) \\['label_1'\\]"):
+        generate_images(run, "pipe", ["a red circle"], [0], pairs=tmp_path / "cols.parquet")
+    assert main(["generate", "--run", str(run), "--method", "dpo", "--pairs", str(good),
+                 "--prompt", "x", "--out", str(tmp_path / "o")]) == 2

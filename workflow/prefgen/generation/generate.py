@@ -137,14 +137,28 @@ def pair_up(prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]
 
 def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds: list[int],
                     user_id: int | None = None, step: int | None = None,
-                    allow_dropped_user: bool = False, device: str | None = None
+                    allow_dropped_user: bool = False, device: str | None = None,
+                    pairs: str | Path | None = None
                     ) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """uint8 ``[H, W, 3]`` images, one per (prompt, seed), and a record of what was used."""
+    """uint8 ``[H, W, 3]`` images, one per (prompt, seed), and a record of what was used.
+
+    With ``pairs`` (a Pick-a-Pic parquet of a new user's choices) the user joins first
+    (``embeddings.onboard``; ``pipe`` only) under ``user_id`` (default -1).
+    """
+    from prefgen.embeddings.onboard import ONBOARD_METHODS, onboard_pipe
     from prefgen.generation.models import load_pipeline
     from prefgen.generation.sample import generate, load_method
 
     run = TrainedRun.open(run_dir)
     prompts, seeds = pair_up(prompts, seeds)
+    if pairs is not None and method not in ONBOARD_METHODS:
+        raise ValueError(f"method '{method}' cannot onboard a user from pairs (only "
+                         f"{', '.join(ONBOARD_METHODS)}: its user is λ fitted on the pairs with "
+                         "the type rewards frozen); draw an existing user instead")
+    onboarded = None
+    if pairs is not None:
+        user_id = -1 if user_id is None else int(user_id)
+        new_users, onboarded = onboard_pipe(run.root, pairs, user_id, run.config)
     adapter, embeddings = run.method_files(method)
     step = run.selected_step(method) if step is None else int(step)
     cfg = run.config["sample"]
@@ -155,6 +169,9 @@ def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds:
                           str(embeddings) if embeddings else None,
                           [step] if method != "base" else "all", device, dtype)
     (step, ckpt), = sampler.checkpoints
+    if onboarded is not None:
+        sampler.users = new_users
+        embeddings = Path(pairs)
     extra, per_user = sampler.at(ckpt, device, dtype)
     if per_user and user_id is None:
         raise ValueError(f"method '{method}' draws for a user: give a user id")
@@ -175,6 +192,7 @@ def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds:
         "foundation": run.foundation(),
         "adapter": str(ckpt) if ckpt is not None else None,
         "embeddings": str(embeddings) if embeddings else None,
+        "onboarded": onboarded,
         "sample": {k: cfg[k] for k in ("num_inference_steps", "guidance_scale", "batch_size",
                                        "dtype")},
         "images": [{"prompt": p, "seed": s} for p, s in zip(prompts, seeds, strict=True)],
@@ -210,6 +228,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a seed per prompt, or one for all (default 0); repeat for several")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the one in tables/best_checkpoints.csv)")
+    parser.add_argument("--pairs", default=None,
+                        help="a new user's Pick-a-Pic pairs (parquet): onboard them (pipe only) "
+                             "and draw for them (as --user, default -1)")
     parser.add_argument("--allow-dropped-user", action="store_true",
                         help="draw a user without an embedding with the dropped-user input")
     parser.add_argument("--out", required=True, help="folder for the PNGs and generate.json")
@@ -222,7 +243,8 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, args.threads))
     images, record = generate_images(args.run, args.method, args.prompt, args.seed or [0],
                                      user_id=args.user, step=args.step,
-                                     allow_dropped_user=args.allow_dropped_user)
+                                     allow_dropped_user=args.allow_dropped_user,
+                                     pairs=args.pairs)
     paths = write_images(images, record, args.out)
     for path in paths:
         print(path)
