@@ -41,8 +41,14 @@ def default_scorers(run_dir: Path) -> list[str]:
 
 def score_images(run_dir: str | Path, images: Sequence[str | Path | Image.Image],
                  captions: Sequence[str], user_ids: Sequence[int],
-                 scorers: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per image: ``user_id``, ``caption`` and one float column per scorer."""
+                 scorers: Sequence[str] | None = None,
+                 new_users: dict[int, Sequence[float]] | None = None) -> pd.DataFrame:
+    """One row per image: ``user_id``, ``caption`` and one float column per scorer.
+
+    ``new_users`` maps users onboarded from pairs (``prefgen generate --pairs``) to their λ,
+    which the ``pipe`` scorer uses beside the run's fitted users (they have no true reward, so
+    the default scorers leave ``oracle`` out for them).
+    """
     from prefgen.evaluation.judges import JudgeContext, build_judges, checked_scores
 
     run_dir = Path(run_dir)
@@ -56,6 +62,8 @@ def score_images(run_dir: str | Path, images: Sequence[str | Path | Image.Image]
         raise ValueError(f"{n} images, {len(captions)} captions and {len(user_ids)} user ids: "
                          "give one caption and one user per image")
     names = list(scorers) if scorers else default_scorers(run_dir)
+    if new_users and not scorers:
+        names = [s for s in names if s != "oracle"]
     unknown = [s for s in names if s not in SCORERS]
     if unknown:
         raise ValueError(f"unknown scorer(s) {unknown}; choose from {list(SCORERS)}")
@@ -65,6 +73,8 @@ def score_images(run_dir: str | Path, images: Sequence[str | Path | Image.Image]
                          "has none (real Pick-a-Pic data has no true reward)")
     ctx = JudgeContext(run_dir=run_dir, truth_dir=truth if truth.is_dir() else None)
     judges = build_judges(names, "core", ctx)
+    if new_users and "pipe" in names:
+        add_users(ctx.cache["user_model"], new_users)
     batch_size = DEFAULT_BATCH
     manifest = run_dir / "MANIFEST.json"
     if manifest.exists():
@@ -86,6 +96,21 @@ def score_images(run_dir: str | Path, images: Sequence[str | Path | Image.Image]
     return out
 
 
+def add_users(scorer: object, new_users: dict[int, Sequence[float]]) -> None:
+    """Give the PIPE scorer onboarded users' λ (checked against the run's number of types)."""
+    table = scorer.lambdas
+    cols = [c for c in table.columns if c.startswith("lambda_")]
+    for user, lam in new_users.items():
+        if len(lam) != len(cols):
+            raise ValueError(f"user {user}: λ has {len(lam)} entries, the run's model {len(cols)}")
+        if int(user) in table.index:
+            raise ValueError(f"user {user} is one of the run's fitted users; an onboarded user "
+                             "needs a new id")
+    rows = pd.DataFrame([dict(zip(cols, lam, strict=True)) for lam in new_users.values()],
+                        index=pd.Index([int(u) for u in new_users], name=table.index.name))
+    scorer.lambdas = pd.concat([table, rows])
+
+
 def load_rgb(image: str | Path | Image.Image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
@@ -96,8 +121,10 @@ def load_rgb(image: str | Path | Image.Image) -> Image.Image:
         return im.convert("RGB")
 
 
-def from_generated(record_path: str | Path) -> tuple[list[Path], list[str], list[int]]:
-    """Images, prompts and user of a ``generate.json`` written by ``prefgen generate``."""
+def from_generated(record_path: str | Path
+                   ) -> tuple[list[Path], list[str], list[int], dict[int, list[float]]]:
+    """Images, prompts, user and (if onboarded from pairs) the user's λ of a ``generate.json``
+    written by ``prefgen generate``."""
     record_path = Path(record_path)
     record = read_json(record_path)
     if record.get("user_id") is None:
@@ -108,7 +135,9 @@ def from_generated(record_path: str | Path) -> tuple[list[Path], list[str], list
         raise ValueError(f"{record_path}: expected 'images' entries with 'file' and 'prompt' "
                          f"(bad entries: {missing[:5]})")
     paths = [record_path.parent / e["file"] for e in entries]
-    return paths, [e["prompt"] for e in entries], [int(record["user_id"])] * len(paths)
+    user = int(record["user_id"])
+    new = {user: record["onboarded"]["lambda"]} if record.get("onboarded") else {}
+    return paths, [e["prompt"] for e in entries], [user] * len(paths), new
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,10 +158,11 @@ def run(args: argparse.Namespace) -> None:
     images: list[str | Path] = list(args.image)
     captions: list[str] = list(args.caption)
     users: list[int] = []
+    new_users: dict[int, list[float]] = {}
     if args.generated:
         if images:
             raise ValueError("give --generated or --image, not both")
-        images, gen_captions, users = from_generated(args.generated)
+        images, gen_captions, users, new_users = from_generated(args.generated)
         captions = captions or gen_captions
     if not images:
         raise ValueError("no image given (--image or --generated)")
@@ -142,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
         users = [args.user] * len(images)
     if not users:
         raise ValueError("no user given (--user)")
-    table = score_images(args.run, images, captions, users, args.scorer)
+    table = score_images(args.run, images, captions, users, args.scorer, new_users)
     table.insert(0, "image", [str(p) for p in images])
     if args.out:
         table.to_csv(args.out, index=False)
