@@ -43,6 +43,29 @@ def workdir_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_workflow(tmp_path_factory.mktemp("wf"))
 
 
+@pytest.fixture(scope="session")
+def smoke_run(workdir_copy: Path) -> Path:
+    """Run `all` on the smoke config in a copy of the workflow; return the copy's root."""
+    snakemake("--cores", "2", "all", "--configfile", "config/smoke.yaml", cwd=workdir_copy,
+              timeout=3000)
+    return workdir_copy
+
+
+@pytest.fixture(scope="session")
+def smoke_results(request: pytest.FixtureRequest) -> Path:
+    """``results/smoke/`` of a finished smoke run, only read: the session's own ``smoke_run``,
+    or, when ``PREFGEN_SMOKE_RESULTS`` names one, a finished run made earlier with
+    ``snakemake all --configfile config/smoke.yaml`` from this checkout (saves re-running it)."""
+    given = os.environ.get("PREFGEN_SMOKE_RESULTS")
+    if given:
+        path = Path(given)
+        if not (path / "MANIFEST.json").is_file():
+            raise AssertionError(f"PREFGEN_SMOKE_RESULTS={given}: not a finished smoke run "
+                                 "(no MANIFEST.json)")
+        return path
+    return request.getfixturevalue("smoke_run") / "results" / "smoke"
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """Tiny models on one torch thread: two threads only spin on a shared 2-core machine."""

@@ -19,14 +19,6 @@ from tests.conftest import snakemake
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="session")
-def smoke_run(workdir_copy: Path) -> Path:
-    """Run `all` on the smoke config in a copy of the workflow; return the copy's root."""
-    snakemake("--cores", "2", "all", "--configfile", "config/smoke.yaml", cwd=workdir_copy,
-              timeout=3000)
-    return workdir_copy
-
-
 def planned_jobs(root: Path, config: dict) -> dict[str, int]:
     """Rule -> job count Snakemake would run for ``config`` (a dry run, nothing executed)."""
     path = root / "config" / "_planned.yaml"

@@ -4,6 +4,9 @@ Each stage module exposes ``add_arguments(parser)`` and ``run(args)`` (``args.pa
 the parsed JSON config subset, ``args._command`` the command name, for modules serving
 several); modules are imported only when their command runs, so ``prefgen world`` never pays
 for importing torch or diffusers.
+The reader's commands (``READER_COMMANDS``: ``generate``, ``score``) are not rules: they take no
+``--params`` and read what they need from a finished run folder; bad input ends in a one-line
+error, not a traceback.
 Rule names map to commands one to one (``split_pipe`` -> ``prefgen split-pipe``), and to the
 module listed here, so a newcomer goes from a rule to its code in one step.
 """
@@ -50,14 +53,20 @@ COMMANDS: dict[str, str] = {
     "train-lpp": "prefgen.lpp.train",
     "lpp-evaluate": "prefgen.lpp.evaluate",
     "lpp-prototypes": "prefgen.lpp.prototypes",
+    "generate": "prefgen.generation.generate",
+    "score": "prefgen.evaluation.score",
 }
+#: commands for readers of a finished run (no --params; see the module docstring)
+READER_COMMANDS = {"generate", "score"}
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     module = importlib.import_module(COMMANDS[command])
-    parser = argparse.ArgumentParser(prog=f"prefgen {command}", description=module.__doc__)
-    parser.add_argument("--params", required=True,
-                        help="JSON object: the rule's config subset (Snakemake passes it)")
+    parser = argparse.ArgumentParser(prog=f"prefgen {command}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if command not in READER_COMMANDS:
+        parser.add_argument("--params", required=True,
+                            help="JSON object: the rule's config subset (Snakemake passes it)")
     module.add_arguments(parser)
     parser.set_defaults(_run=module.run, _command=command)
     return parser
@@ -66,18 +75,24 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
-        print("usage: prefgen <command> --params JSON [options]\n\ncommands:")
+        print("usage: prefgen <command> --params JSON [options]\n"
+              "       prefgen generate|score [options]   (a finished run's models)\n\n"
+              "commands:")
         for name, module in COMMANDS.items():
             print(f"  {name:22s} {module}")
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     args = build_parser(argv[0]).parse_args(argv[1:])
     from prefgen.core.config import parse_params
 
+    reader = argv[0] in READER_COMMANDS
+    errors = (ConfigError, ValueError, KeyError, FileNotFoundError) if reader else (ConfigError,)
     try:
-        args.params = parse_params(args.params)
+        if not reader:
+            args.params = parse_params(args.params)
         args._run(args)
-    except ConfigError as exc:
-        print(f"prefgen {argv[0]}: {exc}", file=sys.stderr)
+    except errors as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no quotes
+        print(f"prefgen {argv[0]}: {message}", file=sys.stderr)
         return 2
     return 0
 

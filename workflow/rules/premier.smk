@@ -55,12 +55,14 @@ rule train_premier:
     params:
         cfg=premier_train_params,
         foundation=foundation_model,
+        log_dir=f"{LOGS}/tensorboard",
     shell:
         "prefgen train-adapter --params {params.cfg:q} --method premier"
         " --foundation {params.foundation:q} --encoded {input.encoded}"
         " --image-index {input.image_index} --caption-index {input.caption_index}"
         " --pairs {input.pairs} --holdout {input.holdout} --embeddings {input.embeddings}"
-        " --out {output.final} --threads {threads} > {log} 2>&1"
+        " --out {output.final} --log-dir {params.log_dir} --threads {threads}"
+        " > {log} 2>&1"
 
 
 rule premier_new_users:

@@ -87,9 +87,11 @@ rule train_adapter:
         cfg=train_params,
         foundation=foundation_model,
         embeddings=embedding_arg,
+        log_dir=f"{LOGS}/tensorboard",
     shell:
         "prefgen train-adapter --params {params.cfg:q} --method {wildcards.method}"
         " --foundation {params.foundation:q} --encoded {input.encoded}"
         " --image-index {input.image_index} --caption-index {input.caption_index}"
         " --pairs {input.pairs} --holdout {input.holdout} {params.embeddings}"
-        " --out {output.final} --threads {threads} > {log} 2>&1"
+        " --out {output.final} --log-dir {params.log_dir} --threads {threads}"
+        " > {log} 2>&1"

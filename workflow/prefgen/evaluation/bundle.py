@@ -51,7 +51,8 @@ DESCRIPTIONS: list[tuple[str, str]] = [
     ("samples/*", "generated images (PNG); same seeds across methods, so they pair up"),
     ("scores/external/*", "per-image scores of the paper-scale judges and their environment"),
     ("scores/*", "per-image judge scores (samples index + one column per judge)"),
-    ("adapters/*", "adapter checkpoints (safetensors, adapter weights only)"),
+    ("adapters/*", "adapter checkpoints (safetensors, adapter weights only; IP-Adapter "
+                   "methods also as ip_adapter.safetensors for diffusers' load_ip_adapter)"),
     ("embeddings/*", "per-user embeddings fed to the adapters"),
     ("user_model/*", "PASTA user-type reward heads, population model, per-user lambda"),
     ("models/*", "models trained inside the workflow (stand-ins at mini/smoke scale)"),

@@ -37,6 +37,12 @@ from torch import nn
 
 from prefgen.core.io import load_tensors
 
+#: user tokens of the image projection diffusers' ``load_ip_adapter`` builds from a
+#: ``proj.weight`` layout (``_convert_ip_adapter_image_proj_to_diffusers``).
+DIFFUSERS_IP_TOKENS = 4
+#: file name of a checkpoint's adapter in that layout, beside ``adapter.safetensors``.
+DIFFUSERS_IP_FILE = "ip_adapter.safetensors"
+
 #: conditioning name (``train.methods.<m>.conditioning``) -> "module:Class".
 CONDITIONINGS: dict[str, str] = {
     "ip_adapter": "prefgen.generation.adapters:IPAdapterConditioning",
@@ -192,6 +198,12 @@ class IPAdapterConditioning(Conditioning):
         if not ip_layers:
             raise ValueError("UNet has no cross-attention layers to attach the user adapter to")
         self.ip_layers = nn.ModuleList(ip_layers)
+        # ip_layers follow the sorted processor names; diffusers' loader numbers the
+        # cross-attention processors in the UNet's own order (diffusers_state_dict)
+        sorted_cross = [n for n, _ in sorted(unet.attn_processors.items())
+                        if isinstance(processors[n], IPAdapterAttnProcessor2_0)]
+        self._diffusers_order = [sorted_cross.index(n) for n in unet.attn_processors
+                                 if n in sorted_cross]
         unet.set_attn_processor(processors)
         unet.encoder_hid_proj = MultiIPAdapterImageProjection([self.proj])
         unet.config.encoder_hid_dim_type = "ip_image_proj"  # as diffusers' load_ip_adapter does
@@ -264,6 +276,54 @@ class IPAdapterConditioning(Conditioning):
                 vec = users.lookup([user_id]) if own else torch.zeros(1, self.user_dim)
             vec = vec.to(self.proj.image_embeds.weight)[:, None, :]
         return {"ip_adapter_image_embeds": [torch.cat([vec, vec]) if guidance else vec]}, own
+
+
+    @property
+    def diffusers_exportable(self) -> bool:
+        """Whether ``diffusers_state_dict`` can write this adapter exactly (token count)."""
+        return DIFFUSERS_IP_TOKENS % self.num_tokens == 0
+
+    def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
+        """This adapter in the layout ``StableDiffusionXLPipeline.load_ip_adapter`` reads.
+
+        One flat dict for one safetensors file: ``image_proj.*`` (the user projection) and
+        ``ip_adapter.{1,3,5,...}.to_{k,v}_ip.weight`` (diffusers numbers the cross-attention
+        processors 1, 3, 5, ... in ``unet.attn_processors`` order, the odd ids of the original
+        IP-Adapter's attn1/attn2 numbering). Our projection *is* diffusers' ``ImageProjection``
+        (``proj`` = its ``image_embeds`` Linear, then a LayerNorm per token), but the loader
+        builds that class with 4 tokens whenever it sees ``proj.weight``. With ``num_tokens``
+        dividing 4 each user token is written ``4 / num_tokens`` times: attention over a token
+        set in which every key/value pair appears equally often gives the same softmax weights
+        and output as over the set itself, so the loaded adapter computes the same function
+        (equal up to float rounding). Other token counts have no exact ``ImageProjection``
+        form and are refused. ``dpo``'s learned constant user vector is stored as
+        ``user_embeds.constant`` [1, D] (the loader ignores keys without its two prefixes); it
+        is that method's ``ip_adapter_image_embeds``.
+        """
+        if not self.diffusers_exportable:
+            raise ValueError(f"num_tokens={self.num_tokens}: diffusers' load_ip_adapter reads a "
+                             f"'proj.weight' image projection as {DIFFUSERS_IP_TOKENS} tokens; "
+                             f"only token counts dividing {DIFFUSERS_IP_TOKENS} can be written "
+                             "exactly in its format")
+        repeat = DIFFUSERS_IP_TOKENS // self.num_tokens
+        weight = self.proj.image_embeds.weight.detach()
+        bias = self.proj.image_embeds.bias.detach()
+        cross = weight.shape[0] // self.num_tokens
+        out = {
+            "image_proj.proj.weight": weight.reshape(self.num_tokens, cross, -1)
+            .repeat_interleave(repeat, dim=0).reshape(DIFFUSERS_IP_TOKENS * cross, -1),
+            "image_proj.proj.bias": bias.reshape(self.num_tokens, cross)
+            .repeat_interleave(repeat, dim=0).reshape(-1),
+            "image_proj.norm.weight": self.proj.norm.weight.detach(),
+            "image_proj.norm.bias": self.proj.norm.bias.detach(),
+        }
+        for j, i in enumerate(self._diffusers_order):
+            ip = self.ip_layers[i]
+            out[f"ip_adapter.{2 * j + 1}.to_k_ip.weight"] = ip.to_k_ip[0].weight.detach()
+            out[f"ip_adapter.{2 * j + 1}.to_v_ip.weight"] = ip.to_v_ip[0].weight.detach()
+        if self.user_input == "constant":
+            out["user_embeds.constant"] = self.constant.detach()
+        return {k: v.float().cpu().clone() for k, v in out.items()}
 
 
 def conditioning_class(name: str) -> type[Conditioning]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,57 @@ def write_pngs(images: list[np.ndarray], rows: pd.DataFrame, folder: Path) -> li
     return names
 
 
-def run(args: argparse.Namespace) -> None:
+@dataclass
+class MethodSampler:
+    """A method installed on a pipeline: its conditioning, user table and checkpoints.
+
+    ``base`` has no conditioning (``cond is None``) and one pseudo-checkpoint, step 0.
+    """
+
+    method: str
+    cond: Any
+    users: Any
+    checkpoints: list[tuple[int, Path | None]]
+
+    def at(self, ckpt: Path | None, device: str, dtype: torch.dtype) -> tuple[Any, bool]:
+        """Load checkpoint ``ckpt``; ``(extra, per_user)`` for ``generate``."""
+        if ckpt is None:
+            return None, False
+        cond, users = self.cond, self.users
+        cond.load_adapter_state_dict(load_tensors(ckpt))
+        cond.to(device=device, dtype=dtype)
+
+        def extra(user_id: int, guidance: bool) -> Any:
+            return cond.pipeline_inputs(user_id, users, guidance)
+
+        return extra, cond.user_input != "constant"
+
+
+def load_method(pipe: Any, method: str, adapter: str | None, embeddings: str | None,
+                steps: list[int] | str, device: str, dtype: torch.dtype) -> MethodSampler:
+    """Install ``method``'s conditioning (from ``adapters/<m>/final.json``) on ``pipe``."""
     from prefgen.generation.adapters import UserEmbeddings, build_conditioning
+
+    if method == "base":
+        return MethodSampler(method, None, None, [(0, None)])
+    if not adapter:
+        raise ValueError(f"--method {method}: an adapter method needs --adapter")
+    final = read_json(adapter)
+    if not final.get("complete", False):
+        raise ValueError(f"{adapter}: training did not complete")
+    method_cfg = final["method_config"]
+    if method_cfg.get("embedding") and not embeddings:
+        raise ValueError(f"{adapter}: method uses embedding '{method_cfg['embedding']}' but no "
+                         "embeddings file was given")
+    users = UserEmbeddings.load(embeddings) if method_cfg.get("embedding") else None
+    cond = build_conditioning(pipe.unet, method_cfg, users).to(device=device, dtype=dtype)
+    cond.eval()
+    adapter_dir = Path(adapter).parent
+    ckpts = [(c["step"], adapter_dir / c["path"]) for c in select_steps(final, steps, adapter)]
+    return MethodSampler(method, cond, users, ckpts)
+
+
+def run(args: argparse.Namespace) -> None:
     from prefgen.generation.models import load_pipeline
 
     torch.set_num_threads(max(1, args.threads))
@@ -128,44 +178,21 @@ def run(args: argparse.Namespace) -> None:
     dtype = getattr(torch, cfg["dtype"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = load_pipeline(args.foundation, dtype=dtype).to(device)
-
-    if args.method == "base":
-        jobs: list[tuple[int, Any]] = [(0, None)]
-        users = None
-    else:
-        if not args.adapter:
-            raise ValueError(f"--method {args.method}: an adapter method needs --adapter")
-        final = read_json(args.adapter)
-        if not final.get("complete", False):
-            raise ValueError(f"{args.adapter}: training did not complete")
-        method_cfg = final["method_config"]
-        users = UserEmbeddings.load(args.embeddings) if method_cfg.get("embedding") else None
-        cond = build_conditioning(pipe.unet, method_cfg, users).to(device=device, dtype=dtype)
-        cond.eval()
-        adapter_dir = Path(args.adapter).parent
-        jobs = [(c["step"], adapter_dir / c["path"])
-                for c in select_steps(final, cfg["steps"], args.adapter)]
+    sampler = load_method(pipe, args.method, args.adapter, args.embeddings, cfg["steps"], device,
+                          dtype)
 
     for old in method_dir.glob("step-*"):
         shutil.rmtree(old)  # stale images of an earlier configuration
     frames = []
-    for step, ckpt in jobs:
-        extra = None
-        if ckpt is not None:
-            cond.load_adapter_state_dict(load_tensors(ckpt))
-            cond.to(device=device, dtype=dtype)
-
-            def extra(user_id: int, guidance: bool, _cond: Any = cond) -> Any:
-                return _cond.pipeline_inputs(user_id, users, guidance)
-
-        per_user = ckpt is not None and cond.user_input != "constant"
+    for step, ckpt in sampler.checkpoints:
+        extra, per_user = sampler.at(ckpt, device, dtype)
         images, own = generate(pipe, rows, cfg, extra, per_user)
         folder = method_dir / f"step-{step}"
         names = write_pngs(images, rows, folder)
         frame = rows.assign(method=args.method, step=step, own_embedding=own,
                             path=[str((folder / n).relative_to(run_dir)) for n in names])
         frames.append(frame[list(INDEX_COLUMNS)])
-        if ckpt is not None and cond.user_input == "embedding" and not own.all():
+        if per_user and sampler.cond.user_input == "embedding" and not own.all():
             log.warning("%s step %d: %d of %d rows have no user embedding and got the dropped-user "
                         "input (own_embedding=False), users %s", args.method, step,
                         int((~own).sum()), len(own),

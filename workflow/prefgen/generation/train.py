@@ -43,7 +43,13 @@ from tqdm import tqdm
 from prefgen.core.io import atomic_dir, load_tensors, save_tensors, write_json, write_parquet
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed
-from prefgen.generation.adapters import Conditioning, UserBatch, UserEmbeddings, build_conditioning
+from prefgen.generation.adapters import (
+    DIFFUSERS_IP_FILE,
+    Conditioning,
+    UserBatch,
+    UserEmbeddings,
+    build_conditioning,
+)
 from prefgen.generation.dpo import diffusion_dpo_loss, per_sample_mse
 from prefgen.generation.pairs import cache_rows, training_pairs
 
@@ -60,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout", required=True, help="splits/ppd/test_unseen.parquet")
     parser.add_argument("--embeddings", default=None, help="embeddings/<name>.safetensors")
     parser.add_argument("--out", required=True, help="adapters/<method>/final.json")
+    parser.add_argument("--log-dir", default=None,
+                        help="logs/<run_name>/tensorboard: the trackers of train.log_with write "
+                             "under <log-dir>/<method>/ (no tracking without it)")
     parser.add_argument("--threads", type=int, default=1)
 
 
@@ -243,6 +252,11 @@ def save_checkpoint(out_dir: Path, step: int, cond: Conditioning, opt: torch.opt
     with atomic_dir(target) as tmp:
         save_tensors(cond.adapter_state_dict(), tmp / "adapter.safetensors",
                      metadata={"step": str(step), "fingerprint": fp})
+        if getattr(cond, "diffusers_exportable", False):
+            # the same weights in the layout StableDiffusionXLPipeline.load_ip_adapter reads
+            save_tensors(cond.diffusers_state_dict(), tmp / DIFFUSERS_IP_FILE,
+                         metadata={"step": str(step), "fingerprint": fp,
+                                   "format": "diffusers-ip-adapter"})
         tensors, groups = optimizer_to_tensors(opt)
         save_tensors(tensors, tmp / "optimizer.safetensors", metadata={"param_groups": groups})
         write_json({"step": step, "fingerprint": fp}, tmp / "state.json")
@@ -265,13 +279,37 @@ def load_checkpoint(ckpt: Path, cond: Conditioning, opt: torch.optim.Optimizer
 
 
 # --- the loop --------------------------------------------------------------------------------
+def trackers(log_with: list[str], log_dir: str | Path | None) -> list[str]:
+    """accelerate trackers for ``train.log_with`` (none without a log folder); a tracker whose
+    package is missing is an error naming the key, never a silently empty dashboard."""
+    if log_dir is None or not log_with:
+        return []
+    import importlib.util
+
+    for name in log_with:
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"train.log_with lists '{name}' but the '{name}' package is not "
+                             f"installed (pip install {name}, or remove it from train.log_with)")
+    return list(log_with)
+
+
+def tracker_config(method_cfg: dict[str, Any], cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The run's hyperparameters as the flat scalars TensorBoard's hparams accept."""
+    flat = {f"method.{k}": v for k, v in method_cfg.items()}
+    flat |= {k: v for k, v in cfg.items() if k not in ("methods", "log_with")} | {"seed": seed}
+    return {k: v if isinstance(v, int | float | str | bool) else json.dumps(v)
+            for k, v in flat.items()}
+
+
 def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
-          method_cfg: dict[str, Any], cfg: dict[str, Any], seed: int, out_dir: Path, fp: str
-          ) -> dict[str, Any]:
+          method_cfg: dict[str, Any], cfg: dict[str, Any], seed: int, out_dir: Path, fp: str,
+          log_dir: str | Path | None = None) -> dict[str, Any]:
     """Train ``method``'s conditioning; returns the summary written to ``final.json``.
 
     ``pipe`` is a ``models.Denoiser`` (or a whole pipeline): its UNet, scheduler and VAE factor.
     ``cfg`` is the ``train`` config (steps, batch, lr, beta, ...); ``fp`` the run's fingerprint.
+    With ``log_dir`` every step's log row also goes to the trackers of ``train.log_with``
+    (accelerate's tracker API: TensorBoard event files under ``log_dir/<adapter folder>/``).
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
@@ -279,8 +317,15 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
     from prefgen.generation.models import add_time_ids
 
     accum = int(cfg["gradient_accumulation_steps"])
+    log_with = trackers(list(cfg.get("log_with", [])), log_dir)
     acc = Accelerator(mixed_precision=cfg["mixed_precision"], gradient_accumulation_steps=accum,
-                      cpu=not torch.cuda.is_available())  # CPU processes: gloo
+                      cpu=not torch.cuda.is_available(),  # CPU processes: gloo
+                      log_with=log_with or None,
+                      project_dir=str(log_dir) if log_with else None)
+    if log_with:
+        # one folder per trained adapter (adapters/<name>/): Premier's variants share a method
+        acc.init_trackers(out_dir.name, config=tracker_config(method_cfg, cfg, seed),
+                          init_kwargs={"wandb": {"dir": str(log_dir)}})
     torch.manual_seed(derive_seed(seed, "train", "init", method))
     unet = pipe.unet
     if cfg["gradient_checkpointing"]:
@@ -340,11 +385,15 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
         row = {key: float(np.mean([entry[key] for entry in logs])) for key in logs[0]}
         reduced = acc.reduce(torch.tensor(list(row.values()), device=acc.device), "mean")
         history.append({"step": step, **dict(zip(row, reduced.tolist(), strict=True))})
+        if log_with:
+            acc.log({f"train/{k}": v for k, v in history[-1].items() if k != "step"}, step=step)
         if step % every == 0 or step == steps:
             if acc.is_main_process:
                 save_checkpoint(out_dir, step, acc.unwrap_model(model).cond, opt, fp, history)
             acc.wait_for_everyone()
     elapsed = time.perf_counter() - t0
+    if log_with:
+        acc.end_training()
     cond = acc.unwrap_model(model).cond
     return summary(method, method_cfg, cfg, out_dir, history, elapsed, schedule.n, cond, fp,
                    acc.num_processes)
@@ -423,11 +472,12 @@ def run(args: argparse.Namespace) -> None:
         data, excluded = users_with_embeddings(data, users, method_cfg, args.embeddings)
     denoiser = load_denoiser(args.foundation)
     out = Path(args.out)
-    fp = fingerprint({k: v for k, v in p["train"].items() if k != "methods"} | {"seed": seed},
+    identity = {k: v for k, v in p["train"].items() if k not in ("methods", "log_with")}
+    fp = fingerprint(identity | {"seed": seed},
                      json.dumps(method_cfg, sort_keys=True),
                      [args.encoded, args.pairs, args.holdout, args.embeddings])
     result = train(denoiser, data, users, args.method, method_cfg, p["train"], seed, out.parent,
-                   fp)
+                   fp, args.log_dir)
     result["excluded_without_embedding"] = excluded
     from accelerate import PartialState
 
