@@ -2,7 +2,9 @@
 
 Snakemake validates the config itself (``snakemake.utils.validate`` in the Snakefile) before any
 job starts; this module gives the package and the tests the same check outside Snakemake, with
-errors that name the offending key path.
+errors that name the offending key path. The Snakefile also calls :func:`check_unique_keys` on
+every YAML it reads (a repeated key would otherwise silently keep the last value) and
+:func:`check_cross_keys` on the merged config (values that contradict each other).
 """
 
 from __future__ import annotations
@@ -20,6 +22,68 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 class ConfigError(ValueError):
     """A config that does not match the schema; the message names the key and what was expected."""
+
+
+class DuplicateKeyError(ConfigError):
+    """A YAML mapping that defines the same key twice; the message names file, key and lines."""
+
+
+def duplicate_keys(path: str | Path) -> list[str]:
+    """One message per key defined twice in the same mapping of the YAML file ``path``.
+
+    PyYAML keeps the last of two equal keys without a word, so a block pasted twice silently
+    overrides the first. The file is composed into nodes (which keep their line numbers) and
+    every mapping, at any depth and inside lists, is checked; keys are compared by their
+    constructed value, so ``1`` and ``"1"`` are different keys as YAML says.
+    """
+    path = Path(path)
+    text = path.read_text()
+    loader = yaml.SafeLoader(text)
+    found: list[str] = []
+
+    def walk(node: yaml.Node, key_path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = _key_value(loader, key_node)
+                line = key_node.start_mark.line + 1
+                child = f"{key_path}.{key}" if key_path else str(key)
+                if key in first_line:
+                    found.append(
+                        f"{path}: duplicate key '{child}' at line {line} (first defined at line "
+                        f"{first_line[key]}); YAML would silently keep the second value: merge "
+                        "the two into one"
+                    )
+                else:
+                    first_line[key] = line
+                walk(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{key_path}[{i}]")
+
+    try:
+        root = loader.get_single_node()
+        if root is not None:
+            walk(root, "")
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    return found
+
+
+def _key_value(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """A mapping key as YAML means it (scalars constructed; other keys by their source text)."""
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_object(node)
+    return f"<{node.tag} at line {node.start_mark.line + 1}>"
+
+
+def check_unique_keys(paths: list[str | Path] | tuple[str | Path, ...]) -> None:
+    """Raise :class:`DuplicateKeyError` listing every duplicate key in any of ``paths``."""
+    found = [msg for path in paths for msg in duplicate_keys(path)]
+    if found:
+        raise DuplicateKeyError("\n".join(found))
 
 
 def load_schema() -> dict[str, Any]:
@@ -60,6 +124,7 @@ def _extend_with_defaults(validator_cls: Any) -> Any:
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config, apply nested ``overrides`` and validate it."""
     path = Path(path)
+    check_unique_keys([path])
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
