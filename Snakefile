@@ -15,7 +15,7 @@ configfile: "config/config.yaml"
 # Checked before validation, so no job starts on a config YAML read differently than written:
 # every YAML the workflow reads has no key twice (YAML would silently keep the last).
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
-from prefgen.core.config import check_unique_keys
+from prefgen.core.config import check_cross_keys, check_unique_keys
 
 check_unique_keys(
     [
@@ -26,6 +26,10 @@ check_unique_keys(
 
 
 validate(config, schema="workflow/schemas/config.schema.yaml")
+# Values that contradict each other (both keys named), before any job starts.
+check_cross_keys(
+    config, source="config from " + ", ".join(map(str, workflow.configfiles))
+)
 
 
 report: "workflow/report/workflow.rst"
