@@ -139,6 +139,7 @@ def pickapic(cfg: dict, path: str | None = SAMPLE_GLOB) -> dict:
     cfg["judge"]["core"]["judges"] = ["pipe", "population"]
     cfg["evaluate"] |= {"reference_judge": "pipe", "select_by": "pipe"}
     cfg["evaluate"]["grid"] |= {"types_from": "lambda", "annotate": "pipe"}
+    cfg["premier"]["history"]["prompts"] = 0
     return cfg
 
 
@@ -215,6 +216,7 @@ def test_pickapic_refuses_every_key_that_needs_the_truth() -> None:
         f"evaluate.reference_judge {truth}use pipe or null",
         f"evaluate.grid.types_from {truth}use lambda",
         f"evaluate.grid.annotate {truth}use pipe or null",
+        f"premier.history.prompts {truth}set 0 (its sampled prompts are scored by the oracle)",
     ]
     assert cross_key_errors(set_key(pickapic(smoke()), "evaluate.select_by", "oracle"),
                             root=REPO) == [f"evaluate.select_by {truth}use pipe"]

@@ -116,6 +116,8 @@ TRUTH_KEYS = (
      "use lambda"),
     ("evaluate.grid.annotate", lambda c: c["evaluate"]["grid"]["annotate"] == "oracle",
      "use pipe or null"),
+    ("premier.history.prompts", lambda c: c["premier"]["history"]["prompts"] > 0,
+     "set 0 (its sampled prompts are scored by the oracle)"),
 )
 
 
