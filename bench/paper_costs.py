@@ -2,6 +2,9 @@
 
 - Exact FLOPs of the paper models (SDXL UNet and VAE, open_clip ViT-H-14 / ViT-L-14), built on
   the meta device from their published configs, so no weights are downloaded or allocated.
+- Premier at paper scale: its two preference adapters built from `config/paper.yaml`'s
+  `premier` block on SDXL's cross-attention layers (meta device): parameters, checkpoint size,
+  FLOPs per training image, and the images one run sees (steps x batch x accumulation).
 - Measured CPU costs on this machine: a Diffusion-DPO step of the mini stand-in UNet
   (config/config.yaml) per pair, an fp32 GEMM for reference, and decoding a 512 px JPEG (the
   ingest stage's per-image cost on Pick-a-Pic-sized images).
@@ -22,6 +25,7 @@ import yaml
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from prefgen.generation.models import build_tiny_sdxl
+from prefgen.generation.premier import PremierModulator, PremierSpec, cross_attention_names
 from torch.utils.flop_counter import FlopCounterMode
 
 #: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the keys that set the compute).
@@ -66,6 +70,55 @@ def paper_models() -> None:
             fi = flops(lambda m=model: m.encode_image(torch.randn(1, 3, 224, 224)))
             ft = flops(lambda m=model: m.encode_text(torch.zeros(1, 77, dtype=torch.long)))
             print(f"{name}: image {fi / 1e9:.1f} GFLOP, text {ft / 1e9:.1f} GFLOP")
+
+
+def premier_paper() -> None:
+    """Premier's adapters and training budget from config/paper.yaml, on SDXL (meta device)."""
+    cfg = yaml.safe_load(Path("config/paper.yaml").read_text())["premier"]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        blocks = len(cross_attention_names(unet))
+        spec = PremierSpec(
+            text_dim=SDXL_UNET["cross_attention_dim"],
+            num_blocks=blocks,
+            user_tokens=cfg["user_tokens"],
+            user_dim=cfg["user_dim"],
+            adapter_dim=cfg["adapter"]["dim"],
+            adapter_layers=cfg["adapter"]["layers"],
+            adapter_heads=cfg["adapter"]["heads"],
+        )
+        mod = PremierModulator(spec)
+        shared = sum(p.numel() for p in mod.shared.parameters())
+        distinct = sum(p.numel() for p in mod.distinct.parameters())
+        text = torch.randn(1, 77, spec.text_dim)
+        user = torch.randn(1, spec.user_tokens, spec.user_dim)
+        fwd = flops(lambda: mod(text, user))
+        add = {"text_embeds": torch.randn(1, 1280), "time_ids": torch.randn(1, 6)}
+        unet_fwd = flops(
+            lambda: unet(
+                torch.randn(1, 4, 128, 128),
+                torch.tensor([500]),
+                torch.randn(1, 77, 2048),
+                added_cond_kwargs=add,
+            )
+        )
+    train = cfg["train"]
+    images = train["steps"] * train["batch_size"] * train["gradient_accumulation_steps"]
+    # frozen UNet: forward + input-gradient backward; adapters: forward + backward with weight
+    # gradients (2x forward)
+    per_image = 2 * unet_fwd + 3 * fwd
+    print(
+        f"Premier on SDXL: {blocks} cross-attention layers; adapters {shared / 1e6:.1f}M shared"
+        f" + {distinct / 1e6:.1f}M distinct = {(shared + distinct) * 4 / 1e9:.2f} GB fp32;"
+        f" user embedding {spec.user_tokens * spec.user_dim * 4 / 1e3:.1f} kB"
+    )
+    print(
+        f"Premier adapters forward {fwd / 1e9:.1f} GFLOP per image; training"
+        f" {per_image / 1e12:.2f} TFLOP per image x {images:,} images"
+        f" ({train['steps']} x {train['batch_size']} x {train['gradient_accumulation_steps']})"
+        f" = {per_image * images:.3g} FLOP per run;"
+        f" {-(-train['steps'] // train['checkpoint_every'])} checkpoints"
+    )
 
 
 def mini_dpo_step(reps: int = 5) -> None:
@@ -122,5 +175,6 @@ def gemm_and_jpeg() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     paper_models()
+    premier_paper()
     mini_dpo_step()
     gemm_and_jpeg()

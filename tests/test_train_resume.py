@@ -75,6 +75,34 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path_factory) -> None:
                     killed.parent / "checkpoint-16" / "adapter.safetensors") == 0.0
 
 
+def weight_digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*.safetensors"))}
+
+
+def test_rerun_writes_byte_identical_weights(tmp_path_factory) -> None:
+    """A forced re-run (same config, checkpoints removed) rewrites every weight file with the
+    same bytes, so a bundle's sha256 does not change when nothing did."""
+    import shutil
+
+    setup = shared_setup(tmp_path_factory, "personal")
+    cfg = smoke_config()["train"] | {"steps": 4, "checkpoint_every": 2}
+    out = setup["root"] / "rerun" / "pipe" / "final.json"
+    digests = []
+    for _ in range(2):
+        shutil.rmtree(out.parent, ignore_errors=True)
+        proc = run_cli(train_args(setup, "pipe", out, cfg))
+        log, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, log
+        digests.append(weight_digests(out.parent))
+    assert set(digests[0]) == {"checkpoint-2/adapter.safetensors",
+                               "checkpoint-4/adapter.safetensors",
+                               "checkpoint-4/optimizer.safetensors"}
+    assert digests[0] == digests[1]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -91,14 +91,57 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+#: Words that mark a metadata key as a wall-clock value (a run time, a date, a file's mtime):
+#: such a value differs on every run, so a weight file holding it could never be byte-identical.
+WALL_CLOCK_WORDS = ("time", "seconds", "elapsed", "duration", "date", "wall", "clock")
+
+
 def save_tensors(tensors: dict[str, Any], path: str | os.PathLike[str],
                  metadata: dict[str, str] | None = None) -> None:
-    """Save a dict of torch tensors as safetensors, atomically (never pickles)."""
+    """Save a dict of torch tensors as safetensors, atomically and byte-deterministically.
+
+    The same tensors and metadata always give the same bytes, whatever the dict orders:
+    safetensors orders the tensors itself, but it keeps the metadata in a hash map whose order
+    changes from call to call, so the header is rewritten with the metadata keys sorted. Keys
+    that name a wall-clock value (``WALL_CLOCK_WORDS``) are refused: run times go to a json or
+    log beside the weights. Never pickles.
+    """
     from safetensors.torch import save_file
 
+    metadata = dict(metadata or {})
+    for key in metadata:
+        words = key.lower().replace("-", "_").split("_")
+        if any(word in WALL_CLOCK_WORDS for word in words):
+            raise ValueError(f"{path}: safetensors metadata key '{key}' is a wall-clock value; "
+                             "weight files must be reproducible, write it to a json or log "
+                             "beside them")
+        if not isinstance(metadata[key], str):
+            raise TypeError(f"{path}: safetensors metadata '{key}' must be a string, got "
+                            f"{type(metadata[key]).__name__}")
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
+        save_file(contiguous, str(tmp), metadata=metadata or None)
+        _sort_safetensors_metadata(tmp)
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors header in place with its ``__metadata__`` keys sorted.
+
+    The header is 8 bytes of little-endian length, then that many bytes of JSON padded with
+    spaces; tensor offsets count from the end of the header, so a header of the same length
+    leaves the data untouched. Sorting only reorders keys, so the compact JSON has the same length.
+    """
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise RuntimeError(f"{path}: sorted safetensors header is {len(text)} bytes, longer "
+                               f"than the {size} written; cannot rewrite it in place")
+        fh.seek(8)
+        fh.write(text + b" " * (size - len(text)))
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:

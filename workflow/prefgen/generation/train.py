@@ -250,13 +250,14 @@ def save_checkpoint(out_dir: Path, step: int, cond: Conditioning, opt: torch.opt
     """Write ``checkpoint-{step}`` atomically; drop older checkpoints' optimizer state."""
     target = out_dir / f"checkpoint-{step}"
     with atomic_dir(target) as tmp:
+        # the fingerprint hashes input mtimes: it stays in state.json, out of the weights, so a
+        # re-run on the same config writes byte-identical weights
         save_tensors(cond.adapter_state_dict(), tmp / "adapter.safetensors",
-                     metadata={"step": str(step), "fingerprint": fp})
+                     metadata={"step": str(step)})
         if getattr(cond, "diffusers_exportable", False):
             # the same weights in the layout StableDiffusionXLPipeline.load_ip_adapter reads
             save_tensors(cond.diffusers_state_dict(), tmp / DIFFUSERS_IP_FILE,
-                         metadata={"step": str(step), "fingerprint": fp,
-                                   "format": "diffusers-ip-adapter"})
+                         metadata={"step": str(step), "format": "diffusers-ip-adapter"})
         tensors, groups = optimizer_to_tensors(opt)
         save_tensors(tensors, tmp / "optimizer.safetensors", metadata={"param_groups": groups})
         write_json({"step": step, "fingerprint": fp}, tmp / "state.json")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from prefgen.core.io import atomic_dir, write_table
+from prefgen.core.io import atomic_dir, save_tensors, write_table
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed, rng, seed_everything
 from prefgen.user_model.imageio import load_images
@@ -92,10 +92,7 @@ def build_clip(params: dict[str, Any], folder: Path) -> tuple[torch.nn.Module, d
 
 def save_clip(model: torch.nn.Module, folder: Path) -> None:
     """Write the weights next to the config, as safetensors (open_clip loads this file name)."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME))
+    save_tensors(dict(model.state_dict()), folder / WEIGHTS_NAME)
 
 
 def load_clip(folder: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Any, Any]:
