@@ -164,6 +164,8 @@ CONTRADICTIONS = [
      "split.held_out.user_fraction=0: no user is held out"),
     ("split.lpp.min_liked", 8, "split.lpp.min_liked=8 <= split.lpp.n_ref=8"),
     ("ppd.embedding.n_shots", 5, "ppd.embedding.n_shots=5 > split.held_out.min_pairs=4"),
+    ("split.held_out.support_pairs", 5,
+     "split.held_out.support_pairs=5 > split.held_out.min_pairs=4"),
 ]
 
 
@@ -172,6 +174,12 @@ CONTRADICTIONS = [
 def test_contradicting_keys_are_both_named(key: str, value: object, message: str) -> None:
     cfg = set_key(smoke(), key, value)
     errors = cross_key_errors(cfg)
+    if key == "ppd.embedding.n_shots":  # more shots than the support set too
+        assert errors[1:] == [f"ppd.embedding.n_shots={value} > split.held_out.support_pairs=4: "
+                              "PPD draws an unseen user's shots from the support set, the only "
+                              "pairs of theirs any method sees; lower n_shots or raise "
+                              "support_pairs"], errors
+        errors = errors[:1]
     assert len(errors) == 1 and errors[0].startswith(message), errors
     with pytest.raises(ConfigError, match=rf"^smoke\.yaml: {re.escape(message)}"):
         check_cross_keys(cfg, source="smoke.yaml")

@@ -158,6 +158,15 @@ def cross_key_errors(config: dict[str, Any], check_paths: bool = True,
         errors.append(f"ppd.embedding.n_shots={n_shots} > split.held_out.min_pairs="
                       f"{held['min_pairs']}: held-out users may have fewer pairs than PPD's "
                       "few-shot examples; raise min_pairs to at least n_shots")
+    support = held["support_pairs"]
+    if support > held["min_pairs"]:
+        errors.append(f"split.held_out.support_pairs={support} > split.held_out.min_pairs="
+                      f"{held['min_pairs']}: a held-out user may have fewer non-tie pairs than "
+                      "one support set; lower support_pairs or raise min_pairs")
+    if n_shots > support:
+        errors.append(f"ppd.embedding.n_shots={n_shots} > split.held_out.support_pairs="
+                      f"{support}: PPD draws an unseen user's shots from the support set, the "
+                      "only pairs of theirs any method sees; lower n_shots or raise support_pairs")
     if config["data"]["source"] == "pickapic":
         path = config["data"].get("path")
         if check_paths and not path:
