@@ -384,7 +384,7 @@ def lpp_train_params(wildcards):
     return stage_params(**lpp_model_params(variant=wildcards.variant))
 
 
-# ---- Contamination audit (evaluate.smk) ----------------------------------------
+# ---- Contamination audit (audit.smk) --------------------------------------------
 def split_source(path, labels=True):
     return {"kind": "split", "path": str(path), "labels": labels}
 
