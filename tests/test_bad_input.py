@@ -78,6 +78,15 @@ def test_run_name_that_would_leave_results_is_refused(name: str) -> None:
         validate(config)
 
 
+def test_snakemake_refuses_a_run_name_outside_results_before_any_job(tmp_path: Path) -> None:
+    path = tmp_path / "escape.yaml"
+    path.write_text(yaml.safe_dump(smoke() | {"run_name": ".."}))
+    proc = snakemake("-n", "all", "--configfile", str(path), check=False, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "'..' does not match" in out
+    assert "Building DAG of jobs" not in out
+
+
 def test_ordinary_run_names_pass() -> None:
     for name in ("smoke", "paper_v2", "mini-2026.12", "x.."):
         validate(smoke() | {"run_name": name})
