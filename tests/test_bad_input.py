@@ -252,6 +252,26 @@ def test_image_header_claiming_huge_dimensions_is_refused_before_decoding(
     assert stats["quarantine_reasons"]["oversized_image"] == 2
 
 
+def test_user_image_given_to_score_that_is_corrupt_or_oversized_is_named(tmp_path: Path) -> None:
+    """``prefgen score --image`` reads files a user hands in: the same header limit as ingest,
+    and a broken file is a ValueError (one line from the command) naming it."""
+    from prefgen.evaluation.score import load_rgb
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buf, "JPEG")
+    good = tmp_path / "good.jpg"
+    good.write_bytes(buf.getvalue())
+    assert load_rgb(good).size == (16, 16)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(buf.getvalue()[:60])
+    with pytest.raises(ValueError, match=rf"image '{broken}': not a decodable image"):
+        load_rgb(broken)
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(_claiming(buf.getvalue(), 5000, 5000))
+    with pytest.raises(ValueError, match=rf"image '{huge}': header claims 5000 x 5000 pixels"):
+        load_rgb(huge)
+
+
 # --- splits -------------------------------------------------------------------------------------
 
 def _pairs(tmp_path: Path, extra: list[tuple[int, bool]]) -> pd.DataFrame:
