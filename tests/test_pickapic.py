@@ -129,7 +129,7 @@ def test_bad_rows_are_quarantined_with_reasons(world: dict[str, Path], tmp_path:
     assert stats["quarantine_reasons"]["inconsistent_labels"] == 3
     assert stats["per_file"]["shard-00001.parquet"]["missing_user"] == 1
     pairs = pd.read_parquet(out["pairs"])
-    assert len(pairs) == 600 - 7
+    assert len(pairs) == 600 - 7 and stats["rows_read"] == len(pairs) + len(q) == 600
     assert not set(q["ranking_id"]) & set(pairs["ranking_id"])
     images = pd.read_parquet(out["images"])
     bad_uid = t.column("image_1_uid")[3].as_py()
@@ -151,6 +151,9 @@ def test_duplicate_ranking_id_and_identical_images_are_quarantined(
         "duplicate_ranking_id": 2,
         "identical_images": 1,
     }
+    stats = json.loads(out["stats"].read_text())
+    kept = len(pd.read_parquet(out["pairs"]))
+    assert stats["rows_read"] == t.num_rows + 2 == kept + len(q) == stats["pairs"] + 3
 
 
 def test_an_image_uid_with_different_bytes_is_counted_and_first_kept(

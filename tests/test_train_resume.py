@@ -98,7 +98,9 @@ def test_rerun_writes_byte_identical_weights(tmp_path_factory) -> None:
         assert proc.returncode == 0, log
         digests.append(weight_digests(out.parent))
     assert set(digests[0]) == {"checkpoint-2/adapter.safetensors",
+                               "checkpoint-2/ip_adapter.safetensors",
                                "checkpoint-4/adapter.safetensors",
+                               "checkpoint-4/ip_adapter.safetensors",
                                "checkpoint-4/optimizer.safetensors"}
     assert digests[0] == digests[1]
 

@@ -17,7 +17,7 @@ import argparse
 import importlib
 import sys
 
-from prefgen.core.config import ConfigError
+from prefgen.core.config import ConfigError, InputError
 
 #: command -> module implementing it (module has add_arguments(parser) and run(args)).
 COMMANDS: dict[str, str] = {
@@ -83,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     args = build_parser(argv[0]).parse_args(argv[1:])
     from prefgen.core.config import parse_params
+    from prefgen.core.io import OutputWriteError
 
     reader = argv[0] in READER_COMMANDS
-    errors = (ConfigError, ValueError, KeyError, FileNotFoundError) if reader else (ConfigError,)
+    # a bad config, refused input data or an output that cannot be written: one line, exit 2
+    errors: tuple[type[Exception], ...] = (ConfigError, InputError, OutputWriteError)
+    if reader:
+        errors += (ValueError, KeyError, FileNotFoundError)
     try:
         if not reader:
             args.params = parse_params(args.params)

@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """A config that does not match the schema; the message names the key and what was expected."""
 
 
+class InputError(ValueError):
+    """Input data a stage refuses (a broken shard, say); the message names the file and what
+    was expected. ``prefgen`` prints it as one line and exits 2, like a :class:`ConfigError`."""
+
+
 class DuplicateKeyError(ConfigError):
     """A YAML mapping that defines the same key twice; the message names file, key and lines."""
 

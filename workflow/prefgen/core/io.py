@@ -8,6 +8,7 @@ into place (rename is atomic on POSIX within one filesystem).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,12 +20,42 @@ from typing import Any
 import pandas as pd
 
 
+class OutputWriteError(OSError):
+    """An output that could not be written (disk full, file too large, read-only folder).
+
+    The message names the final path; nothing is left at that path, so Snakemake reruns the job.
+    """
+
+
+#: errnos that mean "this output cannot be written here" (too large, disk or quota full,
+#: read-only or forbidden folder, device error); other OSErrors inside a write block (a missing
+#: input, say) pass through as they are.
+WRITE_ERRNOS = frozenset({errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                          errno.EPERM, errno.EIO})
+
+
+def _write_failed(target: Path, exc: BaseException) -> OutputWriteError:
+    if isinstance(exc, OutputWriteError):
+        return exc
+    return OutputWriteError(f"{target}: could not be written ({exc}); nothing was left at this "
+                            "path")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    A failed write (an :class:`OSError` of ``WRITE_ERRNOS``: a full disk, a file-size limit, a
+    read-only folder) is raised as :class:`OutputWriteError` naming ``path``; any other
+    exception passes through unchanged.
+    Either way the temporary file is removed and ``path`` is untouched.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _write_failed(target, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -32,6 +63,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp_path.exists():  # mkstemp makes 0600; a handed-on bundle needs the usual mode
             tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if isinstance(exc, OutputWriteError) or exc.errno in WRITE_ERRNOS:
+            raise _write_failed(target, exc) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -39,16 +74,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only on success.
+
+    Failed writes are raised as :class:`OutputWriteError` naming ``path``, as in
+    :func:`atomic_path`.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=target.parent))
+    except OSError as exc:
+        raise _write_failed(target, exc) from exc
     try:
         yield tmp
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OSError as exc:
+        if isinstance(exc, OutputWriteError) or exc.errno in WRITE_ERRNOS:
+            raise _write_failed(target, exc) from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -120,7 +167,12 @@ def save_tensors(tensors: dict[str, Any], path: str | os.PathLike[str],
                             f"{type(metadata[key]).__name__}")
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata or None)
+        try:
+            save_file(contiguous, str(tmp), metadata=metadata or None)
+        except Exception as exc:  # safetensors reports I/O errors as its own SafetensorError
+            if "I/O error" not in str(exc):
+                raise
+            raise _write_failed(Path(path), exc) from exc
         _sort_safetensors_metadata(tmp)
 
 
@@ -145,9 +197,40 @@ def _sort_safetensors_metadata(path: Path) -> None:
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tensors of a safetensors file; a truncated or corrupt file is a ``ValueError``
+    naming it (a missing one is ``FileNotFoundError``)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: weight file not found")
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a complete safetensors file ({exc}); delete it and rerun "
+                         "the rule that writes it") from exc
+
+
+def tensor_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file (empty if it has none)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a complete safetensors file ({exc})") from exc
+
+
+def check_state_shapes(module: Any, state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` naming ``path`` and the first tensor of ``state`` whose shape differs
+    from ``module``'s (a checkpoint written under another config), before loading it."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    for name, tensor in sorted(state.items()):
+        if name in expected and tuple(tensor.shape) != expected[name]:
+            raise ValueError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the "
+                             f"model built from its config expects {expected[name]}; the file "
+                             "was written under another config")
 
 
 def write_table(df: pd.DataFrame, stem: str | os.PathLike[str], caption: str = "",

@@ -10,7 +10,8 @@ some of its rows are unusable (unlabelled, identical images, broken files). This
 - checks every row and routes bad ones to a quarantine list with a reason instead of dropping
   them silently: missing user, labels that are neither a preference (1,0)/(0,1) nor a tie
   (0.5,0.5), unlabelled rows, identical images, missing caption or image uid, undecodable
-  JPEG, duplicate ranking_id.
+  JPEG, duplicate ranking_id, an image whose header claims more than ``MAX_IMAGE_PIXELS``
+  pixels (refused from the header alone, before any decoding could exhaust memory).
 
 Each distinct image blob is decoded once (a uid seen again with the same bytes is not decoded
 again), in a small thread pool (PIL releases the GIL while decoding).
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from prefgen.core.config import InputError
 from prefgen.core.logging import get_logger
 from prefgen.data.pickapic_schema import PICKAPIC_V2_COLUMNS, PICKAPIC_V2_SCHEMA
 
@@ -64,12 +66,18 @@ REASONS: tuple[str, ...] = (
     "unlabelled",
     "inconsistent_labels",
     "undecodable_jpeg",
+    "oversized_image",
 )
+
+#: Largest image (width x height, from its header) the reader decodes. Pick-a-Pic's images are
+#: at most about 1024 x 1024; a header claiming more is a broken or hostile file, and decoding
+#: it could take gigabytes. PIL's own limit (``Image.MAX_IMAGE_PIXELS``, ~89M) is far larger.
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 _LABEL_TOL = 1e-6
 
 
-class ShardError(ValueError):
+class ShardError(InputError):
     """A shard that cannot be read as Pick-a-Pic v2; the message names the file (and column)."""
 
 
@@ -171,7 +179,15 @@ def iter_batches(
         pf = pq.ParquetFile(path, pre_buffer=False)
         rows = rows_per_batch(pf, batch_size, max_batch_mb)
         start = 0
-        for rb in pf.iter_batches(batch_size=rows, columns=list(columns), use_threads=False):
+        batches = pf.iter_batches(batch_size=rows, columns=list(columns), use_threads=False)
+        while True:
+            try:
+                rb = next(batches)
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as exc:  # a page corrupt past a sound footer
+                raise ShardError(f"{path}: unreadable after row {start} (a corrupt or "
+                                 f"truncated page?): {exc}") from exc
             yield Batch(str(path), start, pa.Table.from_batches([rb]))
             start += rb.num_rows
         pf.close()
@@ -179,15 +195,30 @@ def iter_batches(
 
 def jpeg_error(data: bytes | pa.Buffer | None) -> str | None:
     """None if ``data`` decodes as an image, else why not (decodes in full, so truncation shows)."""
+    problem = image_problem(data)
+    return None if problem is None else problem[1]
+
+
+def image_problem(data: bytes | pa.Buffer | None) -> tuple[str, str] | None:
+    """None if ``data`` decodes as an image, else ``(reason, detail)``: ``oversized_image`` if
+    its header claims more than ``MAX_IMAGE_PIXELS`` pixels (checked before decoding), else
+    ``undecodable_jpeg`` (decoded in full, so truncation shows)."""
     if data is None or len(memoryview(data)) == 0:
-        return "no image bytes"
+        return ("undecodable_jpeg", "no image bytes")
     try:
         with Image.open(io.BytesIO(memoryview(data))) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return ("oversized_image", f"header claims {width} x {height} = "
+                        f"{width * height} pixels, more than MAX_IMAGE_PIXELS = "
+                        f"{MAX_IMAGE_PIXELS}; not decoded")
             if img.format == "JPEG":  # decode at 1/8 scale: every byte is still parsed
                 img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
             img.load()
+    except Image.DecompressionBombError as exc:  # PIL's own header check, past 2x its limit
+        return ("oversized_image", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        return f"{type(exc).__name__}: {exc}"
+        return ("undecodable_jpeg", f"{type(exc).__name__}: {exc}")
     return None
 
 
@@ -202,7 +233,7 @@ class RowChecker:
     threads: int = 2
     seen_rankings: set[int] = field(default_factory=set)
     good_blobs: dict[str, bytes] = field(default_factory=dict)  # uid -> digest of good bytes
-    bad_blobs: dict[bytes, str] = field(default_factory=dict)  # digest -> error
+    bad_blobs: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # digest -> problem
 
     def check(self, table: pa.Table) -> list[tuple[str, str] | None]:
         """Per row: None if good, else (reason, detail)."""
@@ -285,15 +316,16 @@ class RowChecker:
             keys = list(todo)
             if self.threads > 1 and len(keys) > 8:
                 with ThreadPoolExecutor(self.threads) as pool:
-                    errors = list(pool.map(jpeg_error, (todo[k] for k in keys)))
+                    errors = list(pool.map(image_problem, (todo[k] for k in keys)))
             else:
-                errors = [jpeg_error(todo[k]) for k in keys]
+                errors = [image_problem(todo[k]) for k in keys]
             for k, err in zip(keys, errors, strict=True):
                 if err is not None:
                     self.bad_blobs[k] = err
         for i, side, _uid, dig in cells:
             if dig in self.bad_blobs:
-                flag(i, "undecodable_jpeg", f"jpg_{side}: {self.bad_blobs[dig]}")
+                reason, detail = self.bad_blobs[dig]
+                flag(i, reason, f"jpg_{side}: {detail}")
         for i, side, uid, dig in cells:
             if out[i] is None:
                 self.good_blobs.setdefault(uid, dig)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prefgen.core.config import ConfigError, InputError
 from prefgen.core.io import write_json, write_parquet
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import rng
@@ -80,7 +81,7 @@ def load_pairs(path: str | Path) -> pd.DataFrame:
         "is_tie",
     } - set(df.columns)
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{path}: missing column(s) {sorted(missing)} (expected ingest's pairs.parquet)"
         )
     df = df.sort_values("ranking_id", kind="stable").reset_index(drop=True)
@@ -97,7 +98,7 @@ def held_out_prompts(pairs: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """
     counts = pairs.groupby("caption", sort=True).size()
     if n >= len(counts):
-        raise ValueError(
+        raise ConfigError(
             f"split.held_out.prompts={n}: the pairs have only {len(counts)} distinct "
             "captions; hold out fewer"
         )
@@ -213,6 +214,9 @@ def split_pipe(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     repeat_of_test = ~is_test & key.isin(set(key[is_test])).to_numpy()
     train = to_split_rows(rest.loc[~is_test & ~repeat_of_test], gen)
     test = to_split_rows(rest.loc[is_test], gen)
+    _refuse_empty("split_pipe", {"train": train, "test": test},
+                  "split.pipe.test_fraction (rounded per user), split.held_out.prompts and "
+                  "split.held_out.user_fraction")
     per_user_test = test.groupby("user_id").size().reindex(n_nontie.index, fill_value=0)
     stats = {
         "users": int(rest["user_id"].nunique()),
@@ -228,6 +232,7 @@ def split_pipe(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
             f"{int(rest['is_tie'].sum())} ties are in train with a random winner",
         },
         "users_without_test_pairs": int((per_user_test == 0).sum()),
+        "users_with_only_ties": int(rest["user_id"].nunique() - len(n_nontie)),
         "max_abs_test_share_error_pairs": float(np.max(np.abs(per_user_test - frac * n_nontie)))
         if len(n_nontie)
         else 0.0,
@@ -239,6 +244,15 @@ def split_pipe(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
         "unseen_prompts": unseen[["prompt_id", "caption"]],
         "stats": stats,
     }
+
+
+def _refuse_empty(stage: str, parts: dict[str, pd.DataFrame], keys: str) -> None:
+    """A split the config leaves with no rows is an error naming it, never an empty file that
+    a later stage would train or score on."""
+    empty = [name for name, df in parts.items() if len(df) == 0]
+    if empty:
+        raise ConfigError(f"{stage}: the config leaves split(s) {empty} with no pairs; check "
+                          f"{keys} against the data")
 
 
 def _split_stats(df: pd.DataFrame) -> dict[str, int]:
@@ -292,6 +306,9 @@ def split_ppd(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     dropped_test_seen = int((~ok).sum())
     test_seen = test_seen.loc[ok]
 
+    _refuse_empty("split_ppd", {"train": train, "test_seen": test_seen},
+                  f"split.ppd.test_caption_fraction, split.held_out.min_pairs={min_pairs} and "
+                  "split.held_out.user_fraction")
     out = {
         "train": to_split_rows(train, gen),
         "val": to_split_rows(val, gen),

@@ -117,8 +117,17 @@ def load_rgb(image: str | Path | Image.Image) -> Image.Image:
     path = Path(image)
     if not path.is_file():
         raise FileNotFoundError(f"image '{path}' not found")
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    from prefgen.data.pickapic import MAX_IMAGE_PIXELS
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS:  # from the header, before decoding
+                raise ValueError(f"image '{path}': header claims {width} x {height} pixels, "
+                                 f"more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}; not decoded")
+            return im.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as exc:  # PIL's errors for bad files
+        raise ValueError(f"image '{path}': not a decodable image ({exc})") from exc
 
 
 def from_generated(record_path: str | Path

@@ -32,7 +32,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from prefgen.core.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from prefgen.core.io import (
+    atomic_dir,
+    check_state_shapes,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import rng, seed_everything
 from prefgen.lpp.data import ImageBank, read_references, read_train_items
@@ -197,6 +204,7 @@ def load_model(model_dir: str | Path, clip_dir: str | None = None) -> tuple[LPPM
     if set(state) != expected:
         raise ValueError(f"{model_dir / WEIGHTS}: holds {len(state)} tensors, lpp.json lists "
                          f"{len(expected)}; e.g. {sorted(set(state) ^ expected)[:1]}")
+    check_state_shapes(model, state, model_dir / WEIGHTS)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"{model_dir / WEIGHTS}: tensors {unexpected[:3]} do not exist in the "

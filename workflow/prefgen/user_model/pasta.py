@@ -35,7 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prefgen.core.io import atomic_path, load_tensors, save_tensors, write_json
+from prefgen.core.io import (
+    atomic_path,
+    check_state_shapes,
+    load_tensors,
+    save_tensors,
+    tensor_metadata,
+    write_json,
+)
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed
 from prefgen.user_model.features import FeatureStore
@@ -110,8 +117,15 @@ def load_reward_model(path: str | Path) -> RewardModel:
         raise FileNotFoundError(f"{path}: reward model (and {meta_path.name}) not found; run "
                                 "fit_pasta first")
     cfg = json.loads(meta_path.read_text())["config"]
+    state = load_tensors(path)
+    stored = tensor_metadata(path).get("config")
+    if stored is None or json.loads(stored) != cfg:
+        raise ValueError(f"{path}: the config in its metadata ({stored}) differs from "
+                         f"{meta_path.name}'s ({json.dumps(cfg)}); the two files come from "
+                         "different fits: rerun fit_pasta")
     model = RewardModel(**cfg)
-    model.load_state_dict(load_tensors(path))
+    check_state_shapes(model, state, path)
+    model.load_state_dict(state)
     return model.eval().requires_grad_(False)
 
 
