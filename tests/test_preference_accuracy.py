@@ -24,9 +24,10 @@ from tests.workflow_copy import copy_workflow
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "config/smoke.yaml"
 
-#: Acceptance on smoke: same ordering as mini with a looser margin (measured: +0.065, pipe 0.701
-#: vs population 0.636 on 354 test pairs of 74 users).
-SMOKE_MIN_MARGIN = 0.04
+#: Acceptance on smoke: same ordering as mini with a looser margin. Measured +0.031 (pipe 0.662
+#: vs population 0.631 on 325 test pairs of 63 users) since the held-out users (11 of the
+#: heaviest) left PIPE's training data; mini keeps +0.088 (0.724 vs 0.635, 410 users).
+SMOKE_MIN_MARGIN = 0.02
 
 #: What the module's run makes; the rules' DAG brings in everything upstream.
 TARGETS = ["tables/preference_accuracy.csv", "tables/user_model_recovery.csv",
