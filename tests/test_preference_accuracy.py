@@ -95,11 +95,17 @@ def test_lambda_table_covers_every_training_user(run: Path) -> None:
     cfg = load_config(REPO / "config" / "smoke.yaml")
     k = cfg["pasta"]["n_types"]
     assert list(lam.columns) == ["user_id", *[f"lambda_{i}" for i in range(k)], "n_pairs",
-                                 "n_informative", "fallback"]
-    assert set(lam["user_id"]) == set(train["user_id"])
+                                 "n_informative", "fallback", "fitted_on"]
+    support = pd.read_parquet(run / "splits" / "ppd" / "support.parquet")
+    assert set(lam["user_id"]) == set(train["user_id"]) | set(support["user_id"])
+    assert not set(train["user_id"]) & set(support["user_id"])
     assert lam.notna().all().all()
-    counts = train.groupby("user_id").size()
+    # training users from PIPE train, held-out users from their support set alone
+    counts = pd.concat([train, support]).groupby("user_id").size()
     assert (lam.set_index("user_id")["n_pairs"] == counts.loc[lam["user_id"]].to_numpy()).all()
+    on = lam.set_index("user_id")["fitted_on"]
+    assert (on.loc[sorted(set(support["user_id"]))] == "support").all()
+    assert (on.loc[sorted(set(train["user_id"]))] == "train").all()
     summary = json.loads((run / "user_model" / "lambda.json").read_text())
     mu = np.array(summary["population_lambda"])
     fb = lam[lam["fallback"]]
@@ -111,7 +117,9 @@ def test_recovery_matches_planted_types(run: Path) -> None:
     world = json.loads((run / "data" / "truth" / "world.json").read_text())
     assert len(rec) == len(world["types"]) + 1
     overall = rec[rec["planted_type"] == "all"].iloc[0]
-    assert overall["user_reward_corr_median"] > 0.5, rec
+    # smoke has 17 users with >= 50 training pairs: measured median 0.41 (0.52 while PIPE still
+    # trained on the held-out users; mini: 0.65 over 138 users), so the bar is "clearly > 0"
+    assert overall["user_reward_corr_median"] > 0.3, rec
     assert overall["lambda_corr_projected"] > 0.3, rec
 
 
