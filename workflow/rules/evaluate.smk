@@ -175,7 +175,7 @@ rule budgets:
             category="Evaluation",
             subcategory="Tables",
         ),
-        md=f"{RUN}/tables/budgets.md",
+        other=multiext(f"{RUN}/tables/budgets", ".md", ".tex"),
     log:
         f"{LOGS}/budgets/budgets.log",
     conda:
@@ -185,9 +185,11 @@ rule budgets:
         mem_mb=1000,
         runtime=5,
     params:
+        cfg=stage_params(train_seeds=TRAIN_SEEDS),
         models=budget_models,
     shell:
-        "prefgen budgets {params.models} --out {output.table} > {log} 2>&1"
+        "prefgen budgets --params {params.cfg:q} {params.models} --out {output.table}"
+        " > {log} 2>&1"
 
 
 rule bundle:
