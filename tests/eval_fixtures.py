@@ -47,45 +47,52 @@ def write_truth(truth_dir: Path, user_ids: list[int]) -> pd.DataFrame:
     return users
 
 
-def brightness_of(method: str, step: int, user_id: int, prompt_id: int, seed: int) -> int:
-    """Grey level of a fake sample: a fixed function of the triple, shifted per method/step."""
-    shift = {"base": 0, "dpo": 20, "pipe": 40}.get(method, 10) + step // 10
+def brightness_of(method: str, step: int, user_id: int, prompt_id: int, seed: int,
+                  train_seed: int = -1) -> int:
+    """Grey level of a fake sample: a fixed function of the triple, shifted per method, step
+    and training seed."""
+    shift = ({"base": 0, "dpo": 20, "pipe": 40}.get(method, 10) + step // 10
+             + 7 * max(train_seed, 0))
     return int((37 * user_id + 11 * prompt_id + 5 * seed + shift) % 200 + 20)
 
 
 def write_samples(run_dir: Path, methods: dict[str, list[int]], user_ids: list[int],
                   prompt_ids: list[int], seeds_per_prompt: int = 1, size: int = 16,
                   unseen_every: int = 3) -> dict[str, Path]:
-    """``samples/{method}/index.parquet`` + PNGs for every (user, prompt, seed) and step.
+    """``samples/{model}/index.parquet`` + PNGs for every (user, prompt, seed) and step.
 
-    Every ``unseen_every``-th user is an unseen one. Paths in the index are relative to
-    ``run_dir``, as the contract says.
+    A model is ``base`` or ``<method>/seed<k>`` (training seed k); another name is an untrained
+    method (training seed -1). Every ``unseen_every``-th user is an unseen one. Paths in the
+    index are relative to ``run_dir``, as the contract says.
     """
     out = {}
-    for method, steps in methods.items():
+    for model, steps in methods.items():
+        method, _, seed_part = model.partition("/seed")
+        train_seed = int(seed_part) if seed_part else -1
         rows = []
         for step in steps:
             for u_i, user in enumerate(user_ids):
                 for prompt in prompt_ids:
                     for s in range(seeds_per_prompt):
                         seed = 1000 * prompt + s
-                        rel = f"samples/{method}/step-{step}/u{user}_p{prompt}_s{seed}.png"
-                        grey = brightness_of(method, step, user, prompt, seed)
+                        rel = f"samples/{model}/step-{step}/u{user}_p{prompt}_s{seed}.png"
+                        grey = brightness_of(method, step, user, prompt, seed, train_seed)
                         arr = np.full((size, size, 3), grey, dtype=np.uint8)
                         arr[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (200, 40, 40)
                         (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                         Image.fromarray(arr).save(run_dir / rel)
-                        rows.append({"method": method, "step": step, "user_id": user,
+                        rows.append({"method": method, "train_seed": train_seed,
+                                     "step": step, "user_id": user,
                                      "user_group": "unseen" if u_i % unseen_every == 2 else "seen",
                                      "prompt_id": prompt,
                                      "caption": f"a red square on a grey background {prompt}",
                                      "seed": seed, "path": rel})
         df = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-        for col in ["step", "user_id", "prompt_id", "seed"]:
+        for col in ["train_seed", "step", "user_id", "prompt_id", "seed"]:
             df[col] = df[col].astype(np.int64)
-        path = run_dir / "samples" / method / "index.parquet"
+        path = run_dir / "samples" / model / "index.parquet"
         df.to_parquet(path, index=False)
-        out[method] = path
+        out[model] = path
     return out
 
 

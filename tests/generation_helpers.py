@@ -177,11 +177,15 @@ def shared_setup(tmp_path_factory: Any, kind: str) -> dict[str, Path]:
 
 
 def train_args(setup: dict[str, Path], method: str, out: Path, train_cfg: dict[str, Any],
-               seed: int = 0) -> list[str]:
-    """``prefgen train-adapter`` arguments for a fixture setup."""
+               seed: int = 0, train_seed: int | None = None) -> list[str]:
+    """``prefgen train-adapter`` arguments for a fixture setup (``train_seed``: one entry of
+    ``train.seeds``, as the rule passes it)."""
     import json
 
-    args = ["train-adapter", "--params", json.dumps({"seed": seed, "train": train_cfg}),
+    params: dict[str, Any] = {"seed": seed, "train": train_cfg}
+    if train_seed is not None:
+        params["train_seed"] = train_seed
+    args = ["train-adapter", "--params", json.dumps(params),
             "--method", method, "--foundation", str(setup["foundation"]),
             "--encoded", str(setup["encoded"]), "--image-index", str(setup["image_index"]),
             "--caption-index", str(setup["caption_index"]), "--pairs", str(setup["pipe_train"]),

@@ -18,9 +18,11 @@ EXCLUDE = ["data/world/*", "data/clean/*", "cache/*"]
 def make_run(root: Path) -> Path:
     run = root / "results" / "smoke"
     files = {
-        "tables/win_rates.csv": "method,opponent,judge,users,n,win_rate,tie_rate,ci_low,ci_high\n"
-                                "pipe,base,oracle,all,40,0.7,0.0,0.6,0.8\n"
-                                "pipe,base,oracle,seen,30,0.72,0.0,0.6,0.84\n",
+        "tables/win_rates.csv": "method,opponent,judge,users,n,win_rate,tie_rate,ci_low,ci_high,"
+                                "verdict,n_seeds\n"
+                                "pipe,base,oracle,all,120,0.7,0.0,0.6,0.8,shown,3\n"
+                                "pipe,dpo,oracle,all,120,0.55,0.0,0.45,0.65,not shown,3\n"
+                                "pipe,base,oracle,seen,90,0.72,0.0,0.6,0.84,shown,3\n",
         "tables/win_rates.md": "| a |\n",
         "figures/checkpoint_curves.png": "png",
         "samples/pipe/index.parquet": "idx",
@@ -106,8 +108,9 @@ def test_readme_describes_every_file(tmp_path: Path, config: dict) -> None:
     assert "`tables/win_rates.csv`" in text and "PIPE Table 1" in text
     # the headline is the users=all slice of the win-rate table
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| pipe")]
-    assert [[c.strip() for c in r] for r in rows] == [["pipe", "base", "oracle", "40", "0.7",
-                                                      "0.6", "0.8"]]
+    assert [[c.strip() for c in r] for r in rows] == [
+        ["pipe", "base", "oracle", "3", "120", "0.7", "0.6", "0.8", "shown"],
+        ["pipe", "dpo", "oracle", "3", "120", "0.55", "0.45", "0.65", "not shown"]]
     assert "python -m prefgen.evaluation.manifest verify results/smoke" in text
 
 
@@ -131,6 +134,18 @@ def test_descriptions_cover_the_contract_paths() -> None:
 def test_git_info_outside_a_repository(tmp_path: Path) -> None:
     info = git_info(tmp_path)
     assert info["commit"] == "unknown" and info["dirty"] is None
+
+
+def test_headline_shows_seeds_and_verdicts(tmp_path: Path, config: dict) -> None:
+    run = make_run(tmp_path)
+    assert bundle(run, config) == 0
+    readme = (run / "README.md").read_text()
+    head = readme.split("## Headline")[1].split("## Files")[0]
+    table = [line for line in head.splitlines() if line.startswith("|")]
+    assert "n_seeds" in table[0] and "verdict" in table[0]
+    assert len(table) == 2 + 2  # header, rule, the two all-user rows (not the seen row)
+    assert "| shown" in table[2] and "| not shown" in table[3]
+    assert "**not shown** = the CI contains 0.5" in head
 
 
 def test_headline_is_read_from_the_csv(tmp_path: Path, config: dict) -> None:

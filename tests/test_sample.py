@@ -1,5 +1,5 @@
-"""Sampling: the index contract, paired seeds across methods, batching-independent images, and
-explicit handling of users without an embedding."""
+"""Sampling: the index contract, paired seeds across methods and training seeds, the per-seed
+layout, batching-independent images, and explicit handling of users without an embedding."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def samples(tmp_path_factory):
     run = setup["root"] / "run-sample"
     cfg = smoke_config()["train"] | {"steps": 4, "checkpoint_every": 2, "lr": 1e-2}
     for method in ("dpo", "pipe"):
-        assert main(train_args(setup, method, run / "adapters" / method / "final.json", cfg)) == 0
+        assert main(train_args(setup, method, run / "adapters" / method / "seed1" / "final.json",
+                               cfg)) == 0
     sample_cfg = smoke_config()["sample"] | {"num_inference_steps": 3}
     out = {}
     for method in ("base", "dpo", "pipe"):
@@ -30,13 +31,16 @@ def samples(tmp_path_factory):
     return setup, run, sample_cfg, out
 
 
-def sample(setup, run, method, cfg, name=None):
-    index = run / "samples" / (name or method) / "index.parquet"
+def sample(setup, run, method, cfg, name=None, train_seed=1):
+    """``samples/base/index.parquet``, or ``samples/<method>/seed<k>/index.parquet``."""
+    folder = run / "samples" / (name or method)
+    index = (folder if method == "base" else folder / f"seed{train_seed}") / "index.parquet"
     args = ["sample", "--params", json.dumps({"sample": cfg}), "--method", method,
             "--foundation", str(setup["foundation"]), "--eval-set", str(setup["eval_set"]),
             "--out", str(index)]
     if method != "base":
-        args += ["--adapter", str(run / "adapters" / method / "final.json")]
+        args += ["--adapter", str(run / "adapters" / method / "seed1" / "final.json"),
+                 "--train-seed", str(train_seed)]
     if method == "pipe":
         args += ["--embeddings", str(setup["embeddings"])]
     assert main(args) == 0
@@ -61,8 +65,23 @@ def test_index_contract_and_paired_seeds(samples) -> None:
             pd.testing.assert_frame_equal(
                 rows[key].sort_values(key).reset_index(drop=True),
                 evals[key].sort_values(key).reset_index(drop=True))
+        assert index["train_seed"].tolist() == [-1 if method == "base" else 1] * len(index)
+        folder = "samples/base/step-" if method == "base" else f"samples/{method}/seed1/step-"
         for path in index["path"]:
-            assert not path.startswith("/") and pixels(run, path).shape == (16, 16, 3)
+            assert path.startswith(folder) and pixels(run, path).shape == (16, 16, 3)
+
+
+def test_train_seed_is_required_exactly_for_trained_methods(samples) -> None:
+    setup, run, cfg, _ = samples
+    base = ["sample", "--params", json.dumps({"sample": cfg}), "--foundation",
+            str(setup["foundation"]), "--eval-set", str(setup["eval_set"])]
+    with pytest.raises(ValueError, match="--train-seed is required"):
+        main([*base, "--method", "dpo", "--adapter",
+              str(run / "adapters" / "dpo" / "seed1" / "final.json"),
+              "--out", str(run / "samples" / "dpo-noseed" / "index.parquet")])
+    with pytest.raises(ValueError, match="--train-seed is required"):
+        main([*base, "--method", "base", "--train-seed", "0",
+              "--out", str(run / "samples" / "base-seed" / "index.parquet")])
 
 
 def test_users_without_embedding_are_flagged(samples) -> None:

@@ -116,6 +116,78 @@ def test_report_builds_from_the_finished_run(smoke_run: Path) -> None:
     assert "win_rates.csv" in html and "preference_accuracy.csv" in html
 
 
+def test_smoke_win_rates_resample_training_seeds(smoke_run: Path) -> None:
+    """Every comparison over both smoke seeds, with a verdict, a per-seed row per replicate,
+    and the README's headline showing both."""
+    run = smoke_run / "results" / "smoke"
+    seeds = smoke_config(smoke_run)["train"]["seeds"]
+    wins = pd.read_csv(run / "tables" / "win_rates.csv")
+    assert (wins["n_seeds"] == len(seeds)).all()
+    assert set(wins["verdict"]) <= {"shown", "not shown", "reversed"}
+    shown = wins["ci_low"] > 0.5
+    assert (wins.loc[shown, "verdict"] == "shown").all()
+    assert (wins.loc[~shown & (wins["ci_high"] >= 0.5), "verdict"] == "not shown").all()
+    per_seed = pd.read_csv(run / "tables" / "win_rates_per_seed.csv")
+    assert len(per_seed) == len(seeds) * len(wins)
+    assert set(per_seed["method_seed"].dropna()) == set(seeds)
+    base = per_seed[per_seed["opponent"] == "base"]
+    assert base["opponent_seed"].isna().all()
+    best = pd.read_csv(run / "tables" / "best_checkpoints.csv")
+    assert len(best) == 1 + 4 * len(seeds)  # base, then dpo, pipe, ppd, premier per seed
+    readme = (run / "README.md").read_text()
+    assert "verdict" in readme and "n_seeds" in readme
+
+
+def test_smoke_budgets_table(smoke_run: Path) -> None:
+    run = smoke_run / "results" / "smoke"
+    config = smoke_config(smoke_run)
+    table = pd.read_csv(run / "tables" / "budgets.csv")
+    seeds = config["train"]["seeds"]
+    assert len(table) == (3 + 2) * len(seeds)  # dpo, pipe, ppd, Premier stages 1 and 2
+    assert (table["examples_seen"] == table["optimizer_steps"] * table["examples_per_step"]).all()
+    train = table[table["stage"] == "train"].set_index(["method", "train_seed"])
+    t = config["train"]
+    assert train.loc[("pipe", seeds[-1]), "examples_seen"] == (
+        t["steps"] * t["batch_size"] * t["gradient_accumulation_steps"])
+    p = config["premier"]["train"]
+    assert train.loc[("premier", seeds[0]), "examples_seen"] == (
+        p["steps"] * p["batch_size"] * p["gradient_accumulation_steps"])
+    assert (table["wall_seconds"] > 0).all() and (table["trainable_parameters"] > 0).all()
+    assert "budgets.csv" in (run / "README.md").read_text()
+
+
+def test_a_new_training_seed_retrains_only_its_replicates(smoke_run: Path) -> None:
+    """train.seeds is kept out of the training rules' params: adding a seed trains, samples and
+    judges the new replicates only, then re-evaluates; the existing seeds are not touched."""
+    config = smoke_config(smoke_run)
+    config["train"]["seeds"] = [*config["train"]["seeds"], 7]
+    planned = planned_jobs(smoke_run, config)
+    assert planned["train_adapter"] == 3 and planned["sample"] == 3
+    assert planned["train_premier"] == 1 and planned["judge"] == 4
+    assert "sample_base" not in planned and "foundation" not in planned
+    assert "premier_history" not in planned and "premier_ablation" not in planned
+    assert {"evaluate", "budgets", "bundle"} <= set(planned)
+
+
+def test_one_training_seed_reruns_byte_identically(smoke_run: Path) -> None:
+    """Retraining one replicate from scratch gives the same weights, images, scores and win-rate
+    tables, byte for byte (budgets.csv's measured wall time aside)."""
+    run = smoke_run / "results" / "smoke"
+    watched = [run / "adapters" / "pipe" / "seed1" / "checkpoint-12" / "adapter.safetensors",
+               run / "samples" / "pipe" / "seed1" / "index.parquet",
+               run / "scores" / "pipe" / "seed1.parquet",
+               run / "tables" / "win_rates.csv", run / "tables" / "win_rates_per_seed.csv",
+               run / "tables" / "best_checkpoints.csv"]
+    images = sorted((run / "samples" / "pipe" / "seed1").rglob("*.png"))
+    before = {p: p.read_bytes() for p in [*watched, *images]}
+    snakemake("--cores", "2", "results/smoke/scores/pipe/seed1.parquet", "--configfile",
+              "config/smoke.yaml", "--forcerun", "train_adapter", cwd=smoke_run)
+    snakemake("--cores", "2", "all", "--configfile", "config/smoke.yaml", cwd=smoke_run)
+    assert planned_jobs(smoke_run, smoke_config(smoke_run)) == {}
+    changed = [str(p.relative_to(run)) for p, b in before.items() if p.read_bytes() != b]
+    assert not changed, changed
+
+
 def test_contamination_audit_is_clean_and_complete(smoke_run: Path) -> None:
     """Every consumer against every evaluation set, and no violation in the shipped config."""
     table = pd.read_csv(smoke_run / "results" / "smoke" / "tables" / "contamination.csv")

@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "judge": "prefgen.evaluation.judge",
     "judge-external": "prefgen.evaluation.judge",
     "evaluate": "prefgen.evaluation.evaluate",
+    "budgets": "prefgen.evaluation.budgets",
     "bundle": "prefgen.evaluation.bundle",
     "audit-contamination": "prefgen.evaluation.contamination",
     "train-lpp": "prefgen.lpp.train",

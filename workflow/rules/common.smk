@@ -6,6 +6,14 @@ import os
 
 RUN = f"results/{config['run_name']}"
 LOGS = f"logs/{config['run_name']}"
+# Snakemake `benchmark:` files of the training rules: measured wall time, so outside the results
+# bundle (a rerun changes them); tables/budgets reads them.
+BENCHMARKS = f"benchmarks/{config['run_name']}"
+# Training seeds (train.seeds): every trained generation method is trained, sampled and judged
+# once per seed; base (untrained) is sampled once. Upstream stages read config["seed"] only.
+TRAIN_SEEDS = [int(s) for s in config["train"]["seeds"]]
+FIRST_SEED = TRAIN_SEEDS[0]
+SEED_PATTERN = "|".join(map(str, TRAIN_SEEDS))
 
 
 def stage_params(**subsets):
@@ -39,7 +47,7 @@ def all_targets():
     targets += ppd_targets()
     targets += lpp_targets()
     targets += premier_targets()
-    targets += [f"{RUN}/tables/contamination.csv"]
+    targets += [f"{RUN}/tables/contamination.csv", f"{RUN}/tables/budgets.csv"]
     return targets
 
 
@@ -163,9 +171,26 @@ def adapter_methods():
     return list(config["train"]["methods"])
 
 
+def trained_models(method):
+    """The sampled models of a trained method, one per training seed: `<method>/seed<k>`."""
+    return [f"{method}/seed{s}" for s in TRAIN_SEEDS]
+
+
+def sampled_models(methods):
+    """`base` (sampled once) and every training seed of each other method in `methods`."""
+    models = []
+    for m in methods:
+        models += ["base"] if m == "base" else trained_models(m)
+    return models
+
+
 def generation_targets():
-    """Final generation outputs for `all_targets()`: samples of base and every adapter method."""
-    targets = [f"{RUN}/samples/{m}/index.parquet" for m in ["base", *adapter_methods()]]
+    """Final generation outputs for `all_targets()`: samples of base and of every adapter
+    method's training seeds."""
+    targets = [
+        f"{RUN}/samples/{m}/index.parquet"
+        for m in sampled_models(["base", *adapter_methods()])
+    ]
     if not config["foundation"]["pretrained"]:
         targets.append(f"{RUN}/tables/foundation_quality.csv")
     return targets
@@ -197,24 +222,27 @@ def embedding_arg(wildcards, input):
 
 
 def train_params(wildcards):
-    """train_adapter's config subset: the shared trainer keys and this method's entry only."""
-    shared = {k: v for k, v in config["train"].items() if k != "methods"}
+    """train_adapter's config subset: the shared trainer keys, this method's entry only and the
+    training seed (the list train.seeds is left out: adding a seed retrains nothing else).
+    """
+    shared = {k: v for k, v in config["train"].items() if k not in ("methods", "seeds")}
     method = {wildcards.method: config["train"]["methods"][wildcards.method]}
-    return stage_params(seed=config["seed"], train={**shared, "methods": method})
+    return stage_params(
+        seed=config["seed"],
+        train_seed=int(wildcards.seed),
+        train={**shared, "methods": method},
+    )
 
 
 # ---- Sampling (sample.smk) ----------------------------------------------------
 def sample_inputs(wildcards):
-    """base needs only the foundation; an adapter method also its checkpoints and embeddings."""
+    """An adapter method's training seed: the foundation, its checkpoints and embeddings."""
     inputs = foundation_input(wildcards)
-    if wildcards.method != "base":
-        inputs["adapter"] = f"{RUN}/adapters/{wildcards.method}/final.json"
-        inputs.update(method_embedding(wildcards))
+    inputs["adapter"] = (
+        f"{RUN}/adapters/{wildcards.method}/seed{wildcards.seed}/final.json"
+    )
+    inputs.update(method_embedding(wildcards))
     return inputs
-
-
-def adapter_arg(wildcards, input):
-    return f"--adapter {input.adapter}" if "adapter" in input.keys() else ""
 
 
 # ---- Evaluation and bundle (evaluate.smk) -------------------------------------
@@ -224,6 +252,29 @@ def eval_methods():
     for pair in config["evaluate"]["pairs"]:
         methods += [m for m in pair if m not in methods]
     return methods
+
+
+def eval_models():
+    """The sampled models `evaluate` reads scores of: base and every compared method's seeds."""
+    return sampled_models(eval_methods())
+
+
+# A judged model: base, or a training seed of a trained method (adapter methods and Premier).
+MODEL_PATTERN = "base|(?:{})/seed(?:{})".format(
+    "|".join([*adapter_methods(), "premier"]), SEED_PATTERN
+)
+
+
+def model_run_root(output_key, depth):
+    """run_root for outputs under a `model` wildcard (`<method>/seed<k>` is
+    one path component deeper than `base`)."""
+
+    def run_dir(wildcards, output):
+        return run_root(output_key, depth + wildcards.model.count("/"))(
+            wildcards, output
+        )
+
+    return run_dir
 
 
 def external_judges_on():
@@ -304,7 +355,7 @@ PREMIER_VARIANTS = ["premier", "premier_no_dispersion"]
 def premier_targets():
     """Premier's final outputs for `all_targets()` (its samples come in through evaluate)."""
     return [
-        f"{RUN}/samples/premier/index.parquet",
+        *[f"{RUN}/samples/{m}/index.parquet" for m in trained_models("premier")],
         f"{RUN}/tables/premier_history.csv",
         f"{RUN}/tables/premier_ablation.csv",
     ]
@@ -325,14 +376,27 @@ def premier_model_cfg(variant):
 
 def premier_init_params(wildcards):
     return stage_params(
-        seed=config["seed"], premier=premier_model_cfg(wildcards.variant)
+        seed=config["seed"],
+        train_seed=int(wildcards.seed),
+        premier=premier_model_cfg(wildcards.variant),
+    )
+
+
+def premier_new_users_params(wildcards):
+    """Stage 2's config subset; the training seed seeds its fits (the liked history is drawn
+    from the run seed, the same for every training seed)."""
+    return stage_params(
+        seed=config["seed"],
+        train_seed=int(wildcards.seed),
+        premier={"new_users": config["premier"]["new_users"]},
+        sample={"steps": config["sample"]["steps"]},
     )
 
 
 def premier_train_params(wildcards):
     """train_adapter's params for a Premier variant: the shared trainer keys, premier.train's
     overrides, and the method entry naming the variant's init file."""
-    shared = {k: v for k, v in config["train"].items() if k != "methods"}
+    shared = {k: v for k, v in config["train"].items() if k not in ("methods", "seeds")}
     method = {
         "conditioning": "premier",
         "embedding": f"{wildcards.variant}_init",
@@ -341,7 +405,61 @@ def premier_train_params(wildcards):
     }
     return stage_params(
         seed=config["seed"],
+        train_seed=int(wildcards.seed),
         train={**shared, **config["premier"]["train"], "methods": {"premier": method}},
+    )
+
+
+# ---- Training budgets (evaluate.smk) -------------------------------------------
+def budget_entries():
+    """(method, seed, stage, final.json, benchmark tsv) of every trained generation model."""
+    entries = []
+    for seed in TRAIN_SEEDS:
+        for method in adapter_methods():
+            entries.append(
+                (
+                    method,
+                    seed,
+                    "train",
+                    f"{RUN}/adapters/{method}/seed{seed}/final.json",
+                    f"{BENCHMARKS}/train_adapter/{method}/seed{seed}.tsv",
+                )
+            )
+        entries.append(
+            (
+                "premier",
+                seed,
+                "train",
+                f"{RUN}/adapters/premier/seed{seed}/final.json",
+                f"{BENCHMARKS}/train_premier/premier/seed{seed}.tsv",
+            )
+        )
+        entries.append(
+            (
+                "premier",
+                seed,
+                "new_users",
+                f"{RUN}/adapters/premier_stage2/seed{seed}/final.json",
+                f"{BENCHMARKS}/premier_new_users/seed{seed}.tsv",
+            )
+        )
+    return entries
+
+
+def budget_inputs(wildcards):
+    return {
+        "finals": [e[3] for e in budget_entries()],
+        "benchmarks": [e[4] for e in budget_entries()],
+    }
+
+
+def budget_models(wildcards, input):
+    """One `--entry method seed stage final.json benchmark.tsv` per trained model."""
+    return " ".join(
+        f"--entry {m} {s} {stage} {final} {bench}"
+        for (m, s, stage, _, _), final, bench in zip(
+            budget_entries(), input.finals, input.benchmarks
+        )
     )
 
 

@@ -1,11 +1,13 @@
 # Evaluation and the artifact bundle (issue 6): judges score every sample, `evaluate` turns the
-# scores into the win-rate / checkpoint / agreement tables and figures, `bundle` writes the run's
-# README.md and MANIFEST.json. `make run` then writes report.html with `snakemake --report`.
+# scores into the win-rate / checkpoint / agreement tables and figures, `budgets` states what each
+# trained method was given, `bundle` writes the run's README.md and MANIFEST.json. `make run`
+# then writes report.html with `snakemake --report`. A sampled model (wildcard `model`) is `base`
+# or `<method>/seed<k>`, one training seed of a trained method.
 
 
 rule judge:
     input:
-        index=rules.sample.output.index,
+        index=f"{RUN}/samples/{{model}}/index.parquet",
         user_model=[
             f"{RUN}/models/clip",
             f"{RUN}/user_model/pasta.safetensors",
@@ -14,11 +16,11 @@ rule judge:
         ],
         truth=truth_inputs(ORACLE_JUDGED),
     output:
-        scores=f"{RUN}/scores/{{method}}.parquet",
+        scores=f"{RUN}/scores/{{model}}.parquet",
     log:
-        f"{LOGS}/judge/{{method}}.log",
+        f"{LOGS}/judge/{{model}}.log",
     wildcard_constraints:
-        method="[A-Za-z0-9_]+",
+        model=MODEL_PATTERN,
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
@@ -28,7 +30,7 @@ rule judge:
         runtime=60,
     params:
         cfg=stage_params(judge=config["judge"]["core"]),
-        run_dir=run_root("scores", depth=2),
+        run_dir=model_run_root("scores", depth=2),
         truth=truth_arg,
     shell:
         "prefgen judge --params {params.cfg:q} --index {input.index} --run-dir {params.run_dir}"
@@ -41,14 +43,14 @@ rule judge:
 # PYTHONPATH (the workflow runs from the repository root).
 rule judge_external:
     input:
-        index=rules.sample.output.index,
+        index=f"{RUN}/samples/{{model}}/index.parquet",
     output:
-        scores=f"{RUN}/scores/external/{{method}}.parquet",
-        env=f"{RUN}/scores/external/{{method}}.json",
+        scores=f"{RUN}/scores/external/{{model}}.parquet",
+        env=f"{RUN}/scores/external/{{model}}.json",
     log:
-        f"{LOGS}/judge_external/{{method}}.log",
+        f"{LOGS}/judge_external/{{model}}.log",
     wildcard_constraints:
-        method="[A-Za-z0-9_]+",
+        model=MODEL_PATTERN,
     conda:
         "../../envs/judges.yaml"
     threads: 4
@@ -58,7 +60,7 @@ rule judge_external:
         gpu=1,
     params:
         cfg=stage_params(judge=config["judge"]["external"]),
-        run_dir=run_root("scores", depth=3),
+        run_dir=model_run_root("scores", depth=3),
     shell:
         "PYTHONPATH=workflow${{PYTHONPATH:+:$PYTHONPATH}} ${{PREFGEN_JUDGES_PYTHON:-python}}"
         " -m prefgen.cli judge-external --params {params.cfg:q} --index {input.index}"
@@ -67,9 +69,9 @@ rule judge_external:
 
 rule evaluate:
     input:
-        scores=expand(f"{RUN}/scores/{{method}}.parquet", method=eval_methods()),
+        scores=expand(f"{RUN}/scores/{{model}}.parquet", model=eval_models()),
         external=(
-            expand(f"{RUN}/scores/external/{{method}}.parquet", method=eval_methods())
+            expand(f"{RUN}/scores/external/{{model}}.parquet", model=eval_models())
             if external_judges_on()
             else []
         ),
@@ -83,6 +85,13 @@ rule evaluate:
             subcategory="Tables",
         ),
         win_rates_other=multiext(f"{RUN}/tables/win_rates", ".md", ".tex"),
+        per_seed=report(
+            f"{RUN}/tables/win_rates_per_seed.csv",
+            caption="../report/evaluate_win_rates_per_seed.rst",
+            category="Evaluation",
+            subcategory="Tables",
+        ),
+        per_seed_other=multiext(f"{RUN}/tables/win_rates_per_seed", ".md", ".tex"),
         checkpoint_metrics=report(
             f"{RUN}/tables/checkpoint_metrics.csv",
             caption="../report/evaluate_checkpoint_metrics.rst",
@@ -153,6 +162,33 @@ rule evaluate:
         "prefgen evaluate --params {params.cfg:q} --scores {input.scores}"
         " --external {input.external} --run-dir {params.run_dir} {params.truth}"
         " {params.lambdas} --tables {params.tables} --figures {params.figures}"
+        " > {log} 2>&1"
+
+
+rule budgets:
+    input:
+        unpack(budget_inputs),
+    output:
+        table=report(
+            f"{RUN}/tables/budgets.csv",
+            caption="../report/evaluate_budgets.rst",
+            category="Evaluation",
+            subcategory="Tables",
+        ),
+        other=multiext(f"{RUN}/tables/budgets", ".md", ".tex"),
+    log:
+        f"{LOGS}/budgets/budgets.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        cfg=stage_params(train_seeds=TRAIN_SEEDS),
+        models=budget_models,
+    shell:
+        "prefgen budgets --params {params.cfg:q} {params.models} --out {output.table}"
         " > {log} 2>&1"
 
 

@@ -2,7 +2,10 @@
 # the text tokens, trained by the shared trainer (`prefgen train-adapter`, conditioning
 # `premier`, denoising objective + dispersion loss), then stage 2 (held-out users as combinations
 # of training users) before sampling. Premier is not a key of train.methods: its sampler reads
-# the stage-2 checkpoints, so it has its own train/sample rules around the same commands.
+# the stage-2 checkpoints, so it has its own train/sample rules around the same commands. Like
+# the adapter methods, Premier is trained once per entry of train.seeds (wildcard `seed`: the
+# initial user embeddings, the adapters' initialisation, the data order and the stage-2 fits);
+# the history and ablation tables analyse the first seed only.
 
 
 rule premier_init:
@@ -10,11 +13,12 @@ rule premier_init:
         pairs=rules.split_pipe.output.train,
         holdout=rules.split_ppd.output.test_unseen,
     output:
-        emb=f"{RUN}/embeddings/{{variant}}_init.safetensors",
+        emb=f"{RUN}/embeddings/{{variant}}_init/seed{{seed}}.safetensors",
     log:
-        f"{LOGS}/premier_init/{{variant}}.log",
+        f"{LOGS}/premier_init/{{variant}}/seed{{seed}}.log",
     wildcard_constraints:
         variant="|".join(PREMIER_VARIANTS),
+        seed=SEED_PATTERN,
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
@@ -39,11 +43,14 @@ rule train_premier:
         pairs=rules.split_pipe.output.train,
         holdout=rules.split_ppd.output.test_unseen,
     output:
-        final=f"{RUN}/adapters/{{variant}}/final.json",
+        final=f"{RUN}/adapters/{{variant}}/seed{{seed}}/final.json",
     log:
-        f"{LOGS}/train_premier/{{variant}}.log",
+        f"{LOGS}/train_premier/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_premier/{{variant}}/seed{{seed}}.tsv"
     wildcard_constraints:
         variant="|".join(PREMIER_VARIANTS),
+        seed=SEED_PATTERN,
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
@@ -68,16 +75,20 @@ rule train_premier:
 rule premier_new_users:
     input:
         unpack(foundation_input),
-        adapter=f"{RUN}/adapters/premier/final.json",
-        init=f"{RUN}/embeddings/premier_init.safetensors",
+        adapter=f"{RUN}/adapters/premier/seed{{seed}}/final.json",
+        init=f"{RUN}/embeddings/premier_init/seed{{seed}}.safetensors",
         pairs=rules.split_ppd.output.support,
         images=rules.ingest.output.images,
         eval_set=rules.eval_set.output.eval_set,
     output:
-        final=f"{RUN}/adapters/premier_stage2/final.json",
-        emb=f"{RUN}/embeddings/premier.safetensors",
+        final=f"{RUN}/adapters/premier_stage2/seed{{seed}}/final.json",
+        emb=f"{RUN}/embeddings/premier/seed{{seed}}.safetensors",
     log:
-        f"{LOGS}/premier_new_users/premier_new_users.log",
+        f"{LOGS}/premier_new_users/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/premier_new_users/seed{{seed}}.tsv"
+    wildcard_constraints:
+        seed=SEED_PATTERN,
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
@@ -87,11 +98,7 @@ rule premier_new_users:
         runtime=60,
         gpu=1,
     params:
-        cfg=stage_params(
-            seed=config["seed"],
-            premier={"new_users": config["premier"]["new_users"]},
-            sample={"steps": config["sample"]["steps"]},
-        ),
+        cfg=premier_new_users_params,
         foundation=foundation_model,
     shell:
         "prefgen premier-new-users --params {params.cfg:q} --foundation {params.foundation:q}"
@@ -104,12 +111,14 @@ rule sample_premier:
     input:
         unpack(foundation_input),
         adapter=rules.premier_new_users.output.final,
-        init=f"{RUN}/embeddings/premier_init.safetensors",
+        init=f"{RUN}/embeddings/premier_init/seed{{seed}}.safetensors",
         eval_set=rules.eval_set.output.eval_set,
     output:
-        index=f"{RUN}/samples/premier/index.parquet",
+        index=f"{RUN}/samples/premier/seed{{seed}}/index.parquet",
     log:
-        f"{LOGS}/sample/premier.log",
+        f"{LOGS}/sample/premier/seed{{seed}}.log",
+    wildcard_constraints:
+        seed=SEED_PATTERN,
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
@@ -122,7 +131,7 @@ rule sample_premier:
         cfg=stage_params(sample=config["sample"]),
         foundation=foundation_model,
     shell:
-        "prefgen sample --params {params.cfg:q} --method premier"
+        "prefgen sample --params {params.cfg:q} --method premier --train-seed {wildcards.seed}"
         " --foundation {params.foundation:q} --eval-set {input.eval_set}"
         " --adapter {input.adapter} --embeddings {input.init} --out {output.index}"
         " --threads {threads} > {log} 2>&1"
@@ -131,8 +140,8 @@ rule sample_premier:
 rule premier_history:
     input:
         unpack(foundation_input),
-        adapter=f"{RUN}/adapters/premier/final.json",
-        init=f"{RUN}/embeddings/premier_init.safetensors",
+        adapter=f"{RUN}/adapters/premier/seed{FIRST_SEED}/final.json",
+        init=f"{RUN}/embeddings/premier_init/seed{FIRST_SEED}.safetensors",
         pairs=rules.split_ppd.output.test_unseen,
         images=rules.ingest.output.images,
         eval_set=rules.eval_set.output.eval_set,
@@ -176,9 +185,9 @@ rule premier_history:
 rule premier_ablation:
     input:
         unpack(foundation_input),
-        premier=f"{RUN}/adapters/premier/final.json",
-        no_dispersion=f"{RUN}/adapters/premier_no_dispersion/final.json",
-        init=f"{RUN}/embeddings/premier_init.safetensors",
+        premier=f"{RUN}/adapters/premier/seed{FIRST_SEED}/final.json",
+        no_dispersion=f"{RUN}/adapters/premier_no_dispersion/seed{FIRST_SEED}/final.json",
+        init=f"{RUN}/embeddings/premier_init/seed{FIRST_SEED}.safetensors",
         eval_set=rules.eval_set.output.eval_set,
         user_model=[
             f"{RUN}/models/clip",

@@ -1,18 +1,17 @@
 # Sampling (issue 5): every method (base = the frozen foundation, and each adapter method at the
-# checkpoints of sample.steps) generates the evaluation set's (user, unseen prompt, seed) rows,
-# with the same seeds across methods so comparisons are paired.
+# checkpoints of sample.steps, once per training seed) generates the evaluation set's (user,
+# unseen prompt, seed) rows, with the same sampling seeds across methods and training seeds so
+# comparisons are paired. base is sampled once and paired with every training seed.
 
 
-rule sample:
+rule sample_base:
     input:
-        unpack(sample_inputs),
+        unpack(foundation_input),
         eval_set=rules.eval_set.output.eval_set,
     output:
-        index=f"{RUN}/samples/{{method}}/index.parquet",
+        index=f"{RUN}/samples/base/index.parquet",
     log:
-        f"{LOGS}/sample/{{method}}.log",
-    wildcard_constraints:
-        method="|".join(["base", *adapter_methods()]),
+        f"{LOGS}/sample/base.log",
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
@@ -24,10 +23,37 @@ rule sample:
     params:
         cfg=stage_params(sample=config["sample"]),
         foundation=foundation_model,
-        adapter=adapter_arg,
+    shell:
+        "prefgen sample --params {params.cfg:q} --method base"
+        " --foundation {params.foundation:q} --eval-set {input.eval_set}"
+        " --out {output.index} --threads {threads} > {log} 2>&1"
+
+
+rule sample:
+    input:
+        unpack(sample_inputs),
+        eval_set=rules.eval_set.output.eval_set,
+    output:
+        index=f"{RUN}/samples/{{method}}/seed{{seed}}/index.parquet",
+    log:
+        f"{LOGS}/sample/{{method}}/seed{{seed}}.log",
+    wildcard_constraints:
+        method="|".join(adapter_methods()) or "none",
+        seed=SEED_PATTERN,
+    conda:
+        "../../envs/core.yaml"
+    priority: PRIORITY_CHAIN
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    params:
+        cfg=stage_params(sample=config["sample"]),
+        foundation=foundation_model,
         embeddings=embedding_arg,
     shell:
         "prefgen sample --params {params.cfg:q} --method {wildcards.method}"
-        " --foundation {params.foundation:q} --eval-set {input.eval_set}"
-        " {params.adapter} {params.embeddings} --out {output.index}"
-        " --threads {threads} > {log} 2>&1"
+        " --train-seed {wildcards.seed} --foundation {params.foundation:q}"
+        " --eval-set {input.eval_set} --adapter {input.adapter} {params.embeddings}"
+        " --out {output.index} --threads {threads} > {log} 2>&1"

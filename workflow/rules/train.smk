@@ -1,5 +1,6 @@
 # Generation (issue 5): the stand-in foundation (mini/smoke), the encoded training cache, and the
-# one Diffusion-DPO adapter trainer (wildcard `method`, one entry of train.methods each).
+# one Diffusion-DPO adapter trainer (wildcards `method`, one entry of train.methods each, and
+# `seed`, one entry of train.seeds: independent initialisation and data order per seed).
 
 
 rule foundation:
@@ -70,11 +71,14 @@ rule train_adapter:
         pairs=rules.split_pipe.output.train,
         holdout=rules.split_ppd.output.test_unseen,
     output:
-        final=f"{RUN}/adapters/{{method}}/final.json",
+        final=f"{RUN}/adapters/{{method}}/seed{{seed}}/final.json",
     log:
-        f"{LOGS}/train_adapter/{{method}}.log",
+        f"{LOGS}/train_adapter/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_adapter/{{method}}/seed{{seed}}.tsv"
     wildcard_constraints:
         method="|".join(adapter_methods()) or "none",
+        seed=SEED_PATTERN,
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN

@@ -32,3 +32,17 @@ def seed_everything(seed: int) -> None:
         return
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def training_seed(params: dict) -> int:
+    """The seed of one training replicate: ``derive_seed(seed, "train_seed", train_seed)`` when
+    the params carry a ``train_seed`` (an entry of ``train.seeds``), else the run seed.
+
+    Everything upstream of training (splits, user models, embeddings, foundation) reads the run
+    seed; a trained generation method's initialisation and data order read this one, so the
+    replicates of ``train.seeds`` are independent draws of the same training procedure.
+    """
+    seed = int(params["seed"])
+    if params.get("train_seed") is None:
+        return seed
+    return derive_seed(seed, "train_seed", int(params["train_seed"]))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from prefgen.core.seeding import rng
 from prefgen.evaluation.bootstrap import two_way_ci
-from prefgen.evaluation.win_rates import USER_GROUPS, group_rows, outcomes, paired
+from prefgen.evaluation.win_rates import USER_GROUPS, group_rows, outcomes, paired_replicates
 
 AGREEMENT_COLUMNS = ["judge", "reference", "users", "n", "agreement", "ci_low", "ci_high",
                      "n_reference_ties", "n_users", "n_prompts"]
@@ -35,11 +35,11 @@ def agreement_scores(judge_a: np.ndarray, judge_b: np.ndarray, ref_a: np.ndarray
 def judge_agreement(scores: pd.DataFrame, pairs: Sequence[Sequence[str]], judges: Sequence[str],
                     reference: str, selected: pd.DataFrame, n_boot: int, confidence: float,
                     tie_tolerance: float, seed: int) -> pd.DataFrame:
-    """One row per (judge != reference, user group): agreement with the reference and its CI."""
-    step = selected.set_index("method")["step"].to_dict()
+    """One row per (judge != reference, user group): agreement with the reference and its CI,
+    pooled over the comparisons of every pair and training-seed replicate."""
     frames = []
     for method, opponent in pairs:
-        both = paired(scores, method, step[method], opponent, step[opponent])
+        both, _ = paired_replicates(scores, selected, method, opponent)
         both["pair"] = f"{method}-{opponent}"
         frames.append(both)
     pooled = pd.concat(frames, ignore_index=True)

@@ -26,12 +26,17 @@ __all__ = ["verify_manifest", "describe", "readme_text"]
 
 #: (glob on the path relative to the run dir, what it is); the first match describes a file
 DESCRIPTIONS: list[tuple[str, str]] = [
-    ("tables/win_rates.*", "seed-paired win rates of each method pair per judge and user group, "
-                           "two-way bootstrap CIs (PIPE Table 1)"),
+    ("tables/win_rates_per_seed.*", "the win rates per training-seed replicate, two-way "
+                                    "(users x prompts) CIs: the spread between seeds"),
+    ("tables/win_rates.*", "seed-paired win rates of each method pair per judge and user group: "
+                           "mean over training seeds, three-way (seeds x users x prompts) "
+                           "bootstrap CIs and a verdict (PIPE Table 1)"),
+    ("tables/budgets.*", "training budget per trained method and seed: trainable parameters, "
+                         "optimizer steps, examples seen, measured wall seconds"),
     ("tables/checkpoint_metrics.*", "mean score of every judge per method and checkpoint "
                                     "(PIPE Fig. 2 as numbers)"),
-    ("tables/best_checkpoints.*", "checkpoint compared per method (picked by the PIPE judge) "
-                                  "and the oracle's view of it"),
+    ("tables/best_checkpoints.*", "checkpoint compared per method and training seed (picked by "
+                                  "the PIPE judge) and the oracle's view of it"),
     ("tables/judge_agreement.*", "how often each judge orders an image pair like the oracle"),
     ("tables/preference_accuracy.*", "preference-prediction accuracy of PIPE, population, "
                                      "oracle (and LPP) on held-out pairs (PIPE §3.2)"),
@@ -46,9 +51,10 @@ DESCRIPTIONS: list[tuple[str, str]] = [
     ("figures/samples_user_*.png", "sample grid for one test user per user type: rows = methods, "
                                    "columns = prompts (PIPE Fig. 3)"),
     ("figures/*", "figure"),
-    ("samples/*/index.parquet", "index of generated images (method, step, user, prompt, seed, "
-                                "path)"),
-    ("samples/*", "generated images (PNG); same seeds across methods, so they pair up"),
+    ("samples/*/index.parquet", "index of generated images (method, training seed, step, user, "
+                                "prompt, seed, path)"),
+    ("samples/*", "generated images (PNG), per method and training seed; same sampling seeds "
+                  "across methods and training seeds, so they pair up"),
     ("scores/external/*", "per-image scores of the paper-scale judges and their environment"),
     ("scores/*", "per-image judge scores (samples index + one column per judge)"),
     ("adapters/*", "adapter checkpoints (safetensors, adapter weights only; IP-Adapter "
@@ -104,8 +110,17 @@ def headline(run_dir: Path) -> str:
         return "_tables/win_rates.csv is not in this bundle._"
     wins = pd.read_csv(path)
     wins = wins[wins["users"] == "all"]
-    cols = ["method", "opponent", "judge", "n", "win_rate", "ci_low", "ci_high"]
+    cols = ["method", "opponent", "judge", "n_seeds", "n", "win_rate", "ci_low", "ci_high",
+            "verdict"]
     return wins[cols].round(3).to_markdown(index=False)
+
+
+HEADLINE_NOTE = (
+    "win_rate is the mean over the n_seeds training seeds of each seed's win rate (n "
+    "comparisons in all); the CI resamples training seeds, users and prompts. verdict: "
+    "**shown** = the CI excludes 0.5 in the method's favour, **reversed** = it excludes 0.5 "
+    "against the method, **not shown** = the CI contains 0.5 (no claim either way). Per-seed "
+    "win rates: `tables/win_rates_per_seed.md`; training budgets: `tables/budgets.md`.")
 
 
 def readme_text(run_dir: Path, config: dict[str, Any], files: list[str], excluded: list[str],
@@ -125,7 +140,7 @@ def readme_text(run_dir: Path, config: dict[str, Any], files: list[str], exclude
         "`report.html` (from `snakemake --report`, written after this bundle) shows the tables and "
         "figures with their captions; it is not hashed (it embeds the hashed files).",
         stand_in,
-        "## Headline: win rates (all users)", "", headline(run_dir), "",
+        "## Headline: win rates (all users)", "", headline(run_dir), "", HEADLINE_NOTE, "",
         "Full table with seen/unseen users: `tables/win_rates.md`. Checkpoints compared: "
         "`tables/best_checkpoints.md`.", "",
         "## Files", "", "| path | size | what |", "|---|---|---|",

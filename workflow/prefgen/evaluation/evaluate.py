@@ -3,11 +3,14 @@
 Writes (DESIGN §6, PIPE Table 1 and Figs. 2-3):
 
 - ``tables/checkpoint_metrics.*``: every judge's mean score per method and checkpoint;
-- ``tables/best_checkpoints.*``: the checkpoint each method is compared at (picked by
-  ``evaluate.select_by``, the PIPE judge, as in the paper), the oracle's score there and the
-  step the oracle itself would have picked;
+- ``tables/best_checkpoints.*``: the checkpoint each method and training seed is compared at
+  (picked by ``evaluate.select_by``, the PIPE judge, as in the paper), the oracle's score there
+  and the step the oracle itself would have picked;
 - ``tables/win_rates.*``: seed-paired win rates for every configured method pair, judge and user
-  group, with two-way (users x prompts) bootstrap CIs;
+  group: the mean over training seeds (``train.seeds``) of the per-seed win rate, a three-way
+  (training seeds x users x prompts) bootstrap CI and a verdict (shown / not shown / reversed);
+- ``tables/win_rates_per_seed.*``: the same comparisons per training-seed replicate, with
+  two-way (users x prompts) CIs, so the spread between seeds is visible;
 - ``tables/judge_agreement.*``: each judge's agreement with the reference judge (the oracle) on
   the same comparisons;
 - ``tables/scores_by_user_type.*``: every judge's mean score per method at its selected
@@ -32,19 +35,23 @@ from prefgen.evaluation import figures
 from prefgen.evaluation.agreement import judge_agreement
 from prefgen.evaluation.win_rates import (
     INDEX_COLUMNS,
+    SEED,
     checkpoint_metrics,
+    first_seed,
     scores_by_user_type,
     select_checkpoints,
-    win_rates,
+    shown_seeds,
+    win_rate_tables,
 )
 
 log = get_logger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scores", nargs="+", required=True, help="scores/{method}.parquet files")
+    parser.add_argument("--scores", nargs="+", required=True,
+                        help="scores/base.parquet and scores/{method}/seed{seed}.parquet files")
     parser.add_argument("--external", nargs="*", default=[],
-                        help="scores/external/{method}.parquet (paper-scale judges)")
+                        help="the same under scores/external/ (paper-scale judges)")
     parser.add_argument("--run-dir", required=True, help="results/<run_name>/ (sample paths)")
     parser.add_argument("--truth", default=None, help="data/truth/ (planted user types)")
     parser.add_argument("--lambdas", default=None, help="user_model/lambda.parquet (learned "
@@ -54,19 +61,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_scores(core: list[str], external: list[str], judges: list[str]) -> pd.DataFrame:
-    """All methods' scores in one frame; external judge columns joined row for row."""
+    """All methods' and training seeds' scores in one frame; external judge columns joined row
+    for row."""
     frames = {}
     for path in core:
         df = pd.read_parquet(path)
-        method = str(df["method"].iloc[0])
+        method = (str(df["method"].iloc[0]), int(df[SEED].iloc[0]))
         if method in frames:
-            raise ValueError(f"{path}: method '{method}' given twice")
+            raise ValueError(f"{path}: method '{method[0]}' training seed {method[1]} given "
+                             "twice")
         frames[method] = (path, df)
     for path in external:
         ext = pd.read_parquet(path)
-        method = str(ext["method"].iloc[0])
+        method = (str(ext["method"].iloc[0]), int(ext[SEED].iloc[0]))
         if method not in frames:
-            raise ValueError(f"{path}: external scores for method '{method}' without core scores")
+            raise ValueError(f"{path}: external scores for method '{method[0]}' training seed "
+                             f"{method[1]} without core scores")
         core_path, df = frames[method]
         extra = [c for c in ext.columns if c not in INDEX_COLUMNS]
         merged = df.merge(ext[INDEX_COLUMNS + extra], on=INDEX_COLUMNS, how="outer",
@@ -82,7 +92,7 @@ def load_scores(core: list[str], external: list[str], judges: list[str]) -> pd.D
     incomplete = scores[judges].isna().any(axis=1)
     if incomplete.any():
         raise ValueError(f"{int(incomplete.sum())} sample(s) lack a score for some judge, e.g. "
-                         f"{scores.loc[incomplete, INDEX_COLUMNS[:7]].iloc[0].to_dict()}")
+                         f"{scores.loc[incomplete, INDEX_COLUMNS[:8]].iloc[0].to_dict()}")
     return scores
 
 
@@ -109,23 +119,36 @@ def run(args: argparse.Namespace) -> None:
     tables, figs = Path(args.tables), Path(args.figures)
 
     metrics = checkpoint_metrics(scores, judges)
-    write_table(metrics, tables / "checkpoint_metrics",
-                caption=" ".join(filter(None, ["Mean judge score per method and checkpoint.",
-                                               note])))
-    selected = select_checkpoints(metrics, p["select_by"], reference)
-    write_table(selected, tables / "best_checkpoints",
+    write_table(shown_seeds(metrics), tables / "checkpoint_metrics",
                 caption=" ".join(filter(None, [
-                    f"Checkpoint compared per method: best mean '{p['select_by']}' score "
-                    f"(PIPE §3.3); the reference judge's ({reference}) score there and its own "
-                    "best step beside it.", note])))
-    log.info("selected checkpoints: %s", selected.set_index("method")["step"].to_dict())
+                    "Mean judge score per method, training seed (blank: base, untrained) and "
+                    "checkpoint.", note])))
+    selected = select_checkpoints(metrics, p["select_by"], reference)
+    write_table(shown_seeds(selected), tables / "best_checkpoints",
+                caption=" ".join(filter(None, [
+                    f"Checkpoint compared per method and training seed: best mean "
+                    f"'{p['select_by']}' score (PIPE §3.3); the reference judge's ({reference}) "
+                    "score there and its own best step beside it.", note])))
+    log.info("selected checkpoints: %s",
+             {f"{r.method}/{getattr(r, SEED)}": int(r.step) for r in selected.itertuples()})
 
     n_boot, conf, tol = int(p["bootstrap"]), float(p["confidence"]), float(p["tie_tolerance"])
-    wins = win_rates(scores, pairs, judges, selected, n_boot, conf, tol, seed)
+    wins, per_seed = win_rate_tables(scores, pairs, judges, selected, n_boot, conf, tol, seed)
     write_table(wins, tables / "win_rates", caption=" ".join(filter(None, [
-        f"Seed-paired win rate of method over opponent (ties count half), {conf:.0%} CI by "
-        f"two-way bootstrap over users and prompts ({n_boot} draws), at the checkpoints "
-        f"selected by '{p['select_by']}'.", note])))
+        "Seed-paired win rate of method over opponent (ties count half): the mean over the "
+        f"n_seeds training seeds of each seed's win rate, {conf:.0%} CI by three-way bootstrap "
+        f"over training seeds, users and prompts ({n_boot} draws; the seeds' spread widened "
+        "for their small number, docs/decisions.md), at each seed's checkpoint selected by "
+        f"'{p['select_by']}' (method_steps, one per seed). verdict: 'shown' when the CI excludes "
+        "0.5 in the method's favour, 'reversed' when it excludes 0.5 against it, else "
+        "'not shown'. Trained methods pair seed i with seed i; base (untrained) pairs with every "
+        "seed.", note])))
+    write_table(shown_seeds(per_seed, ["method_seed", "opponent_seed"]),
+                tables / "win_rates_per_seed", caption=" ".join(filter(None, [
+                    "The win rates of tables/win_rates per training-seed replicate (blank seed: "
+                    f"base, untrained), {conf:.0%} CI by two-way bootstrap over users and "
+                    "prompts: it sees no training variance, so the spread between seeds is the "
+                    "thing to read here.", note])))
     if reference is not None:
         agree = judge_agreement(scores, pairs, judges, reference, selected, n_boot, conf, tol,
                                 seed)
@@ -140,11 +163,14 @@ def run(args: argparse.Namespace) -> None:
     weights, names, source = types
     by_type = scores_by_user_type(scores, selected, judges, weights, names)
     write_table(by_type, tables / "scores_by_user_type", caption=" ".join(filter(None, [
-        "Mean judge score (± sem) per method at its selected checkpoint, by each user's "
-        f"dominant {source} (largest weight).", note])))
-    figures.checkpoint_curves(metrics, selected, judges, figs / "checkpoint_curves.png",
-                              subtitle=note)
-    write_sample_grids(scores, selected, args, p["grid"], types, note)
+        "Mean judge score (± sem) per method at its selected checkpoints (one per training "
+        f"seed, pooled over the n_seeds seeds), by each user's dominant {source} (largest "
+        "weight).", note])))
+    first_note = " ".join(filter(None, ["First training seed of each method.", note]))
+    figures.checkpoint_curves(first_seed(metrics), first_seed(selected), judges,
+                              figs / "checkpoint_curves.png", subtitle=first_note)
+    write_sample_grids(first_seed(scores), first_seed(selected), args, p["grid"], types,
+                       first_note)
     log.info("evaluate done in %.1fs: %d win-rate rows", time.time() - t0, len(wins))
 
 

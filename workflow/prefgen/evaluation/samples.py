@@ -1,8 +1,8 @@
 """Reading what the ``sample`` rule wrote: the index of generated images and the PNGs themselves.
 
-The index (``samples/{method}/index.parquet``) is checked before anything is scored, so a
-malformed upstream file fails here with the file, column and row named, instead of producing a
-table with silently missing comparisons.
+The index (``samples/{method}/seed{train_seed}/index.parquet``, ``samples/base/index.parquet``)
+is checked before anything is scored, so a malformed upstream file fails here with the file,
+column and row named, instead of producing a table with silently missing comparisons.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PIL import Image
 
 from prefgen.evaluation.win_rates import INDEX_COLUMNS, PAIR_KEYS
 
-INTEGER_COLUMNS = ["step", "user_id", "prompt_id", "seed"]
+INTEGER_COLUMNS = ["train_seed", "step", "user_id", "prompt_id", "seed"]
 
 
 def resolve_image(run_dir: str | Path, path: str) -> Path:
@@ -53,6 +53,10 @@ def read_index(path: str | Path, run_dir: str | Path) -> pd.DataFrame:
     methods = df["method"].unique()
     if len(methods) != 1:
         raise ValueError(f"{path}: expected one method per index, found {sorted(methods)}")
+    train_seeds = df["train_seed"].unique()
+    if len(train_seeds) != 1:
+        raise ValueError(f"{path}: expected one training seed per index, found "
+                         f"{sorted(int(s) for s in train_seeds)}")
     bad_group = ~df["user_group"].isin(["seen", "unseen"])
     if bad_group.any():
         row = int(np.flatnonzero(bad_group)[0])

@@ -10,8 +10,8 @@ docs/interfaces.md). Its safetensors metadata (``premier_options``) carries the 
 and dispersion weights, so the conditioning can be rebuilt from the file alone and a change of
 any ``premier`` key reruns training (the file changes).
 
-The embeddings depend only on the seed and the users, not on the dispersion weights: the
-ablation without the dispersion loss starts from the same embeddings.
+The embeddings depend only on the training seed (``train.seeds``) and the users, not on the
+dispersion weights: the ablation without the dispersion loss starts from the same embeddings.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from prefgen.core.io import save_tensors
 from prefgen.core.logging import get_logger
-from prefgen.core.seeding import derive_seed
+from prefgen.core.seeding import derive_seed, training_seed
 from prefgen.embeddings.premier import bytes_per_user
 from prefgen.generation.pairs import training_pairs
 from prefgen.generation.premier import OPTIONS_KEY
@@ -59,7 +59,7 @@ def initial_embeddings(user_ids: list[int], tokens: int, dim: int, init_std: flo
 
 def run(args: argparse.Namespace) -> None:
     p = args.params
-    cfg, seed = p["premier"], int(p["seed"])
+    cfg, seed = p["premier"], training_seed(p)  # part of the replicate's initialisation
     pairs = training_pairs(pd.read_parquet(args.pairs), pd.read_parquet(args.holdout),
                            args.pairs, args.holdout)
     users = sorted(int(u) for u in pairs["user_id"].unique())

@@ -7,10 +7,12 @@ fitted with the denoising loss on the user's first ``history`` liked images: the
 images of their support set (``splits/ppd/support.parquet``, the same pairs PPD's few shots and
 PIPE's λ get), in a seeded order. Premier's main setting is 8 liked images; with a support set of
 N pairs a user has at most N, so every method onboards a new user from the same evidence.
-Writes ``adapters/premier_stage2/`` in the trainer's layout (``final.json`` +
-``checkpoint-{step}/adapter.safetensors``, each the stage-1 weights plus ``new_users.*``), which
-``sample`` reads like any adapter folder, and ``embeddings/premier.safetensors`` (every
-training and new user's tokens at the last checkpoint, ``emb [U, T·D]``).
+Writes ``adapters/premier_stage2/seed{train_seed}/`` in the trainer's layout (``final.json``
++ ``checkpoint-{step}/adapter.safetensors``, each the stage-1 weights plus ``new_users.*``),
+which ``sample`` reads like any adapter folder, and
+``embeddings/premier/seed{train_seed}.safetensors`` (every training and new user's tokens at
+the last checkpoint, ``emb [U, T·D]``). The fits are seeded by the training seed; the liked
+history by the run seed (the same likes for every training seed).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from prefgen.core.io import (
     write_json,
 )
 from prefgen.core.logging import get_logger
-from prefgen.core.seeding import derive_seed, rng
+from prefgen.core.seeding import derive_seed, rng, training_seed
 from prefgen.embeddings.premier import CombinationEmbedding, bytes_per_user
 from prefgen.generation.premier import (
     LikedImages,
@@ -56,8 +58,10 @@ def add_stage2_inputs(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stage2_inputs(parser)
-    parser.add_argument("--out", required=True, help="adapters/premier_stage2/final.json")
-    parser.add_argument("--embeddings", required=True, help="embeddings/premier.safetensors")
+    parser.add_argument("--out", required=True,
+                        help="adapters/premier_stage2/seed<k>/final.json")
+    parser.add_argument("--embeddings", required=True,
+                        help="embeddings/premier/seed<k>.safetensors")
     parser.add_argument("--threads", type=int, default=1)
 
 
@@ -176,7 +180,7 @@ def run_new_users(args: argparse.Namespace) -> None:
             cond.load_adapter_state_dict(load_tensors(adapter_dir / ck["path"]))
             losses: list[float] = []
             if new_users:
-                fit_seed = derive_seed(seed, "premier", "stage2", ck["step"])
+                fit_seed = derive_seed(training_seed(p), "premier", "stage2", ck["step"])
                 weights, losses = fit_combination(pipe, cond, liked, new_users, cfg, fit_seed)
                 cond.set_new_users(torch.tensor(new_users), weights)
             path = Path(f"checkpoint-{ck['step']}") / "adapter.safetensors"
@@ -191,7 +195,11 @@ def run_new_users(args: argparse.Namespace) -> None:
         spec = cond.spec
         summary = {**final, "checkpoints": ckpts, "stage2": {
             "new_users": new_users, "history": int(cfg["history"]), "fits": stage2,
-            "steps": int(cfg["steps"]), "lr": float(cfg["lr"]), "seconds": time.perf_counter() - t0,
+            "steps": int(cfg["steps"]), "lr": float(cfg["lr"]),
+            "batch_size": int(cfg["batch_size"]), "train_seed": p.get("train_seed"),
+            # the combination weights [new users, training users], fitted per checkpoint
+            "trainable_parameters": len(new_users) * len(cond.table.user_ids),
+            "seconds": time.perf_counter() - t0,
             "bytes_per_training_user": bytes_per_user(spec.user_tokens, spec.user_dim),
             "bytes_per_new_user": 4 * len(cond.table.user_ids),
         }}

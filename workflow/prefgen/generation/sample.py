@@ -12,9 +12,14 @@ Users without an embedding (a user the embedding stage had no λ or few-shot exa
 the "dropped user" input the adapter was trained with; such rows are flagged in the index
 (``own_embedding = False``) and counted in the log, never silently mixed in.
 
-Writes PNGs under ``samples/{method}/step-{step}/`` and ``samples/{method}/index.parquet``
-(``method, step, user_id, user_group, prompt_id, caption, seed, path, own_embedding``; ``path``
-relative to the run directory).
+A trained method is sampled once per training seed (``train.seeds``): every replicate samples
+the same rows with the same sampling seeds, so replicates pair with each other and with
+``base``, which is sampled once. Writes PNGs under
+``samples/{method}/seed{train_seed}/step-{step}/`` (``samples/base/step-0/`` for base) and
+the index beside them
+(``method, train_seed, step, user_id, user_group, prompt_id, caption, seed, path,
+own_embedding``; ``train_seed`` is -1 for base, which is not trained; ``path`` relative to the
+run directory).
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ from prefgen.core.logging import get_logger
 log = get_logger(__name__)
 
 EVAL_COLUMNS = ("user_id", "user_group", "prompt_id", "caption", "seed")
-INDEX_COLUMNS = ("method", "step", "user_id", "user_group", "prompt_id", "caption", "seed",
-                 "path", "own_embedding")
+#: train_seed of the untrained base model in the index (it pairs with every training seed)
+UNTRAINED = -1
+INDEX_COLUMNS = ("method", "train_seed", "step", "user_id", "user_group", "prompt_id",
+                 "caption", "seed", "path", "own_embedding")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-set", required=True, help="splits/eval_set.parquet")
     parser.add_argument("--adapter", default=None, help="adapters/<method>/final.json (not base)")
     parser.add_argument("--embeddings", default=None, help="embeddings/<name>.safetensors")
-    parser.add_argument("--out", required=True, help="samples/<method>/index.parquet")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="the adapter's training seed (an entry of train.seeds; not base)")
+    parser.add_argument("--out", required=True,
+                        help="samples/<method>/seed<train_seed>/index.parquet (samples/base/"
+                             "index.parquet)")
     parser.add_argument("--threads", type=int, default=1)
 
 
@@ -174,7 +185,12 @@ def run(args: argparse.Namespace) -> None:
     cfg = args.params["sample"]
     rows = read_eval_set(args.eval_set)
     out = Path(args.out)
-    method_dir, run_dir = out.parent, out.parent.parent.parent
+    if (args.method == "base") != (args.train_seed is None):
+        raise ValueError(f"--method {args.method}: --train-seed is required for a trained "
+                         "method and not allowed for base")
+    method_dir = out.parent
+    run_dir = method_dir.parent.parent if args.train_seed is None else method_dir.parents[2]
+    train_seed = UNTRAINED if args.train_seed is None else int(args.train_seed)
     dtype = getattr(torch, cfg["dtype"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = load_pipeline(args.foundation, dtype=dtype).to(device)
@@ -189,7 +205,8 @@ def run(args: argparse.Namespace) -> None:
         images, own = generate(pipe, rows, cfg, extra, per_user)
         folder = method_dir / f"step-{step}"
         names = write_pngs(images, rows, folder)
-        frame = rows.assign(method=args.method, step=step, own_embedding=own,
+        frame = rows.assign(method=args.method, train_seed=train_seed, step=step,
+                            own_embedding=own,
                             path=[str((folder / n).relative_to(run_dir)) for n in names])
         frames.append(frame[list(INDEX_COLUMNS)])
         if per_user and sampler.cond.user_input == "embedding" and not own.all():

@@ -451,7 +451,7 @@ def users_with_embeddings(data: TrainData, users: UserEmbeddings, method_cfg: di
 
 
 def run(args: argparse.Namespace) -> None:
-    from prefgen.core.seeding import seed_everything
+    from prefgen.core.seeding import seed_everything, training_seed
     from prefgen.generation.models import load_denoiser
 
     p = args.params
@@ -460,7 +460,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--method {args.method}: not in train.methods {sorted(methods)}")
     method_cfg = methods[args.method]
     torch.set_num_threads(max(1, args.threads))
-    seed = int(p["seed"])
+    seed = training_seed(p)  # the run seed, or this replicate's (train.seeds)
     seed_everything(derive_seed(seed, "train", args.method))
     if method_cfg.get("embedding") and not args.embeddings:
         raise ValueError(f"method {args.method} uses embedding '{method_cfg['embedding']}' "
@@ -480,6 +480,7 @@ def run(args: argparse.Namespace) -> None:
     result = train(denoiser, data, users, args.method, method_cfg, p["train"], seed, out.parent,
                    fp, args.log_dir)
     result["excluded_without_embedding"] = excluded
+    result["train_seed"] = p.get("train_seed")
     from accelerate import PartialState
 
     if PartialState().is_main_process:
