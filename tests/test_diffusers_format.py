@@ -103,7 +103,7 @@ def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("tracked")
     cfg = smoke_config()["train"] | {"steps": 4, "checkpoint_every": 2, "lr": 1e-2,
                                      "log_with": ["tensorboard"]}
-    out = run / "adapters" / "pipe" / "final.json"
+    out = run / "adapters" / "pipe" / "seed0" / "final.json"
     assert main([*train_args(setup, "pipe", out, cfg), "--log-dir", str(run / "tb")]) == 0
     return setup, run, out
 
@@ -128,7 +128,7 @@ def test_tensorboard_holds_the_dpo_curves(trained) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, run, out = trained
-    folder = run / "tb" / "pipe"
+    folder = run / "tb" / "pipe" / "seed0"  # one folder per adapter and training seed
     assert list(folder.glob("events.out.tfevents.*"))
     events = EventAccumulator(str(folder))
     events.Reload()

@@ -36,9 +36,14 @@ PIXEL_TOL = 1
 SCORE_SCALE_TOL = 1e-5
 
 
+def model_folder(run, method: str) -> str:
+    """``base`` or ``<method>/seed<first training seed>``: the replicate generate draws."""
+    return method if method == "base" else f"{method}/seed{TrainedRun.open(run).train_seeds()[0]}"
+
+
 def selected(run, method: str) -> pd.DataFrame:
-    """The sample index rows of ``method`` at the checkpoint evaluate selected."""
-    index = pd.read_parquet(run / "samples" / method / "index.parquet")
+    """The sample index rows of ``method`` (first training seed) at the selected checkpoint."""
+    index = pd.read_parquet(run / "samples" / model_folder(run, method) / "index.parquet")
     return index[index["step"] == TrainedRun.open(run).selected_step(method)]
 
 
@@ -135,7 +140,7 @@ def test_generate_errors_name_what_is_wrong(smoke_results, tmp_path) -> None:
 @pytest.mark.parametrize("method", ["pipe", "ppd", "base"])
 def test_score_matches_the_judge_rule(smoke_results, method) -> None:
     run = smoke_results
-    judged = pd.read_parquet(run / "scores" / f"{method}.parquet")
+    judged = pd.read_parquet(run / "scores" / f"{model_folder(run, method)}.parquet")
     rows = judged.groupby("step").head(12)  # other batches than the rule's
     got = score_images(run, [run / p for p in rows["path"]], rows["caption"].tolist(),
                        rows["user_id"].tolist())
@@ -174,7 +179,7 @@ def test_stock_diffusers_loads_the_adapter(smoke_results, method, one_torch_thre
     user = int(rows["user_id"].iloc[0])
     rows = rows[rows["user_id"] == user]
     step = int(rows["step"].iloc[0])
-    ckpt = run / "adapters" / method / f"checkpoint-{step}"
+    ckpt = run / "adapters" / model_folder(run, method) / f"checkpoint-{step}"
     pipe = StableDiffusionXLPipeline.from_pretrained(run / "models" / "foundation")
     pipe.set_progress_bar_config(disable=True)
     pipe.load_ip_adapter(str(ckpt), subfolder="", weight_name="ip_adapter.safetensors",

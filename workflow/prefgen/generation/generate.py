@@ -83,10 +83,24 @@ class TrainedRun:
                               f"{list(best.columns)}")
         return cls(root, config, best)
 
+    def train_seeds(self) -> list[int]:
+        """The run's training seeds (``train.seeds``); the first is the default replicate."""
+        return [int(k) for k in self.config["train"].get("seeds", [0])]
+
+    def check_train_seed(self, train_seed: int | None) -> int:
+        seeds = self.train_seeds()
+        if train_seed is None:
+            return seeds[0]
+        if int(train_seed) not in seeds:
+            raise ConfigError(f"train seed {train_seed}: not one of the run's train.seeds "
+                              f"{seeds}")
+        return int(train_seed)
+
     def methods(self) -> list[str]:
         """Methods this run can draw with: base, every trained adapter method, Premier."""
         found = ["base", *self.config["train"]["methods"]]
-        if (self.root / "adapters" / PREMIER_ADAPTER / "final.json").exists():
+        first = self.train_seeds()[0]
+        if (self.root / "adapters" / PREMIER_ADAPTER / f"seed{first}" / "final.json").exists():
             found.append("premier")
         return found
 
@@ -94,25 +108,29 @@ class TrainedRun:
         pretrained = self.config["foundation"].get("pretrained")
         return str(pretrained) if pretrained else str(self.root / "models" / "foundation")
 
-    def method_files(self, method: str) -> tuple[Path | None, Path | None]:
-        """``(adapter final.json, embeddings file)`` the sample rule reads for ``method``."""
+    def method_files(self, method: str, train_seed: int) -> tuple[Path | None, Path | None]:
+        """``(adapter final.json, embeddings file)`` the sample rule reads for ``method`` and
+        training seed ``train_seed``."""
         if method not in self.methods():
             raise ConfigError(f"method '{method}': not trained in {self.root} (methods: "
                               f"{', '.join(self.methods())})")
         if method == "base":
             return None, None
         if method == "premier":
-            return (self.root / "adapters" / PREMIER_ADAPTER / "final.json",
-                    self.root / "embeddings" / f"{PREMIER_EMBEDDINGS}.safetensors")
+            return (self.root / "adapters" / PREMIER_ADAPTER / f"seed{train_seed}" / "final.json",
+                    self.root / "embeddings" / PREMIER_EMBEDDINGS / f"seed{train_seed}.safetensors")
         name = self.config["train"]["methods"][method].get("embedding")
         emb = self.root / "embeddings" / f"{name}.safetensors" if name else None
-        return self.root / "adapters" / method / "final.json", emb
+        return self.root / "adapters" / method / f"seed{train_seed}" / "final.json", emb
 
-    def selected_step(self, method: str) -> int:
-        """The checkpoint ``evaluate`` compared ``method`` at (base: 0)."""
+    def selected_step(self, method: str, train_seed: int | None = None) -> int:
+        """The checkpoint ``evaluate`` compared ``method`` at for that training seed (base: 0)."""
         if method == "base":
             return 0
+        train_seed = self.check_train_seed(train_seed)
         rows = self.best[self.best["method"] == method]
+        if "train_seed" in rows.columns:
+            rows = rows[rows["train_seed"] == train_seed]
         if rows.empty:
             raise ConfigError(f"{self.root / BEST}: no row for method '{method}' (it has "
                               f"{sorted(self.best['method'])}); pass a step explicitly")
@@ -138,7 +156,7 @@ def pair_up(prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]
 def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds: list[int],
                     user_id: int | None = None, step: int | None = None,
                     allow_dropped_user: bool = False, device: str | None = None,
-                    pairs: str | Path | None = None
+                    pairs: str | Path | None = None, train_seed: int | None = None
                     ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """uint8 ``[H, W, 3]`` images, one per (prompt, seed), and a record of what was used.
 
@@ -159,8 +177,9 @@ def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds:
     if pairs is not None:
         user_id = -1 if user_id is None else int(user_id)
         new_users, onboarded = onboard_pipe(run.root, pairs, user_id, run.config)
-    adapter, embeddings = run.method_files(method)
-    step = run.selected_step(method) if step is None else int(step)
+    train_seed = run.check_train_seed(train_seed)
+    adapter, embeddings = run.method_files(method, train_seed)
+    step = run.selected_step(method, train_seed) if step is None else int(step)
     cfg = run.config["sample"]
     dtype = getattr(torch, cfg["dtype"])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -187,7 +206,8 @@ def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds:
     rows = pd.DataFrame({"user_id": user, "caption": prompts, "seed": seeds})
     images, _ = generate(pipe, rows, cfg, extra, per_user)
     record = {
-        "run": str(run.root), "method": method, "step": step, "user_id": user_id,
+        "run": str(run.root), "method": method,
+        "train_seed": None if method == "base" else train_seed, "step": step, "user_id": user_id,
         "own_embedding": bool(own),
         "foundation": run.foundation(),
         "adapter": str(ckpt) if ckpt is not None else None,
@@ -228,6 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a seed per prompt, or one for all (default 0); repeat for several")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the one in tables/best_checkpoints.csv)")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="which training replicate (train.seeds; default: the first)")
     parser.add_argument("--pairs", default=None,
                         help="a new user's Pick-a-Pic pairs (parquet): onboard them (pipe only) "
                              "and draw for them (as --user, default -1)")
@@ -244,9 +266,9 @@ def run(args: argparse.Namespace) -> None:
     images, record = generate_images(args.run, args.method, args.prompt, args.seed or [0],
                                      user_id=args.user, step=args.step,
                                      allow_dropped_user=args.allow_dropped_user,
-                                     pairs=args.pairs)
+                                     pairs=args.pairs, train_seed=args.train_seed)
     paths = write_images(images, record, args.out)
     for path in paths:
         print(path)
-    print(json.dumps({k: record[k] for k in ("method", "step", "user_id", "own_embedding",
-                                             "adapter")}))
+    print(json.dumps({k: record[k] for k in ("method", "train_seed", "step", "user_id",
+                                             "own_embedding", "adapter")}))

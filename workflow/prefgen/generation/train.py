@@ -324,8 +324,12 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
                       log_with=log_with or None,
                       project_dir=str(log_dir) if log_with else None)
     if log_with:
-        # one folder per trained adapter (adapters/<name>/): Premier's variants share a method
-        acc.init_trackers(out_dir.name, config=tracker_config(method_cfg, cfg, seed),
+        # one folder per trained adapter and seed (adapters/<name>/seed<k>/ -> <name>/seed<k>):
+        # Premier's variants share a method, every method shares the seed folder names
+        name = out_dir.name
+        if name.startswith("seed") and name[4:].isdigit():
+            name = f"{out_dir.parent.name}/{name}"
+        acc.init_trackers(name, config=tracker_config(method_cfg, cfg, seed),
                           init_kwargs={"wandb": {"dir": str(log_dir)}})
     torch.manual_seed(derive_seed(seed, "train", "init", method))
     unet = pipe.unet
