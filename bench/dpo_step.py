@@ -1,4 +1,4 @@
-"""Benchmark of one Diffusion-DPO training step; prints the ratios of issue 5, measured in one run.
+"""Benchmark of one Diffusion-DPO training step; prints its ratios, measured in one run.
 
 Variants (each in its own fresh process, so its peak memory is its own):
 
@@ -40,7 +40,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("adapter_off", "copy_ref", "full_copy", "encode_each_step")
-#: The two regimes worth measuring (docs/decisions.md, issue 5). ``weights``: 16x the config's UNet
+#: The two regimes worth measuring (docs/decisions.md). ``weights``: 16x the config's UNet
 #: channels (141M parameters from the mini [24, 48]) at 4 pairs/step with gradient checkpointing,
 #: the paper recipe (config/paper.yaml), where the weights outweigh the kept activations as they
 #: do for SDXL. ``None``: the config's value.

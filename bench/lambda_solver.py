@@ -1,6 +1,6 @@
 """Benchmark of the batched per-user λ solver (PIPE Eq. 2) against a per-user scikit-learn loop.
 
-Issue 4's acceptance point: the batched solve (``prefgen.user_model.lambda_fit.fit_lambdas``,
+The λ solver's target: the batched solve (``prefgen.user_model.lambda_fit.fit_lambdas``,
 called as the ``fit_lambda`` stage calls it) vs a Python loop of scikit-learn
 ``LogisticRegression`` fits, one per user, on the same synthetic problem in the same run.
 Prints the speed ratio (target >= 50x) and the largest per-user relative difference of the

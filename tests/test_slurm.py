@@ -35,7 +35,7 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 TABLE = REPO / "logs" / "test_slurm" / "jobs.md"
 # Seconds; the smoke DAG through Slurm takes minutes on 2 free cores (more on a busy machine).
 RUN_TIMEOUT = int(os.environ.get("PREFGEN_SLURM_TIMEOUT", "3600"))
-# Rules that never need a GPU at any scale (DESIGN §3); the profile must keep them on the CPU
+# Rules that never need a GPU at any scale; the profile must keep them on the CPU
 # partition. (clip, foundation and encode are scale-dependent and follow their rule's `gpu`.)
 CPU_RULES = {
     "world",

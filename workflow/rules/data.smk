@@ -1,4 +1,4 @@
-# Data (issue 3): the synthetic world (or real Pick-a-Pic v2 shards), the reader that validates
+# Data: the synthetic world (or real Pick-a-Pic v2 shards), the reader that validates
 # and quarantines (`ingest`), the three papers' re-splits and the evaluation set of users x
 # unseen prompts every generation method samples.
 

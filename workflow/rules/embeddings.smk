@@ -1,4 +1,4 @@
-# User embeddings (issue 5 and later): one vector per user, embeddings/<name>.safetensors
+# User embeddings: one vector per user, embeddings/<name>.safetensors
 # (user_ids, emb), read by the adapter methods of train.methods that name them.
 
 
@@ -25,7 +25,7 @@ rule user_embeddings:
         " --lambdas {input.lambdas} --out {output.emb} > {log} 2>&1"
 
 
-# PPD (issue 7): few-shot VLM user embeddings and the user-classification probe (PPD Fig. 2).
+# PPD: few-shot VLM user embeddings and the user-classification probe (PPD Fig. 2).
 
 
 rule vlm_embeddings:

@@ -1,4 +1,4 @@
-# Evaluation and the artifact bundle (issue 6): judges score every sample, `evaluate` turns the
+# Evaluation and the artifact bundle: judges score every sample, `evaluate` turns the
 # scores into the win-rate / checkpoint / agreement tables and figures, `budgets` states what each
 # trained method was given, `bundle` writes the run's README.md and MANIFEST.json. `make run`
 # then writes report.html with `snakemake --report`. A sampled model (wildcard `model`) is `base`

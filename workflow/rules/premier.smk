@@ -1,4 +1,4 @@
-# Premier baseline (issue 8): learnable user embeddings and a preference adapter that modulates
+# Premier baseline: learnable user embeddings and a preference adapter that modulates
 # the text tokens, trained by the shared trainer (`prefgen train-adapter`, conditioning
 # `premier`, denoising objective + dispersion loss), then stage 2 (held-out users as combinations
 # of training users) before sampling. Premier is not a key of train.methods: its sampler reads

@@ -1,4 +1,4 @@
-# Sampling (issue 5): every method (base = the frozen foundation, and each adapter method at the
+# Sampling: every method (base = the frozen foundation, and each adapter method at the
 # checkpoints of sample.steps, once per training seed) generates the evaluation set's (user,
 # unseen prompt, seed) rows, with the same sampling seeds across methods and training seeds so
 # comparisons are paired. base is sampled once and paired with every training seed.

@@ -1,4 +1,4 @@
-# Generation (issue 5): the stand-in foundation (mini/smoke), the encoded training cache, and the
+# Generation: the stand-in foundation (mini/smoke), the encoded training cache, and the
 # one Diffusion-DPO adapter trainer (wildcards `method`, one entry of train.methods each, and
 # `seed`, one entry of train.seeds: independent initialisation and data order per seed).
 

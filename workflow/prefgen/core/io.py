@@ -235,7 +235,7 @@ def check_state_shapes(module: Any, state: dict[str, Any], path: str | os.PathLi
 
 def write_table(df: pd.DataFrame, stem: str | os.PathLike[str], caption: str = "",
                 float_digits: int = 4) -> list[Path]:
-    """Write one result table as ``stem.csv``, ``stem.md`` and ``stem.tex`` (DESIGN §6).
+    """Write one result table as ``stem.csv``, ``stem.md`` and ``stem.tex``.
 
     The CSV keeps full precision (it is the machine-readable contract); the Markdown and LaTeX
     versions are rounded for reading. ``caption`` goes under the Markdown table and into the

@@ -1,4 +1,4 @@
-"""``prefgen world``: the synthetic Pick-a-Pic world with ground truth (DESIGN §5). A stand-in.
+"""``prefgen world``: the synthetic Pick-a-Pic world with ground truth. A stand-in.
 
 Real Pick-a-Pic has no answer key: nobody knows a user's true taste, so nobody knows how good a
 user model could be. This world plants one. Scenes (a coloured shape on a background, captioned

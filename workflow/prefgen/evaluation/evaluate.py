@@ -1,6 +1,6 @@
 """``prefgen evaluate``: from per-image judge scores to the paper's tables and figures.
 
-Writes (DESIGN §6, PIPE Table 1 and Figs. 2-3):
+Writes (PIPE Table 1 and Figs. 2-3):
 
 - ``tables/checkpoint_metrics.*``: every judge's mean score per method and checkpoint;
 - ``tables/best_checkpoints.*``: the checkpoint each method and training seed is compared at

@@ -1,4 +1,4 @@
-"""LPP (latent preference prototypes): a VLM preference predictor and its evaluation (issue 9).
+"""LPP (latent preference prototypes): a VLM preference predictor and its evaluation.
 
 ``model`` (the VLM with prototypes prepended, LPP Eq. 1, and the like/dislike head),
 ``losses`` (L_base, L_aux = L+ + L-, LPP Eqs. 4-8), ``train`` (``prefgen train-lpp``),

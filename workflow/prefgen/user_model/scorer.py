@@ -1,4 +1,4 @@
-"""The fitted user models as judges: score raw RGB images for users (used by ``judge``, issue 6).
+"""The fitted user models as judges: score raw RGB images for users (used by ``judge``).
 
 ``UserModelScorer.from_run(results/<run>)`` loads what the user-model stages wrote (the frozen
 CLIP, the PASTA type heads φ, the population reward model and every user's λ) and scores any
