@@ -88,9 +88,12 @@ def test_other_checkpoints_users_and_seeds_change_the_image(smoke_results,
     rows = selected(run, "pipe")
     users = rows.loc[rows["own_embedding"], "user_id"].unique()[:2]
     caption, seed = rows["caption"].iloc[0], int(rows["seed"].iloc[0])
+    index = pd.read_parquet(run / "samples" / model_folder(run, "pipe") / "index.parquet")
+    other_step = int(next(s for s in sorted(index["step"].unique())
+                          if s != int(rows["step"].iloc[0])))  # a checkpoint not selected
     draw = [generate_images(run, "pipe", [caption], [s], user_id=int(u), step=st)[0][0]
             for u, s, st in [(users[0], seed, None), (users[1], seed, None),
-                             (users[0], seed + 1, None), (users[0], seed, 6)]]
+                             (users[0], seed + 1, None), (users[0], seed, other_step)]]
     for other in draw[1:]:
         assert np.abs(draw[0].astype(int) - other.astype(int)).max() > 0
 
