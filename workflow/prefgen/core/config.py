@@ -226,8 +226,8 @@ def _extend_with_defaults(validator_cls: Any) -> Any:
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
                 check_paths: bool = False) -> dict[str, Any]:
     """Read a YAML config, apply nested ``overrides``, validate it and check its cross-key
-    constraints (``data.path`` only with ``check_paths``: a shipped config may name a
-    placeholder path)."""
+    constraints (``data.path`` only with ``check_paths``: a shipped config may name shards
+    that are not on this machine)."""
     path = Path(path)
     check_unique_keys([path])
     try:

@@ -480,18 +480,28 @@ def without_episode_labels(train: pd.DataFrame, episodes: pd.DataFrame) -> pd.Da
     part of that label (the candidate won or lost it). The user models compared with LPP are
     fitted on what is left, so none of them trained on an episode's answer.
     """
+    touches = involves_items(train, "image_w_uid", "image_l_uid", episode_candidates(episodes))
+    return train.loc[~touches].reset_index(drop=True)
+
+
+def episode_candidates(episodes: pd.DataFrame) -> set[tuple[int, str]]:
+    """Every (user, candidate image) of the LPP episodes."""
     cands = episodes[["user_id", "candidate_uids"]].explode("candidate_uids")
-    keys = set(zip(cands["user_id"].astype(np.int64), cands["candidate_uids"], strict=True))
-    users = train["user_id"].to_numpy(np.int64)
-    touches = np.fromiter(
+    return set(zip(cands["user_id"].astype(np.int64).tolist(), cands["candidate_uids"].astype(str),
+                   strict=True))
+
+
+def involves_items(pairs: pd.DataFrame, a: str, b: str, items: set[tuple[int, str]]) -> np.ndarray:
+    """Boolean mask of the pairs whose user has image ``a`` or ``b`` among ``items``."""
+    users = pairs["user_id"].to_numpy(np.int64).tolist()
+    return np.fromiter(
         (
-            (u, w) in keys or (u, lo) in keys
-            for u, w, lo in zip(users, train["image_w_uid"], train["image_l_uid"], strict=True)
+            (u, str(x)) in items or (u, str(y)) in items
+            for u, x, y in zip(users, pairs[a], pairs[b], strict=True)
         ),
         dtype=bool,
-        count=len(train),
+        count=len(pairs),
     )
-    return train.loc[~touches].reset_index(drop=True)
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -540,6 +550,8 @@ __all__ = [
     "split_lpp",
     "split_pipe",
     "split_ppd",
+    "episode_candidates",
+    "involves_items",
     "support_mask",
     "without_episode_labels",
 ]

@@ -171,18 +171,13 @@ def split_set(name: str, path: str, unseen: bool, support: set[PairKey],
 
 def lpp_set(episodes_path: str, references_path: str, clean_pairs_path: str) -> EvaluationSet:
     """The LPP episodes: candidate items, and the user's pairs that carry their labels."""
+    from prefgen.data.splits import episode_candidates, involves_items
+
     eps = read(episodes_path, "LPP episodes")
-    cands = eps[["user_id", "candidate_uids"]].explode("candidate_uids")
-    items = set(zip(cands["user_id"].astype(np.int64).tolist(), cands["candidate_uids"].astype(str),
-                    strict=True))
+    items = episode_candidates(eps)
     clean = read(clean_pairs_path, "pairs")
-    clean = clean.loc[clean["user_id"].isin(set(cands["user_id"]))]
-    touches = [
-        (int(u), str(a)) in items or (int(u), str(b)) in items
-        for u, a, b in zip(clean["user_id"], clean["image_0_uid"], clean["image_1_uid"],
-                           strict=True)
-    ]
-    evidence = clean.loc[np.asarray(touches, dtype=bool)]
+    clean = clean.loc[clean["user_id"].isin(set(eps["user_id"]))]
+    evidence = clean.loc[involves_items(clean, "image_0_uid", "image_1_uid", items)]
     refs = read(references_path, "LPP references")
     unseen = set(eps.loc[eps["user_group"] == "unseen", "user_id"].astype(np.int64).tolist())
     seen = set(eps.loc[eps["user_group"] != "unseen", "user_id"].astype(np.int64).tolist())

@@ -425,12 +425,15 @@ def fit_users(model: Any, pairs: PairSet, store: FeatureStore, params: dict[str,
 
 
 def fit_users_dphi(dphi: np.ndarray, pairs: PairSet, params: dict[str, Any],
-                   row_names: np.ndarray | None = None) -> tuple[LambdaFit, np.ndarray]:
+                   row_names: np.ndarray | None = None, mu: np.ndarray | None = None
+                   ) -> tuple[LambdaFit, np.ndarray]:
     """:func:`fit_users` on given ``Δφ [P,K]``, for type rewards that are not a reward model
-    (the planted ones, in the ceiling diagnostic); returns (fit, μ)."""
+    (the planted ones, in the ceiling diagnostic); returns (fit, μ). A given ``mu`` is the prior
+    mean as is (e.g. the training users' μ for new users), otherwise it comes from ``dphi``."""
     l2 = float(params["l2"])
-    mu = population_lambda(dphi, l2) if params["prior"] == "population" else \
-        np.zeros(dphi.shape[1])
+    if mu is None:
+        mu = population_lambda(dphi, l2) if params["prior"] == "population" else \
+            np.zeros(dphi.shape[1])
     fit = fit_lambdas(dphi, pairs.user, pairs.n_users, l2, prior_mean=mu,
                       informative=~pairs.is_tie, min_informative=int(params["min_informative"]),
                       max_iter=int(params["max_iter"]), tol=float(params["tol"]),
@@ -459,11 +462,7 @@ def fit_support_users(model: Any, support: pd.DataFrame, store: FeatureStore,
     population λ, so adding the support sets changes no training user's λ.
     """
     pairs = build_pairs(support, store, source=source)
-    l2 = float(params["l2"])
-    fit = fit_lambdas(pair_dphi(model, pairs, store), pairs.user, pairs.n_users, l2,
-                      prior_mean=mu, informative=~pairs.is_tie,
-                      min_informative=int(params["min_informative"]),
-                      max_iter=int(params["max_iter"]), tol=float(params["tol"]))
+    fit, _ = fit_users_dphi(pair_dphi(model, pairs, store), pairs, params, mu=mu)
     return lambda_table(pairs.user_ids, fit, fitted_on="support")
 
 
