@@ -38,6 +38,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check workflow tests bench
+	$(VENV)/bin/ruff format --check workflow tests bench
 	$(VENV)/bin/snakefmt --no-sort --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint --configfile config/smoke.yaml
 

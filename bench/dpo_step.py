@@ -75,8 +75,14 @@ def build(config: str, width: int, out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-def worker(variant: str, config: str, folder: str, steps: int, batch: int | None,
-           checkpointing: bool | None) -> dict:
+def worker(
+    variant: str,
+    config: str,
+    folder: str,
+    steps: int,
+    batch: int | None,
+    checkpointing: bool | None,
+) -> dict:
     """Time ``steps`` training steps of ``variant``; returns steps/s and peak memory (MB)."""
     from diffusers import DDPMScheduler
     from prefgen.core.config import load_config
@@ -97,8 +103,19 @@ def worker(variant: str, config: str, folder: str, steps: int, batch: int | None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
     words = ["red", "blue", "green", "yellow", "circle", "star", "square", "bright", "dark"]
-    captions = [" ".join(["a", *(words[int(i)] for i in torch.randint(9, (3,), generator=g)),
-                          "on", "a", "grey", "background"]) for _ in range(batch)]
+    captions = [
+        " ".join(
+            [
+                "a",
+                *(words[int(i)] for i in torch.randint(9, (3,), generator=g)),
+                "on",
+                "a",
+                "grey",
+                "background",
+            ]
+        )
+        for _ in range(batch)
+    ]
     load_denoiser(folder)  # load once and drop it: lazy imports and allocator pools settle
     gc.collect()
     reset_peak_rss()
@@ -119,18 +136,30 @@ def worker(variant: str, config: str, folder: str, steps: int, batch: int | None
         unet.enable_gradient_checkpointing()
     size = int(unet.config.sample_size * den.vae_scale_factor)
     images = torch.randint(0, 256, (2 * batch, size, size, 3), dtype=torch.uint8, generator=g)
-    lat_shape = (2 * batch, unet.config.in_channels, unet.config.sample_size,
-                 unet.config.sample_size)
+    lat_shape = (
+        2 * batch,
+        unet.config.in_channels,
+        unet.config.sample_size,
+        unet.config.sample_size,
+    )
     cached = torch.randn(lat_shape, generator=g).to(device)
     text_len = 16  # the stand-in tokenizers' context length
-    cached_text = {"prompt_embeds": torch.randn(batch, text_len, unet.config.cross_attention_dim,
-                                                generator=g).to(device),
-                   "pooled": torch.randn(batch, unet.config.projection_class_embeddings_input_dim
-                                         - 6 * unet.config.addition_time_embed_dim,
-                                         generator=g).to(device)}
+    cached_text = {
+        "prompt_embeds": torch.randn(
+            batch, text_len, unet.config.cross_attention_dim, generator=g
+        ).to(device),
+        "pooled": torch.randn(
+            batch,
+            unet.config.projection_class_embeddings_input_dim
+            - 6 * unet.config.addition_time_embed_dim,
+            generator=g,
+        ).to(device),
+    }
     noise_scheduler = DDPMScheduler.from_config(den.scheduler.config)
-    method = {**(tcfg["methods"].get("dpo") or next(iter(tcfg["methods"].values()))),
-              "embedding": None}
+    method = {
+        **(tcfg["methods"].get("dpo") or next(iter(tcfg["methods"].values()))),
+        "embedding": None,
+    }
     ref_unet = copy.deepcopy(unet) if variant in ("copy_ref", "full_copy") else None
     if variant == "full_copy":
         unet.requires_grad_(True)
@@ -151,9 +180,13 @@ def worker(variant: str, config: str, folder: str, steps: int, batch: int | None
                 text = {k: v.to(device) for k, v in encode_text(pipe, captions).items()}
         else:
             lat, text = cached, cached_text
-        users = UserBatch(user_ids=torch.zeros(batch, dtype=torch.long),
-                          prompt_embeds=text["prompt_embeds"], pooled=text["pooled"],
-                          time_ids=time_ids, rand=torch.ones(batch, device=device))
+        users = UserBatch(
+            user_ids=torch.zeros(batch, dtype=torch.long),
+            prompt_embeds=text["prompt_embeds"],
+            pooled=text["pooled"],
+            time_ids=time_ids,
+            rand=torch.ones(batch, device=device),
+        )
         noise = torch.randn(lat[:batch].shape, device=device)
         t = torch.randint(0, 1000, (batch,), device=device)
         if ref_unet is None:
@@ -162,8 +195,10 @@ def worker(variant: str, config: str, folder: str, steps: int, batch: int | None
             target, t2 = torch.cat([noise, noise]), torch.cat([t, t])
             noisy = noise_scheduler.add_noise(lat, target, t2)
             both = users.repeat(2)
-            plain = {"encoder_hidden_states": both.prompt_embeds,
-                     "added_cond_kwargs": {"text_embeds": both.pooled, "time_ids": both.time_ids}}
+            plain = {
+                "encoder_hidden_states": both.prompt_embeds,
+                "added_cond_kwargs": {"text_embeds": both.pooled, "time_ids": both.time_ids},
+            }
             with torch.no_grad():
                 ref = ref_unet(noisy, t2, **plain).sample
             inputs = plain if cond is None else cond.unet_inputs(both, train=True)
@@ -183,27 +218,41 @@ def worker(variant: str, config: str, folder: str, steps: int, batch: int | None
     if device == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else status_mb("VmHWM") - base)
-    return {"variant": variant, "steps_per_s": steps / elapsed, "peak_mb": peak,
-            "unet_params": sum(p.numel() for p in unet.parameters()), "batch_pairs": batch,
-            "gradient_checkpointing": checkpointing, "device": device}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else status_mb("VmHWM") - base
+    )
+    return {
+        "variant": variant,
+        "steps_per_s": steps / elapsed,
+        "peak_mb": peak,
+        "unet_params": sum(p.numel() for p in unet.parameters()),
+        "batch_pairs": batch,
+        "gradient_checkpointing": checkpointing,
+        "device": device,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="mini",
-                        help="mini: the config's UNet (activations dominate memory); "
-                        f"weights: {PRESETS['weights']['width']}x channels, "
-                        f"{PRESETS['weights']['batch']} pairs/step, gradient checkpointing "
-                        "(weights dominate, as in SDXL)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="mini",
+        help="mini: the config's UNet (activations dominate memory); "
+        f"weights: {PRESETS['weights']['width']}x channels, "
+        f"{PRESETS['weights']['batch']} pairs/step, gradient checkpointing "
+        "(weights dominate, as in SDXL)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps (preset's default)")
     parser.add_argument("--width", type=int, default=None, help="multiply the UNet's channels")
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (train.batch_size)")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
-                        default=None, help="recompute UNet activations in backward "
-                        "(train.gradient_checkpointing)")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute UNet activations in backward (train.gradient_checkpointing)",
+    )
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,28 +260,51 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.config, args.folder, args.steps, args.batch,
-                                args.gradient_checkpointing)))
+        print(
+            json.dumps(
+                worker(
+                    args.worker,
+                    args.config,
+                    args.folder,
+                    args.steps,
+                    args.batch,
+                    args.gradient_checkpointing,
+                )
+            )
+        )
         return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         build(args.config, args.width, Path(tmp) / "foundation")
         for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--worker", variant, "--config", args.config,
-                   "--folder", str(Path(tmp) / "foundation"), "--steps", str(args.steps)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                variant,
+                "--config",
+                args.config,
+                "--folder",
+                str(Path(tmp) / "foundation"),
+                "--steps",
+                str(args.steps),
+            ]
             cmd += ["--batch", str(args.batch)] if args.batch else []
             if args.gradient_checkpointing is not None:
-                cmd.append("--" + "no-" * (not args.gradient_checkpointing)
-                           + "gradient-checkpointing")
+                cmd.append(
+                    "--" + "no-" * (not args.gradient_checkpointing) + "gradient-checkpointing"
+                )
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
             results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     ours = results["adapter_off"]
-    print(f"preset {args.preset}, {args.config} (UNet channels x{args.width}): "
-          f"UNet {ours['unet_params']:,} parameters, {ours['batch_pairs']} pairs/step, "
-          f"{args.steps} timed steps, gradient checkpointing "
-          f"{'on' if ours['gradient_checkpointing'] else 'off'}, {ours['device']}")
+    print(
+        f"preset {args.preset}, {args.config} (UNet channels x{args.width}): "
+        f"UNet {ours['unet_params']:,} parameters, {ours['batch_pairs']} pairs/step, "
+        f"{args.steps} timed steps, gradient checkpointing "
+        f"{'on' if ours['gradient_checkpointing'] else 'off'}, {ours['device']}"
+    )
     for r in results.values():
         print(f"  {r['variant']:17s} {r['steps_per_s']:7.2f} steps/s   peak {r['peak_mb']:9.1f} MB")
 
@@ -243,12 +315,16 @@ def main() -> None:
 
     for name in ("copy_ref", "full_copy"):
         other = results[name]
-        print(f"adapter-off reference vs second UNet copy ({name}): peak memory "
-              f"{verdict(ours['peak_mb'] / other['peak_mb'], 0.6, True)}, steps/s "
-              f"{verdict(ours['steps_per_s'] / other['steps_per_s'], 1.5, False)}")
+        print(
+            f"adapter-off reference vs second UNet copy ({name}): peak memory "
+            f"{verdict(ours['peak_mb'] / other['peak_mb'], 0.6, True)}, steps/s "
+            f"{verdict(ours['steps_per_s'] / other['steps_per_s'], 1.5, False)}"
+        )
     enc = results["encode_each_step"]
-    print("cached latents/text states vs encoding every step: steps/s "
-          f"{verdict(ours['steps_per_s'] / enc['steps_per_s'], 3.0, False)}")
+    print(
+        "cached latents/text states vs encoding every step: steps/s "
+        f"{verdict(ours['steps_per_s'] / enc['steps_per_s'], 3.0, False)}"
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,13 @@ def make_problem(users: int, k: int, seed: int) -> dict[str, np.ndarray]:
     d_ab = rng.normal(0.0, 1.0, (len(user), k))  # φ(A) − φ(B)
     a_won = rng.random(len(user)) < 1.0 / (1.0 + np.exp(-(d_ab * lam_true[user]).sum(1)))
     order = rng.permutation(len(user))  # a training split is not grouped by user
-    return {"counts": counts, "user": user[order], "d_ab": d_ab[order], "a_won": a_won[order],
-            "lam_true": lam_true}
+    return {
+        "counts": counts,
+        "user": user[order],
+        "d_ab": d_ab[order],
+        "a_won": a_won[order],
+        "lam_true": lam_true,
+    }
 
 
 def sklearn_inputs(prob: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -84,7 +89,7 @@ def sklearn_inputs(prob: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.nda
     bounds = np.concatenate([[0], np.cumsum(prob["counts"])])
     out = []
     for u in range(len(prob["counts"])):
-        rows = order[bounds[u]:bounds[u + 1]]
+        rows = order[bounds[u] : bounds[u + 1]]
         x, yu, sw = d_ab[rows], y[rows], np.ones(len(rows))
         if yu.min() == yu.max():
             x = np.vstack([x, np.zeros((1, x.shape[1]))])
@@ -94,16 +99,23 @@ def sklearn_inputs(prob: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.nda
     return out
 
 
-def sklearn_loop(inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], users: np.ndarray,
-                 l2: float) -> tuple[np.ndarray, float]:
+def sklearn_loop(
+    inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], users: np.ndarray, l2: float
+) -> tuple[np.ndarray, float]:
     """Fit one ``LogisticRegression`` per user in ``users``; returns (λ rows, seconds)."""
     k = inputs[0][0].shape[1]
     lam = np.zeros((len(users), k))
     t0 = time.perf_counter()
     for i, u in enumerate(users):
         x, y, sw = inputs[u]
-        model = LogisticRegression(C=1.0 / l2, l1_ratio=0.0, fit_intercept=False,
-                                   solver="newton-cholesky", tol=1e-10, max_iter=1000)
+        model = LogisticRegression(
+            C=1.0 / l2,
+            l1_ratio=0.0,
+            fit_intercept=False,
+            solver="newton-cholesky",
+            tol=1e-10,
+            max_iter=1000,
+        )
         lam[i] = model.fit(x, y, sample_weight=sw).coef_[0]
     return lam, time.perf_counter() - t0
 
@@ -121,11 +133,18 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--k", type=int, default=5, help="number of user types (Δφ features)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--config", default=str(REPO / "config" / "config.yaml"),
-                    help="its `lambda` section gives l2, min_informative, max_iter, tol")
+    ap.add_argument(
+        "--config",
+        default=str(REPO / "config" / "config.yaml"),
+        help="its `lambda` section gives l2, min_informative, max_iter, tol",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="batched solves timed (median)")
-    ap.add_argument("--loop-users", type=int, default=0,
-                    help="time the sklearn loop on this many random users and scale (0: all)")
+    ap.add_argument(
+        "--loop-users",
+        type=int,
+        default=0,
+        help="time the sklearn loop on this many random users and scale (0: all)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config)["lambda"]
@@ -137,21 +156,33 @@ def main() -> int:
     n_pairs = len(user)
     inputs = sklearn_inputs(prob)  # per-user slices for the loop, prepared outside its timing
     single = int(sum(1 for _, _, sw in inputs if sw.min() == 0.0))
-    print(f"problem (synthetic stand-in, seed {args.seed}): {args.users} users, {n_pairs} pairs, "
-          f"K={args.k}; pairs/user = clip(round(LogNormal(log 30, 2)), 1, 2000): median "
-          f"{int(np.median(counts))}, mean {counts.mean():.0f}, max {counts.max()}, "
-          f"{(counts < 4).mean():.0%} of users < 4 pairs, {single} single-class users")
-    print(f"objective: Σ_n log(1+exp(−λᵀΔφ_n)) + (α/2)‖λ‖², α = lambda.l2 = {l2} from "
-          f"{Path(args.config).name} (prior mean 0 here; the config's prior is "
-          f"'{cfg['prior']}'); sklearn C = 1/α = {1.0 / l2:g}")
+    print(
+        f"problem (synthetic stand-in, seed {args.seed}): {args.users} users, {n_pairs} pairs, "
+        f"K={args.k}; pairs/user = clip(round(LogNormal(log 30, 2)), 1, 2000): median "
+        f"{int(np.median(counts))}, mean {counts.mean():.0f}, max {counts.max()}, "
+        f"{(counts < 4).mean():.0%} of users < 4 pairs, {single} single-class users"
+    )
+    print(
+        f"objective: Σ_n log(1+exp(−λᵀΔφ_n)) + (α/2)‖λ‖², α = lambda.l2 = {l2} from "
+        f"{Path(args.config).name} (prior mean 0 here; the config's prior is "
+        f"'{cfg['prior']}'); sklearn C = 1/α = {1.0 / l2:g}"
+    )
 
     with threadpool_limits(limits=1):
+
         def batched() -> tuple[object, float]:
             t0 = time.perf_counter()
-            fit = fit_lambdas(dphi, user, args.users, l2, prior_mean=np.zeros(args.k),
-                              informative=np.ones(n_pairs, dtype=bool),
-                              min_informative=int(cfg["min_informative"]),
-                              max_iter=int(cfg["max_iter"]), tol=float(cfg["tol"]))
+            fit = fit_lambdas(
+                dphi,
+                user,
+                args.users,
+                l2,
+                prior_mean=np.zeros(args.k),
+                informative=np.ones(n_pairs, dtype=bool),
+                min_informative=int(cfg["min_informative"]),
+                max_iter=int(cfg["max_iter"]),
+                tol=float(cfg["tol"]),
+            )
             return fit, time.perf_counter() - t0
 
         runs = [batched() for _ in range(args.repeats)]
@@ -159,8 +190,11 @@ def main() -> int:
         t_batched = statistics.median(t for _, t in runs)
 
         rng = np.random.default_rng(args.seed + 1)
-        timed = (np.arange(args.users) if not args.loop_users or args.loop_users >= args.users
-                 else np.sort(rng.choice(args.users, args.loop_users, replace=False)))
+        timed = (
+            np.arange(args.users)
+            if not args.loop_users or args.loop_users >= args.users
+            else np.sort(rng.choice(args.users, args.loop_users, replace=False))
+        )
         lam_sk_t, t_loop_part = sklearn_loop(inputs, timed, l2)
         t_loop = t_loop_part * args.users / len(timed)
         if len(timed) < args.users:  # the accuracy comparison still covers every user
@@ -176,7 +210,7 @@ def main() -> int:
     f_ours = np.empty(args.users)
     f_sk = np.empty(args.users)
     for u in range(args.users):
-        x = dphi[order[bounds[u]:bounds[u + 1]]]
+        x = dphi[order[bounds[u] : bounds[u + 1]]]
         f_ours[u] = regularised_loss(x, fit.lam[u], l2)
         f_sk[u] = regularised_loss(x, lam_sk[u], l2)
     rel = (f_ours - f_sk) / np.abs(f_sk)
@@ -186,21 +220,34 @@ def main() -> int:
     g_sk = grad_norms(dphi, user, lam_sk, l2)
     ratio = t_loop / t_batched
 
-    loop_note = ("all users" if len(timed) == args.users
-                 else f"{len(timed)} random users, scaled x{args.users / len(timed):.2f}")
-    print(f"batched fit_lambdas : {t_batched:8.3f} s  (median of {args.repeats}; "
-          f"{fit.iterations} Newton iterations max, {int(fit.fallback.sum())} fallback users)")
-    print(f"sklearn loop        : {t_loop:8.3f} s  (LogisticRegression newton-cholesky, "
-          f"{loop_note}; {t_loop / args.users * 1e3:.2f} ms/user)")
+    loop_note = (
+        "all users"
+        if len(timed) == args.users
+        else f"{len(timed)} random users, scaled x{args.users / len(timed):.2f}"
+    )
+    print(
+        f"batched fit_lambdas : {t_batched:8.3f} s  (median of {args.repeats}; "
+        f"{fit.iterations} Newton iterations max, {int(fit.fallback.sum())} fallback users)"
+    )
+    print(
+        f"sklearn loop        : {t_loop:8.3f} s  (LogisticRegression newton-cholesky, "
+        f"{loop_note}; {t_loop / args.users * 1e3:.2f} ms/user)"
+    )
     print(f"speed ratio loop/batched: {ratio:.1f}x  (target >= {SPEED_TARGET:g}x)")
-    print(f"max per-user |Δf|/f: {np.abs(rel).max():.2e} (user {worst}, {counts[worst]} pairs); "
-          f"largest excess of ours over sklearn {max(rel.max(), 0.0):.2e}, of sklearn over "
-          f"ours {max(-rel.min(), 0.0):.2e}  (target <= {LOSS_TARGET:g})")
-    print(f"max |Δλ| = {np.abs(fit.lam - lam_sk).max():.2e}; max ‖∇f_u‖: ours {g_ours.max():.2e}, "
-          f"sklearn {g_sk.max():.2e}; solver-reported vs re-evaluated loss "
-          f"{solver_vs_eval.max():.1e} relative")
-    print(f"speed: {'PASS' if ratio >= SPEED_TARGET else 'FAIL'}   loss agreement: "
-          f"{'PASS' if np.abs(rel).max() <= LOSS_TARGET else 'FAIL'}")
+    print(
+        f"max per-user |Δf|/f: {np.abs(rel).max():.2e} (user {worst}, {counts[worst]} pairs); "
+        f"largest excess of ours over sklearn {max(rel.max(), 0.0):.2e}, of sklearn over "
+        f"ours {max(-rel.min(), 0.0):.2e}  (target <= {LOSS_TARGET:g})"
+    )
+    print(
+        f"max |Δλ| = {np.abs(fit.lam - lam_sk).max():.2e}; max ‖∇f_u‖: ours {g_ours.max():.2e}, "
+        f"sklearn {g_sk.max():.2e}; solver-reported vs re-evaluated loss "
+        f"{solver_vs_eval.max():.1e} relative"
+    )
+    print(
+        f"speed: {'PASS' if ratio >= SPEED_TARGET else 'FAIL'}   loss agreement: "
+        f"{'PASS' if np.abs(rel).max() <= LOSS_TARGET else 'FAIL'}"
+    )
     return 0
 
 

@@ -30,19 +30,31 @@ from torch.utils.flop_counter import FlopCounterMode
 
 #: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the keys that set the compute).
 SDXL_UNET = {
-    "sample_size": 128, "in_channels": 4, "out_channels": 4,
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
     "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "block_out_channels": (320, 640, 1280), "layers_per_block": 2, "cross_attention_dim": 2048,
-    "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20),
-    "use_linear_projection": True, "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 2048,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
 }
 #: stabilityai/stable-diffusion-xl-base-1.0 vae/config.json.
 SDXL_VAE = {
-    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2, "latent_channels": 4, "sample_size": 1024,
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 1024,
 }
 
 
@@ -58,8 +70,14 @@ def paper_models() -> None:
         unet = UNet2DConditionModel(**SDXL_UNET)
         n = sum(p.numel() for p in unet.parameters())
         add = {"text_embeds": torch.randn(1, 1280), "time_ids": torch.randn(1, 6)}
-        f = flops(lambda: unet(torch.randn(1, 4, 128, 128), torch.tensor([500]),
-                               torch.randn(1, 77, 2048), added_cond_kwargs=add))
+        f = flops(
+            lambda: unet(
+                torch.randn(1, 4, 128, 128),
+                torch.tensor([500]),
+                torch.randn(1, 77, 2048),
+                added_cond_kwargs=add,
+            )
+        )
         print(f"SDXL UNet: {n / 1e9:.3f}B params, forward {f / 1e12:.3f} TFLOP per 1024 px image")
         vae = AutoencoderKL(**SDXL_VAE)
         enc = flops(lambda: vae.encode(torch.randn(1, 3, 1024, 1024)))
@@ -149,8 +167,10 @@ def mini_dpo_step(reps: int = 5) -> None:
     pair_flops = 8 * fwd  # 2 images x (reference fwd + fwd + backward of ~2 fwd)
     n = sum(p.numel() for p in unet.parameters())
     print(f"mini UNet: {n / 1e6:.3f}M params, forward {fwd / 1e6:.2f} MFLOP per image")
-    print(f"mini DPO step: {per_pair * 1e3:.2f} ms per pair, {pair_flops / 1e6:.1f} MFLOP per pair"
-          f" -> {pair_flops / per_pair / 1e9:.2f} GFLOP/s achieved")
+    print(
+        f"mini DPO step: {per_pair * 1e3:.2f} ms per pair, {pair_flops / 1e6:.1f} MFLOP per pair"
+        f" -> {pair_flops / per_pair / 1e9:.2f} GFLOP/s achieved"
+    )
 
 
 def gemm_and_jpeg() -> None:

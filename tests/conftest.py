@@ -21,8 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def snakemake(*args: str, cwd: Path = REPO, check: bool = True,
-              timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+def snakemake(
+    *args: str, cwd: Path = REPO, check: bool = True, timeout: int = 1800
+) -> subprocess.CompletedProcess[str]:
     """Run the venv's snakemake from ``cwd`` and return the finished process (text output)."""
     cmd = [str(VENV_BIN / "snakemake"), *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -46,8 +47,9 @@ def workdir_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_run(workdir_copy: Path) -> Path:
     """Run `all` on the smoke config in a copy of the workflow; return the copy's root."""
-    snakemake("--cores", "2", "all", "--configfile", "config/smoke.yaml", cwd=workdir_copy,
-              timeout=3000)
+    snakemake(
+        "--cores", "2", "all", "--configfile", "config/smoke.yaml", cwd=workdir_copy, timeout=3000
+    )
     return workdir_copy
 
 
@@ -60,8 +62,9 @@ def smoke_results(request: pytest.FixtureRequest) -> Path:
     if given:
         path = Path(given)
         if not (path / "MANIFEST.json").is_file():
-            raise AssertionError(f"PREFGEN_SMOKE_RESULTS={given}: not a finished smoke run "
-                                 "(no MANIFEST.json)")
+            raise AssertionError(
+                f"PREFGEN_SMOKE_RESULTS={given}: not a finished smoke run (no MANIFEST.json)"
+            )
         return path
     return request.getfixturevalue("smoke_run") / "results" / "smoke"
 

@@ -30,35 +30,47 @@ def write_truth(truth_dir: Path, user_ids: list[int]) -> pd.DataFrame:
         "attributes": list(ATTRIBUTES),
         "attribute_mean": {a: 0.5 for a in ATTRIBUTES},
         "attribute_std": {a: 0.25 for a in ATTRIBUTES},
-        "types": [{"index": k, "name": TYPE_NAMES[k],
-                   "weights": {a: w.get(a, 0.0) for a in ATTRIBUTES}}
-                  for k, w in enumerate(TYPE_WEIGHTS)],
+        "types": [
+            {"index": k, "name": TYPE_NAMES[k], "weights": {a: w.get(a, 0.0) for a in ATTRIBUTES}}
+            for k, w in enumerate(TYPE_WEIGHTS)
+        ],
         "temperature": 1.0,
         "tie_threshold": 0.0,
     }
     (truth_dir / "world.json").write_text(json.dumps(meta))
     lam = np.array([[1.0, 0.0] if i % 2 == 0 else [0.0, 1.0] for i in range(len(user_ids))])
-    users = pd.DataFrame({"user_id": np.asarray(user_ids, dtype=np.int64),
-                          "lambda_true_0": lam[:, 0], "lambda_true_1": lam[:, 1],
-                          "dominant_type": lam.argmax(1).astype(np.int64),
-                          "n_pairs": np.full(len(user_ids), 10, dtype=np.int64),
-                          "is_pure": np.ones(len(user_ids), dtype=bool)})
+    users = pd.DataFrame(
+        {
+            "user_id": np.asarray(user_ids, dtype=np.int64),
+            "lambda_true_0": lam[:, 0],
+            "lambda_true_1": lam[:, 1],
+            "dominant_type": lam.argmax(1).astype(np.int64),
+            "n_pairs": np.full(len(user_ids), 10, dtype=np.int64),
+            "is_pure": np.ones(len(user_ids), dtype=bool),
+        }
+    )
     users.to_parquet(truth_dir / "users.parquet", index=False)
     return users
 
 
-def brightness_of(method: str, step: int, user_id: int, prompt_id: int, seed: int,
-                  train_seed: int = -1) -> int:
+def brightness_of(
+    method: str, step: int, user_id: int, prompt_id: int, seed: int, train_seed: int = -1
+) -> int:
     """Grey level of a fake sample: a fixed function of the triple, shifted per method, step
     and training seed."""
-    shift = ({"base": 0, "dpo": 20, "pipe": 40}.get(method, 10) + step // 10
-             + 7 * max(train_seed, 0))
+    shift = {"base": 0, "dpo": 20, "pipe": 40}.get(method, 10) + step // 10 + 7 * max(train_seed, 0)
     return int((37 * user_id + 11 * prompt_id + 5 * seed + shift) % 200 + 20)
 
 
-def write_samples(run_dir: Path, methods: dict[str, list[int]], user_ids: list[int],
-                  prompt_ids: list[int], seeds_per_prompt: int = 1, size: int = 16,
-                  unseen_every: int = 3) -> dict[str, Path]:
+def write_samples(
+    run_dir: Path,
+    methods: dict[str, list[int]],
+    user_ids: list[int],
+    prompt_ids: list[int],
+    seeds_per_prompt: int = 1,
+    size: int = 16,
+    unseen_every: int = 3,
+) -> dict[str, Path]:
     """``samples/{model}/index.parquet`` + PNGs for every (user, prompt, seed) and step.
 
     A model is ``base`` or ``<method>/seed<k>`` (training seed k); another name is an untrained
@@ -78,15 +90,22 @@ def write_samples(run_dir: Path, methods: dict[str, list[int]], user_ids: list[i
                         rel = f"samples/{model}/step-{step}/u{user}_p{prompt}_s{seed}.png"
                         grey = brightness_of(method, step, user, prompt, seed, train_seed)
                         arr = np.full((size, size, 3), grey, dtype=np.uint8)
-                        arr[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (200, 40, 40)
+                        arr[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = (200, 40, 40)
                         (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                         Image.fromarray(arr).save(run_dir / rel)
-                        rows.append({"method": method, "train_seed": train_seed,
-                                     "step": step, "user_id": user,
-                                     "user_group": "unseen" if u_i % unseen_every == 2 else "seen",
-                                     "prompt_id": prompt,
-                                     "caption": f"a red square on a grey background {prompt}",
-                                     "seed": seed, "path": rel})
+                        rows.append(
+                            {
+                                "method": method,
+                                "train_seed": train_seed,
+                                "step": step,
+                                "user_id": user,
+                                "user_group": "unseen" if u_i % unseen_every == 2 else "seen",
+                                "prompt_id": prompt,
+                                "caption": f"a red square on a grey background {prompt}",
+                                "seed": seed,
+                                "path": rel,
+                            }
+                        )
         df = pd.DataFrame(rows, columns=INDEX_COLUMNS)
         for col in ["train_seed", "step", "user_id", "prompt_id", "seed"]:
             df[col] = df[col].astype(np.int64)

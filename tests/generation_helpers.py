@@ -30,8 +30,9 @@ def smoke_config() -> dict[str, Any]:
     return load_config(REPO_ROOT / "config" / "smoke.yaml")
 
 
-def render(colour: str, shape: str, brightness: float, size: int, gen: np.random.Generator
-           ) -> np.ndarray:
+def render(
+    colour: str, shape: str, brightness: float, size: int, gen: np.random.Generator
+) -> np.ndarray:
     """A coloured shape on a grey background, scaled in brightness (uint8 [size,size,3])."""
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     r = gen.uniform(0.2, 0.35)
@@ -47,9 +48,15 @@ def jpeg(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_world(root: Path, n_users: int = 8, pairs_per_user: int = 24, size: int = 16,
-               n_eval_prompts: int = 3, seed: int = 0, everyone_bright: bool = False
-               ) -> dict[str, Path]:
+def make_world(
+    root: Path,
+    n_users: int = 8,
+    pairs_per_user: int = 24,
+    size: int = 16,
+    n_eval_prompts: int = 3,
+    seed: int = 0,
+    everyone_bright: bool = False,
+) -> dict[str, Path]:
     """Write images/pipe_train/holdout/eval_set parquets and pipe.safetensors under ``root``.
 
     Users 1..n: odd ids prefer bright images, even ids dark ones (all prefer bright with
@@ -74,11 +81,20 @@ def make_world(root: Path, n_users: int = 8, pairs_per_user: int = 24, size: int
                 uids.append(uid)
             w, lose = (uids[0], uids[1]) if u % 2 or everyone_bright else (uids[1], uids[0])
             rid += 1
-            pairs.append({"ranking_id": rid, "user_id": int(u), "caption": caption,
-                          "prompt_id": int(gen.integers(0, 10)), "image_w_uid": w,
-                          "image_l_uid": lose, "is_tie": rid % 4 == 0})
-    paths = {name: root / f"{name}.parquet"
-             for name in ("images", "pipe_train", "holdout", "eval_set")}
+            pairs.append(
+                {
+                    "ranking_id": rid,
+                    "user_id": int(u),
+                    "caption": caption,
+                    "prompt_id": int(gen.integers(0, 10)),
+                    "image_w_uid": w,
+                    "image_l_uid": lose,
+                    "is_tie": rid % 4 == 0,
+                }
+            )
+    paths = {
+        name: root / f"{name}.parquet" for name in ("images", "pipe_train", "holdout", "eval_set")
+    }
     write_parquet(pd.DataFrame(images), paths["images"])
     write_parquet(pd.DataFrame(pairs), paths["pipe_train"])
     write_parquet(pd.DataFrame({"ranking_id": [0], "user_id": [int(users[-1])]}), paths["holdout"])
@@ -86,18 +102,23 @@ def make_world(root: Path, n_users: int = 8, pairs_per_user: int = 24, size: int
     for u in [*users[:3], users[-1], 999]:  # 999: a user with no embedding
         for p in range(n_eval_prompts):
             colour = list(COLOURS)[p % len(COLOURS)]
-            evals.append({"user_id": int(u),
-                          "user_group": "unseen" if u >= users[-1] else "seen",
-                          "prompt_id": 100 + p,
-                          "caption": f"a {colour} circle on a grey background",
-                          "seed": 1000 + p})
+            evals.append(
+                {
+                    "user_id": int(u),
+                    "user_group": "unseen" if u >= users[-1] else "seen",
+                    "prompt_id": 100 + p,
+                    "caption": f"a {colour} circle on a grey background",
+                    "seed": 1000 + p,
+                }
+            )
     write_parquet(pd.DataFrame(evals), paths["eval_set"])
     emb = torch.zeros(n_users, 8)
     emb[:, 0] = torch.tensor([1.0 if u % 2 else -1.0 for u in users])
     emb[:, 1:] = 0.1 * torch.randn(n_users, 7, generator=torch.Generator().manual_seed(seed))
     paths["embeddings"] = root / "pipe.safetensors"
-    save_tensors({"user_ids": torch.from_numpy(users.astype(np.int64)), "emb": emb},
-                 paths["embeddings"])
+    save_tensors(
+        {"user_ids": torch.from_numpy(users.astype(np.int64)), "emb": emb}, paths["embeddings"]
+    )
     return paths
 
 
@@ -112,8 +133,9 @@ def tiny_pipeline(root: Path, cfg: dict[str, Any] | None = None, seed: int = 0) 
     return out
 
 
-def trained_pipeline(root: Path, paths: dict[str, Path], unet_steps: int = 150,
-                     seed: int = 0) -> Path:
+def trained_pipeline(
+    root: Path, paths: dict[str, Path], unet_steps: int = 150, seed: int = 0
+) -> Path:
     """A stand-in briefly trained on the fixture images.
 
     DPO needs a reference that actually denoises: with a random UNet the residual is noise and
@@ -123,10 +145,15 @@ def trained_pipeline(root: Path, paths: dict[str, Path], unet_steps: int = 150,
     from prefgen.generation.images import load_images
 
     cfg = smoke_config()["foundation"]
-    cfg = cfg | {"vae": cfg["vae"] | {"steps": 60},
-                 "unet": cfg["unet"] | {"steps": unet_steps, "lr": 3e-3}}
-    rows = image_captions(pd.read_parquet(paths["pipe_train"]),
-                          pd.read_parquet(paths["images"], columns=["image_uid"]), "pairs")
+    cfg = cfg | {
+        "vae": cfg["vae"] | {"steps": 60},
+        "unet": cfg["unet"] | {"steps": unet_steps, "lr": 3e-3},
+    }
+    rows = image_captions(
+        pd.read_parquet(paths["pipe_train"]),
+        pd.read_parquet(paths["images"], columns=["image_uid"]),
+        "pairs",
+    )
     pixels = load_images(paths["images"], rows["image_uid"].tolist(), int(cfg["resolution"]))
     pipe, _ = train_foundation(pixels, rows["caption"].tolist(), cfg, seed)
     out = root / "foundation_trained"
@@ -138,14 +165,32 @@ def encode_cache(root: Path, paths: dict[str, Path], foundation: Path) -> dict[s
     """Run the ``encode`` stage on the fixture world; returns the cache paths."""
     from prefgen.cli import main
 
-    out = {"encoded": root / "cache" / "train.safetensors",
-           "image_index": root / "cache" / "images.parquet",
-           "caption_index": root / "cache" / "captions.parquet"}
-    rc = main(["encode", "--params", '{"encode": {"batch_size": 64}}',
-               "--foundation", str(foundation), "--images", str(paths["images"]),
-               "--pairs", str(paths["pipe_train"]), "--holdout", str(paths["holdout"]),
-               "--out", str(out["encoded"]), "--image-index", str(out["image_index"]),
-               "--caption-index", str(out["caption_index"])])
+    out = {
+        "encoded": root / "cache" / "train.safetensors",
+        "image_index": root / "cache" / "images.parquet",
+        "caption_index": root / "cache" / "captions.parquet",
+    }
+    rc = main(
+        [
+            "encode",
+            "--params",
+            '{"encode": {"batch_size": 64}}',
+            "--foundation",
+            str(foundation),
+            "--images",
+            str(paths["images"]),
+            "--pairs",
+            str(paths["pipe_train"]),
+            "--holdout",
+            str(paths["holdout"]),
+            "--out",
+            str(out["encoded"]),
+            "--image-index",
+            str(out["image_index"]),
+            "--caption-index",
+            str(out["caption_index"]),
+        ]
+    )
     assert rc == 0
     return out
 
@@ -171,13 +216,23 @@ def shared_setup(tmp_path_factory: Any, kind: str) -> dict[str, Path]:
             foundation = trained_pipeline(root, paths, unet_steps=150)
         else:
             raise ValueError(kind)
-        _SHARED[kind] = {**paths, "foundation": foundation, "root": root,
-                         **encode_cache(root, paths, foundation)}
+        _SHARED[kind] = {
+            **paths,
+            "foundation": foundation,
+            "root": root,
+            **encode_cache(root, paths, foundation),
+        }
     return _SHARED[kind]
 
 
-def train_args(setup: dict[str, Path], method: str, out: Path, train_cfg: dict[str, Any],
-               seed: int = 0, train_seed: int | None = None) -> list[str]:
+def train_args(
+    setup: dict[str, Path],
+    method: str,
+    out: Path,
+    train_cfg: dict[str, Any],
+    seed: int = 0,
+    train_seed: int | None = None,
+) -> list[str]:
     """``prefgen train-adapter`` arguments for a fixture setup (``train_seed``: one entry of
     ``train.seeds``, as the rule passes it)."""
     import json
@@ -185,11 +240,27 @@ def train_args(setup: dict[str, Path], method: str, out: Path, train_cfg: dict[s
     params: dict[str, Any] = {"seed": seed, "train": train_cfg}
     if train_seed is not None:
         params["train_seed"] = train_seed
-    args = ["train-adapter", "--params", json.dumps(params),
-            "--method", method, "--foundation", str(setup["foundation"]),
-            "--encoded", str(setup["encoded"]), "--image-index", str(setup["image_index"]),
-            "--caption-index", str(setup["caption_index"]), "--pairs", str(setup["pipe_train"]),
-            "--holdout", str(setup["holdout"]), "--out", str(out)]
+    args = [
+        "train-adapter",
+        "--params",
+        json.dumps(params),
+        "--method",
+        method,
+        "--foundation",
+        str(setup["foundation"]),
+        "--encoded",
+        str(setup["encoded"]),
+        "--image-index",
+        str(setup["image_index"]),
+        "--caption-index",
+        str(setup["caption_index"]),
+        "--pairs",
+        str(setup["pipe_train"]),
+        "--holdout",
+        str(setup["holdout"]),
+        "--out",
+        str(out),
+    ]
     if train_cfg["methods"][method].get("embedding"):
         args += ["--embeddings", str(setup["embeddings"])]
     return args

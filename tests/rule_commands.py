@@ -22,8 +22,16 @@ LOG_REDIRECT = re.compile(r"\s+>\s*(\S+)\s+2>&1$")
 def planned_commands(root: Path, targets: list[str], configfile: str) -> list[list[str]]:
     """``prefgen`` argument lists of the jobs that make ``targets``, in an order that respects
     the DAG (the dry run's own scheduling order)."""
-    proc = snakemake("--dry-run", "--printshellcmds", "--cores", "1", *targets,
-                     "--configfile", configfile, cwd=root)
+    proc = snakemake(
+        "--dry-run",
+        "--printshellcmds",
+        "--cores",
+        "1",
+        *targets,
+        "--configfile",
+        configfile,
+        cwd=root,
+    )
     commands = []
     for line in proc.stdout.splitlines():
         if not line.startswith(PREFIX):

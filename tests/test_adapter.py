@@ -11,8 +11,7 @@ from prefgen.generation.models import add_time_ids, encode_text, load_pipeline
 
 from tests.generation_helpers import smoke_config, tiny_pipeline
 
-METHOD = {"conditioning": "ip_adapter", "embedding": "pipe", "num_tokens": 2,
-          "user_dropout": 0.5}
+METHOD = {"conditioning": "ip_adapter", "embedding": "pipe", "num_tokens": 2, "user_dropout": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +31,17 @@ def unet_batch(pipe, n: int = 4) -> tuple[torch.Tensor, torch.Tensor, UserBatch]
     x = torch.randn(n, pipe.unet.config.in_channels, side, side, generator=g)
     t = torch.randint(0, 1000, (n,), generator=g)
     text = encode_text(pipe, ["a red circle on a grey background"] * n)
-    return x, t, UserBatch(user_ids=torch.arange(1, n + 1), prompt_embeds=text["prompt_embeds"],
-                           pooled=text["pooled"], time_ids=add_time_ids(pipe, n),
-                           rand=torch.ones(n))
+    return (
+        x,
+        t,
+        UserBatch(
+            user_ids=torch.arange(1, n + 1),
+            prompt_embeds=text["prompt_embeds"],
+            pooled=text["pooled"],
+            time_ids=add_time_ids(pipe, n),
+            rand=torch.ones(n),
+        ),
+    )
 
 
 def randomise(cond) -> None:
@@ -55,9 +62,12 @@ SAME_AS_BASE = {"rtol": 0, "atol": 1e-5}
 def test_scale_zero_is_the_frozen_base(foundation) -> None:
     pipe = load_pipeline(foundation)
     x, t, batch = unet_batch(pipe)
-    base = pipe.unet(x, t, encoder_hidden_states=batch.prompt_embeds,
-                     added_cond_kwargs={"text_embeds": batch.pooled,
-                                        "time_ids": batch.time_ids}).sample
+    base = pipe.unet(
+        x,
+        t,
+        encoder_hidden_states=batch.prompt_embeds,
+        added_cond_kwargs={"text_embeds": batch.pooled, "time_ids": batch.time_ids},
+    ).sample
     cond = build_conditioning(pipe.unet, METHOD, users())
     # an untrained adapter (to_v_ip = 0) already is the base model
     fresh = pipe.unet(x, t, **cond.unet_inputs(batch, train=False)).sample
@@ -129,8 +139,11 @@ def test_stock_pipeline_samples_with_user_tokens(foundation) -> None:
     for user in (1, 2):
         kwargs, _ = cond.pipeline_inputs(user, table, guidance=True)
         gens = [torch.Generator().manual_seed(5) for _ in prompts]
-        personal.append(pipe(prompt=prompts, generator=gens, num_inference_steps=3,
-                             output_type="np", **kwargs).images)
+        personal.append(
+            pipe(
+                prompt=prompts, generator=gens, num_inference_steps=3, output_type="np", **kwargs
+            ).images
+        )
     assert personal[0].shape == base.shape
     assert abs(personal[0] - base).max() > 1e-3  # the adapter changes the images ...
     assert abs(personal[0] - personal[1]).max() > 1e-3  # ... differently per user
@@ -148,8 +161,9 @@ def test_pipe_embedding_is_lambda_times_w_and_bad_tables_are_named(tmp_path) -> 
     E = pipe_embeddings(lam, W)
     # E is computed in float64, the hand-written side in float32 (relative error ~1e-7)
     torch.testing.assert_close(E[0], W[0].double(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(E[1], (0.5 * W[0] - 0.5 * W[1] + 2.0 * W[2]).double(),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        E[1], (0.5 * W[0] - 0.5 * W[1] + 2.0 * W[2]).double(), rtol=1e-6, atol=1e-6
+    )
     path = tmp_path / "lambda.parquet"
     table = {"user_id": [1, 2], "lambda_0": [1.0, 0.5], "lambda_1": [0.0, -0.5]}
     pd.DataFrame(table).to_parquet(path)

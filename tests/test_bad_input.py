@@ -54,11 +54,19 @@ def balanced(out: dict[str, Path], rows_in: int) -> dict:
 
 # --- config -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("seed", -1, r"key 'seed': -1 is less than the minimum of 0"),
-    ("split.pipe.test_fraction", 1.5, r"key 'split\.pipe\.test_fraction': 1\.5 is greater than "
-                                      r"or equal to the maximum of 1"),
-])
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("seed", -1, r"key 'seed': -1 is less than the minimum of 0"),
+        (
+            "split.pipe.test_fraction",
+            1.5,
+            r"key 'split\.pipe\.test_fraction': 1\.5 is greater than "
+            r"or equal to the maximum of 1",
+        ),
+    ],
+)
 def test_out_of_range_value_is_named(key: str, value: object, message: str) -> None:
     config = smoke()
     *parents, last = key.split(".")
@@ -94,6 +102,7 @@ def test_ordinary_run_names_pass() -> None:
 
 # --- profile ------------------------------------------------------------------------------------
 
+
 def test_profile_that_is_not_yaml_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text((PROFILE / "config.yaml").read_text() + "jobs: [5,\n")
@@ -101,23 +110,37 @@ def test_profile_that_is_not_yaml_names_file_and_line(tmp_path: Path) -> None:
         check_unique_keys([path])
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("jobz: 5\n", "unrecognized arguments: --jobz=5"),
-    ("jobs: [5,\n", "Couldn't parse config file"),
-], ids=["unknown-key", "not-yaml"])
-def test_snakemake_refuses_a_bad_profile_before_any_job(tmp_path: Path, line: str,
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("jobz: 5\n", "unrecognized arguments: --jobz=5"),
+        ("jobs: [5,\n", "Couldn't parse config file"),
+    ],
+    ids=["unknown-key", "not-yaml"],
+)
+def test_snakemake_refuses_a_bad_profile_before_any_job(
+    tmp_path: Path, line: str, message: str
+) -> None:
     profile = tmp_path / "slurm"
     profile.mkdir()
     (profile / "config.yaml").write_text((PROFILE / "config.yaml").read_text() + line)
-    proc = snakemake("-n", "all", "--configfile", "config/smoke.yaml", "--profile", str(profile),
-                     check=False, timeout=300)
+    proc = snakemake(
+        "-n",
+        "all",
+        "--configfile",
+        "config/smoke.yaml",
+        "--profile",
+        str(profile),
+        check=False,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and message in out
     assert "Building DAG of jobs" not in out
 
 
 # --- shards -------------------------------------------------------------------------------------
+
 
 def test_truncated_shard_names_the_file(world: dict[str, Path], tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "s", [shard_table(world, 0), shard_table(world, 1)])
@@ -138,8 +161,9 @@ def test_non_parquet_file_named_parquet_names_the_file(tmp_path: Path) -> None:
         make_clean(tmp_path, shards)
 
 
-def test_corrupt_page_behind_a_sound_footer_names_file_and_row(world: dict[str, Path],
-                                                               tmp_path: Path) -> None:
+def test_corrupt_page_behind_a_sound_footer_names_file_and_row(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
     shards = tmp_path / "s"
     shards.mkdir()
     path = shards / "shard-00000.parquet"
@@ -148,7 +172,7 @@ def test_corrupt_page_behind_a_sound_footer_names_file_and_row(world: dict[str, 
     col = meta.row_group(1).column(meta.schema.names.index("caption"))
     raw = bytearray(path.read_bytes())
     start = col.data_page_offset + 40  # inside the second row group's caption page
-    raw[start:start + 64] = bytes(64)
+    raw[start : start + 64] = bytes(64)
     path.write_bytes(bytes(raw))
     with pytest.raises(ShardError, match=r"shard-00000\.parquet: unreadable after row 100"):
         make_clean(tmp_path, shards, batch_size=100)
@@ -161,10 +185,26 @@ def test_shard_error_from_the_command_is_one_line(world: dict[str, Path], tmp_pa
     clean = tmp_path / "clean"
     params = {"data": {"source": "pickapic", "path": str(shards), "batch_size": 64}}
     proc = subprocess.run(
-        [sys.executable, "-m", "prefgen.cli", "ingest", "--params", json.dumps(params),
-         *[a for k in ("pairs", "images", "quarantine") for a in
-           (f"--{k}", str(clean / f"{k}.parquet"))], "--stats", str(clean / "stats.json")],
-        capture_output=True, text=True, env=ENV, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "prefgen.cli",
+            "ingest",
+            "--params",
+            json.dumps(params),
+            *[
+                a
+                for k in ("pairs", "images", "quarantine")
+                for a in (f"--{k}", str(clean / f"{k}.parquet"))
+            ],
+            "--stats",
+            str(clean / "stats.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("prefgen ingest: ") and "Traceback" not in proc.stderr
     assert "shard-00000.parquet: not a readable parquet file" in proc.stderr
@@ -172,6 +212,7 @@ def test_shard_error_from_the_command_is_one_line(world: dict[str, Path], tmp_pa
 
 
 # --- rows ---------------------------------------------------------------------------------------
+
 
 def test_nan_labels_are_quarantined_and_counted(world: dict[str, Path], tmp_path: Path) -> None:
     t = shard_table(world, 0)
@@ -187,8 +228,9 @@ def test_nan_labels_are_quarantined_and_counted(world: dict[str, Path], tmp_path
     assert stats["quarantine_reasons"]["inconsistent_labels"] == 2
 
 
-def test_duplicate_ranking_ids_are_quarantined_and_counted(world: dict[str, Path],
-                                                           tmp_path: Path) -> None:
+def test_duplicate_ranking_ids_are_quarantined_and_counted(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
     t = shard_table(world, 0)
     shards = write_shards(tmp_path / "s", [t, t.slice(10, 3)])  # three rows sent twice
     out = make_clean(tmp_path, shards)
@@ -205,8 +247,9 @@ def _png(jpeg: bytes) -> bytes:
     return buf.getvalue()
 
 
-def test_non_jpeg_image_bytes_are_kept_and_decode_to_rgb(world: dict[str, Path],
-                                                        tmp_path: Path) -> None:
+def test_non_jpeg_image_bytes_are_kept_and_decode_to_rgb(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
     """A PNG where a JPEG was expected is still a picture of the pair: kept, and every reader
     decodes it to the same RGB pixels."""
     t = shard_table(world, 0)
@@ -228,8 +271,8 @@ def _claiming(jpeg: bytes, width: int, height: int) -> bytes:
     """``jpeg`` with its frame header (SOF0) claiming ``width`` x ``height`` pixels."""
     raw = bytearray(jpeg)
     sof = raw.index(b"\xff\xc0")
-    raw[sof + 5:sof + 7] = height.to_bytes(2, "big")
-    raw[sof + 7:sof + 9] = width.to_bytes(2, "big")
+    raw[sof + 5 : sof + 7] = height.to_bytes(2, "big")
+    raw[sof + 7 : sof + 9] = width.to_bytes(2, "big")
     return bytes(raw)
 
 
@@ -246,8 +289,10 @@ def test_image_header_claiming_huge_dimensions_is_refused_before_decoding(
     stats = balanced(out, t.num_rows)
     q = pd.read_parquet(out["quarantine"]).set_index("row")
     assert q["reason"].to_dict() == {2: "oversized_image", 9: "oversized_image"}
-    assert q.loc[2, "detail"] == (f"jpg_1: header claims {side} x {side} = {side * side} pixels, "
-                                  f"more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}; not decoded")
+    assert q.loc[2, "detail"] == (
+        f"jpg_1: header claims {side} x {side} = {side * side} pixels, "
+        f"more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}; not decoded"
+    )
     assert "DecompressionBombError" in q.loc[9, "detail"]
     assert stats["quarantine_reasons"]["oversized_image"] == 2
 
@@ -274,21 +319,24 @@ def test_user_image_given_to_score_that_is_corrupt_or_oversized_is_named(tmp_pat
 
 # --- splits -------------------------------------------------------------------------------------
 
+
 def _pairs(tmp_path: Path, extra: list[tuple[int, bool]]) -> pd.DataFrame:
     """16 users x 20 non-tie pairs over 30 captions, plus ``extra`` (user, is_tie) pairs."""
     rows = [(u, False) for u in range(1, 17) for _ in range(20)] + extra
     gen = np.random.default_rng(1)
     label0 = np.where([tie for _, tie in rows], 0.5, (gen.random(len(rows)) < 0.5).astype(float))
-    df = pd.DataFrame({
-        "ranking_id": np.arange(len(rows), dtype=np.int64),
-        "user_id": np.array([u for u, _ in rows], dtype=np.int64),
-        "caption": [f"caption {i % 30}" for i in range(len(rows))],
-        "image_0_uid": [f"a{i}" for i in range(len(rows))],
-        "image_1_uid": [f"b{i}" for i in range(len(rows))],
-        "label_0": label0,
-        "label_1": 1.0 - label0,
-        "is_tie": [tie for _, tie in rows],
-    })
+    df = pd.DataFrame(
+        {
+            "ranking_id": np.arange(len(rows), dtype=np.int64),
+            "user_id": np.array([u for u, _ in rows], dtype=np.int64),
+            "caption": [f"caption {i % 30}" for i in range(len(rows))],
+            "image_0_uid": [f"a{i}" for i in range(len(rows))],
+            "image_1_uid": [f"b{i}" for i in range(len(rows))],
+            "label_0": label0,
+            "label_1": 1.0 - label0,
+            "is_tie": [tie for _, tie in rows],
+        }
+    )
     df.to_parquet(tmp_path / "pairs.parquet")
     return load_pairs(tmp_path / "pairs.parquet")
 
@@ -301,13 +349,16 @@ def test_users_with_only_ties_or_one_pair_are_counted_by_every_split(tmp_path: P
     drops both users and counts them; PIPE keeps their pairs in train and counts them."""
     tie_user, single_user = 900, 901
     pairs = _pairs(tmp_path, [(tie_user, True)] * 5 + [(single_user, False)])
-    ppd = split_ppd(pairs, {"seed": 0, "held_out": HELD,
-                            "ppd": {"val_fraction": 0.1, "test_caption_fraction": 0.2}})
+    ppd = split_ppd(
+        pairs,
+        {"seed": 0, "held_out": HELD, "ppd": {"val_fraction": 0.1, "test_caption_fraction": 0.2}},
+    )
     dropped = ppd["stats"]["dropped"]
     assert dropped["users_with_fewer_than_4_nontie_pairs"] == 2
     assert dropped["pairs_of_users_with_fewer_than_4_nontie_pairs"] == 6
-    assert not {tie_user, single_user} & {u for name in ("train", "val", "test_seen")
-                                          for u in ppd[name]["user_id"]}
+    assert not {tie_user, single_user} & {
+        u for name in ("train", "val", "test_seen") for u in ppd[name]["user_id"]
+    }
     pipe = split_pipe(pairs, {"seed": 0, "held_out": HELD, "pipe": {"test_fraction": 0.2}})
     stats = pipe["stats"]
     assert stats["users_with_only_ties"] == 1
@@ -321,15 +372,25 @@ def test_users_with_only_ties_or_one_pair_are_counted_by_every_split(tmp_path: P
 
 def test_split_left_empty_by_the_config_is_an_error_naming_it(tmp_path: Path) -> None:
     pairs = _pairs(tmp_path, [])
-    with pytest.raises(ConfigError, match=r"split_pipe: the config leaves split\(s\) \['test'\] "
-                                          r"with no pairs; check split\.pipe\.test_fraction"):
+    with pytest.raises(
+        ConfigError,
+        match=r"split_pipe: the config leaves split\(s\) \['test'\] "
+        r"with no pairs; check split\.pipe\.test_fraction",
+    ):
         split_pipe(pairs, {"seed": 0, "held_out": HELD, "pipe": {"test_fraction": 0.01}})
     with pytest.raises(ConfigError, match=r"split_ppd: .*\['test_seen'\].*test_caption_fraction"):
-        split_ppd(pairs, {"seed": 0, "held_out": HELD,
-                          "ppd": {"val_fraction": 0.1, "test_caption_fraction": 0.01}})
+        split_ppd(
+            pairs,
+            {
+                "seed": 0,
+                "held_out": HELD,
+                "ppd": {"val_fraction": 0.1, "test_caption_fraction": 0.01},
+            },
+        )
     with pytest.raises(ConfigError, match=r"split\.held_out\.prompts=30: the pairs have only 30"):
-        split_pipe(pairs, {"seed": 0, "held_out": HELD | {"prompts": 30},
-                           "pipe": {"test_fraction": 0.2}})
+        split_pipe(
+            pairs, {"seed": 0, "held_out": HELD | {"prompts": 30}, "pipe": {"test_fraction": 0.2}}
+        )
 
 
 # --- model files --------------------------------------------------------------------------------
@@ -358,8 +419,11 @@ def test_tensor_of_the_wrong_shape_names_file_tensor_and_shapes(tmp_path: Path) 
 
     other = RewardModel(**CFG | {"n_types": 3})  # weights of a 3-type fit, labelled 2-type
     save_tensors(dict(other.state_dict()), path, metadata={"config": json.dumps(CFG)})
-    with pytest.raises(ValueError, match=rf"{path}: tensor 'W' has shape \(3, 3\), the model "
-                                         r"built from its config expects \(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{path}: tensor 'W' has shape \(3, 3\), the model "
+        r"built from its config expects \(2, 3\)",
+    ):
         load_reward_model(path)
 
 
@@ -367,19 +431,27 @@ def test_metadata_that_contradicts_the_config_is_refused(tmp_path: Path) -> None
     path = saved_model(tmp_path)
     meta = path.with_suffix(".json")
     meta.write_text(json.dumps(json.loads(meta.read_text()) | {"config": CFG | {"hidden": 4}}))
-    with pytest.raises(ValueError, match=rf"{path}: the config in its metadata .* differs from "
-                                         r"pasta\.json's"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{path}: the config in its metadata .* differs from "
+        r"pasta\.json's",
+    ):
         load_reward_model(path)
 
 
 # --- the case table -----------------------------------------------------------------------------
 
+
 def test_every_test_the_reliability_page_names_exists() -> None:
     """docs/reliability.md names a test for every case; each must exist under that name."""
     import re
 
-    short = {"tb": "test_bad_input.py", "tw": "test_failed_writes.py", "tp": "test_pickapic.py",
-             "tc": "test_config.py"}
+    short = {
+        "tb": "test_bad_input.py",
+        "tw": "test_failed_writes.py",
+        "tp": "test_pickapic.py",
+        "tc": "test_config.py",
+    }
     text = (REPO / "docs" / "reliability.md").read_text()
     sources = {p.name: p.read_text() for p in (REPO / "tests").glob("test_*.py")}
     named = re.findall(r"`(?:(\w+)::|tests/(test_\w+\.py)::)?(test_\w+)(?:\[[^\]]*\])?`", text)

@@ -12,20 +12,38 @@ from prefgen.cli import main as prefgen_main
 from prefgen.evaluation.budgets import BUDGET_COLUMNS, benchmark_seconds, budget_row
 
 #: the header Snakemake writes to a `benchmark:` file, and one measured row
-BENCHMARK = ("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-             "{s}\t0:01:23\t900.1\t2000.2\t850.0\t860.0\t0.1\t3.2\t95.0\t80.5\n")
+BENCHMARK = (
+    "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    "{s}\t0:01:23\t900.1\t2000.2\t850.0\t860.0\t0.1\t3.2\t95.0\t80.5\n"
+)
 
 
 def dpo_final(steps: int = 300, batch: int = 32, accum: int = 2) -> dict:
-    return {"method": "pipe", "method_config": {"conditioning": "ip_adapter"}, "complete": True,
-            "steps": steps, "pairs_per_step": batch * accum, "trainable_parameters": 12345}
+    return {
+        "method": "pipe",
+        "method_config": {"conditioning": "ip_adapter"},
+        "complete": True,
+        "steps": steps,
+        "pairs_per_step": batch * accum,
+        "trainable_parameters": 12345,
+    }
 
 
 def premier_final() -> dict:
-    return {"method": "premier", "method_config": {"conditioning": "premier"}, "complete": True,
-            "steps": 120, "pairs_per_step": 32, "trainable_parameters": 5000,
-            "stage2": {"steps": 30, "batch_size": 16, "fits": [{"step": 60}, {"step": 120}],
-                       "trainable_parameters": 8 * 400}}
+    return {
+        "method": "premier",
+        "method_config": {"conditioning": "premier"},
+        "complete": True,
+        "steps": 120,
+        "pairs_per_step": 32,
+        "trainable_parameters": 5000,
+        "stage2": {
+            "steps": 30,
+            "batch_size": 16,
+            "fits": [{"step": 60}, {"step": 120}],
+            "trainable_parameters": 8 * 400,
+        },
+    }
 
 
 def test_examples_seen_is_steps_times_batch_times_accumulation() -> None:
@@ -61,16 +79,24 @@ def test_benchmark_seconds_reads_the_s_column(tmp_path: Path) -> None:
 def test_budgets_cli_writes_the_table_and_states_unequal_budgets(tmp_path: Path) -> None:
     entries = []
     for seed in (0, 1):
-        for method, final, stage in [("dpo", dpo_final(300, 32, 1), "train"),
-                                     ("pipe", dpo_final(300, 32, 1), "train"),
-                                     ("premier", premier_final(), "train"),
-                                     ("premier", premier_final(), "new_users")]:
+        for method, final, stage in [
+            ("dpo", dpo_final(300, 32, 1), "train"),
+            ("pipe", dpo_final(300, 32, 1), "train"),
+            ("premier", premier_final(), "train"),
+            ("premier", premier_final(), "new_users"),
+        ]:
             folder = tmp_path / method / stage / f"seed{seed}"
             folder.mkdir(parents=True)
             (folder / "final.json").write_text(json.dumps(final))
             (folder / "bench.tsv").write_text(BENCHMARK.format(s=10.0 + seed))
-            entries += ["--entry", method, str(seed), stage, str(folder / "final.json"),
-                        str(folder / "bench.tsv")]
+            entries += [
+                "--entry",
+                method,
+                str(seed),
+                stage,
+                str(folder / "final.json"),
+                str(folder / "bench.tsv"),
+            ]
     out = tmp_path / "tables" / "budgets.csv"
     assert prefgen_main(["budgets", "--params", "{}", *entries, "--out", str(out)]) == 0
     table = pd.read_csv(out)

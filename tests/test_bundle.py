@@ -19,10 +19,10 @@ def make_run(root: Path) -> Path:
     run = root / "results" / "smoke"
     files = {
         "tables/win_rates.csv": "method,opponent,judge,users,n,win_rate,tie_rate,ci_low,ci_high,"
-                                "verdict,n_seeds\n"
-                                "pipe,base,oracle,all,120,0.7,0.0,0.6,0.8,shown,3\n"
-                                "pipe,dpo,oracle,all,120,0.55,0.0,0.45,0.65,not shown,3\n"
-                                "pipe,base,oracle,seen,90,0.72,0.0,0.6,0.84,shown,3\n",
+        "verdict,n_seeds\n"
+        "pipe,base,oracle,all,120,0.7,0.0,0.6,0.8,shown,3\n"
+        "pipe,dpo,oracle,all,120,0.55,0.0,0.45,0.65,not shown,3\n"
+        "pipe,base,oracle,seen,90,0.72,0.0,0.6,0.84,shown,3\n",
         "tables/win_rates.md": "| a |\n",
         "figures/checkpoint_curves.png": "png",
         "samples/pipe/index.parquet": "idx",
@@ -42,9 +42,19 @@ def make_run(root: Path) -> Path:
 
 
 def bundle(run: Path, config: dict) -> int:
-    return prefgen_main(["bundle", "--params", json.dumps({"config": config}), "--run-dir",
-                         str(run), "--readme", str(run / "README.md"), "--manifest",
-                         str(run / "MANIFEST.json")])
+    return prefgen_main(
+        [
+            "bundle",
+            "--params",
+            json.dumps({"config": config}),
+            "--run-dir",
+            str(run),
+            "--readme",
+            str(run / "README.md"),
+            "--manifest",
+            str(run / "MANIFEST.json"),
+        ]
+    )
 
 
 @pytest.fixture()
@@ -60,13 +70,21 @@ def test_manifest_hashes_bundle_and_records_exclusions(tmp_path: Path, config: d
     assert "README.md" in listed and "tables/win_rates.csv" in listed
     assert "adapters/pipe/checkpoint-10/adapter.safetensors" in listed
     assert "data/truth/world.json" in listed  # the truth is small and part of the results
-    assert not {"data/world/shard-00000.parquet", "cache/encoded/train.safetensors",
-                ".hidden.tmp", "samples/pipe/.snakemake_timestamp", "MANIFEST.json"} & set(listed)
+    assert not {
+        "data/world/shard-00000.parquet",
+        "cache/encoded/train.safetensors",
+        ".hidden.tmp",
+        "samples/pipe/.snakemake_timestamp",
+        "MANIFEST.json",
+    } & set(listed)
     entry = listed["adapters/pipe/checkpoint-10/adapter.safetensors"]
     assert entry["bytes"] == 100
     assert entry["sha256"] == sha256_file(run / "adapters/pipe/checkpoint-10/adapter.safetensors")
-    assert manifest["excluded"] == {**manifest["excluded"], "patterns": config["bundle"]["exclude"],
-                                    "n_files": 2}
+    assert manifest["excluded"] == {
+        **manifest["excluded"],
+        "patterns": config["bundle"]["exclude"],
+        "n_files": 2,
+    }
     assert manifest["config"] == config and manifest["scale"] == "smoke"
     assert "report.html" in manifest["not_hashed"]
     assert manifest["packages"]["numpy"] != "not installed"
@@ -77,19 +95,21 @@ def test_manifest_hashes_bundle_and_records_exclusions(tmp_path: Path, config: d
 def test_verify_manifest_catches_every_change(tmp_path: Path, config: dict) -> None:
     run = make_run(tmp_path)
     assert bundle(run, config) == 0
-    (run / "tables" / "win_rates.md").write_text("| b |\n")          # same size, new content
+    (run / "tables" / "win_rates.md").write_text("| b |\n")  # same size, new content
     (run / "samples" / "pipe" / "step-10" / "u3.png").unlink()
-    (run / "figures" / "checkpoint_curves.png").write_text("png!")    # size changes
+    (run / "figures" / "checkpoint_curves.png").write_text("png!")  # size changes
     (run / "figures" / "extra.png").write_text("new")
     (run / "cache" / "other.bin").write_text("excluded, so fine")
     (run / "report.html").write_text("written after the bundle")
     (run / ".tmp.partial").write_text("hidden, so fine")
-    assert sorted(verify_manifest(run)) == sorted([
-        "sha256 differs: tables/win_rates.md",
-        "missing: samples/pipe/step-10/u3.png",
-        "size differs: figures/checkpoint_curves.png (4 bytes, manifest 3)",
-        "not in manifest: figures/extra.png",
-    ])
+    assert sorted(verify_manifest(run)) == sorted(
+        [
+            "sha256 differs: tables/win_rates.md",
+            "missing: samples/pipe/step-10/u3.png",
+            "size differs: figures/checkpoint_curves.png (4 bytes, manifest 3)",
+            "not in manifest: figures/extra.png",
+        ]
+    )
 
 
 def test_verify_manifest_without_manifest(tmp_path: Path) -> None:
@@ -110,7 +130,8 @@ def test_readme_describes_every_file(tmp_path: Path, config: dict) -> None:
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| pipe")]
     assert [[c.strip() for c in r] for r in rows] == [
         ["pipe", "base", "oracle", "3", "120", "0.7", "0.6", "0.8", "shown"],
-        ["pipe", "dpo", "oracle", "3", "120", "0.55", "0.45", "0.65", "not shown"]]
+        ["pipe", "dpo", "oracle", "3", "120", "0.55", "0.45", "0.65", "not shown"],
+    ]
     assert "python -m prefgen.evaluation.manifest verify results/smoke" in text
 
 
@@ -123,10 +144,16 @@ def test_manifest_is_deterministic(tmp_path: Path, config: dict) -> None:
 
 
 def test_descriptions_cover_the_contract_paths() -> None:
-    for rel in ["tables/judge_agreement.csv", "tables/checkpoint_metrics.tex",
-                "figures/samples_user_type0.png", "scores/pipe.parquet",
-                "scores/external/pipe.json", "embeddings/pipe.safetensors",
-                "splits/eval_set.parquet", "models/foundation/unet/config.json"]:
+    for rel in [
+        "tables/judge_agreement.csv",
+        "tables/checkpoint_metrics.tex",
+        "figures/samples_user_type0.png",
+        "scores/pipe.parquet",
+        "scores/external/pipe.json",
+        "embeddings/pipe.safetensors",
+        "splits/eval_set.parquet",
+        "models/foundation/unet/config.json",
+    ]:
         assert not describe(rel).startswith("(no description"), rel
     assert len({p for p, _ in DESCRIPTIONS}) == len(DESCRIPTIONS)
 

@@ -20,20 +20,44 @@ from prefgen.user_model.clip import (
     train_clip,
 )
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-           "yellow": (230, 210, 40)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+}
 BACKGROUNDS = {"white": (235, 235, 235), "black": (20, 20, 20), "grey": (128, 128, 128)}
 
 PARAMS = {
-    "source": "train", "name": "test-tiny-vit", "image_mean": [0.5, 0.5, 0.5],
+    "source": "train",
+    "name": "test-tiny-vit",
+    "image_mean": [0.5, 0.5, 0.5],
     "image_std": [0.25, 0.25, 0.25],
-    "model_cfg": {"embed_dim": 16,
-                  "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1,
-                                 "head_width": 16},
-                  "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32,
-                               "heads": 2, "layers": 1}},
-    "train": {"epochs": 25, "batch_size": 64, "lr": 0.005, "weight_decay": 0.0,
-              "warmup_steps": 5, "descriptors": []},
+    "model_cfg": {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 16,
+            "patch_size": 4,
+            "width": 32,
+            "layers": 1,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 12,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    },
+    "train": {
+        "epochs": 25,
+        "batch_size": 64,
+        "lr": 0.005,
+        "weight_decay": 0.0,
+        "warmup_steps": 5,
+        "descriptors": [],
+    },
     "eval": {"holdout_fraction": 0.0, "candidates": 4},
 }
 
@@ -52,7 +76,7 @@ def scenes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         img = np.tile(np.array(BACKGROUNDS[b], dtype=np.float64), (16, 16, 1))
         s = gen.integers(5, 10)
         x, y = gen.integers(0, 16 - s, 2)
-        img[y:y + s, x:x + s] = COLOURS[c]
+        img[y : y + s, x : x + s] = COLOURS[c]
         img += gen.normal(0, 6, img.shape)
         images[i] = np.clip(img, 0, 255).astype(np.uint8)
         captions.append(f"a {c} square on a {b} background")
@@ -77,11 +101,18 @@ def test_local_dir_round_trip_and_bundled_tokenizer(tmp_path) -> None:
     # the reloaded model is another set of modules and buffers: the same numbers up to the
     # order some CPU kernels sum in (float32, embeddings of norm ~1)
     with torch.no_grad():
-        torch.testing.assert_close(encode_images(loaded, preprocess, images),
-                                   encode_images(model, preprocess, images), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(encode_captions(loaded, tokenizer, list(captions)),
-                                   encode_captions(model, tokenizer, list(captions)),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            encode_images(loaded, preprocess, images),
+            encode_images(model, preprocess, images),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        torch.testing.assert_close(
+            encode_captions(loaded, tokenizer, list(captions)),
+            encode_captions(model, tokenizer, list(captions)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
     assert not any(p.requires_grad for p in loaded.parameters())
 
 
@@ -118,12 +149,21 @@ def test_contrastive_training_retrieves_far_above_chance(tmp_path) -> None:
 
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     images, captions = scenes(512, seed=1)
-    history = train_clip(model, tokenizer, images, list(captions), cfg["preprocess_cfg"],
-                         PARAMS["train"], seed=0)
+    history = train_clip(
+        model, tokenizer, images, list(captions), cfg["preprocess_cfg"], PARAMS["train"], seed=0
+    )
     assert history[-1]["loss"] < history[0]["loss"]
     test_images, test_captions = scenes(300, seed=2)
-    table = retrieval_table(model, tokenizer, test_images, test_captions, held_out=set(),
-                            n_candidates=4, seed=0, label="test")
+    table = retrieval_table(
+        model,
+        tokenizer,
+        test_images,
+        test_captions,
+        held_out=set(),
+        n_candidates=4,
+        seed=0,
+        label="test",
+    )
     all_caps = table[table["n_candidates"] == 12].iloc[0]
     assert all_caps["chance"] == pytest.approx(1 / 12)
     assert all_caps["accuracy"] > 0.5, table  # 6x chance after a few seconds of training
@@ -152,10 +192,12 @@ def test_object_colour_recaptions_with_the_colour_drawn() -> None:
     images[3, 4:12, 4:12] = COLOURS["green"]  # caption names no palette colour
     captions = ["a pale red square on a grey background"] * 3 + ["a square on a red background"]
     out = describe(images, captions, ["object_colour"])
-    assert out == ["a pale blue square on a grey background",
-                   "a pale red square on a grey background",
-                   "a pale grey square on a grey background",
-                   "a square on a red background"]
+    assert out == [
+        "a pale blue square on a grey background",
+        "a pale red square on a grey background",
+        "a pale grey square on a grey background",
+        "a square on a red background",
+    ]
     both = describe(images, captions, ["object_colour", "object_size"])
     assert both[0].startswith("a pale blue square on a grey background")
 

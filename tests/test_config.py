@@ -72,8 +72,7 @@ def test_shipped_yaml_defines_no_key_twice(path: Path) -> None:
 
 def test_duplicate_key_in_config_names_file_key_and_lines(tmp_path: Path) -> None:
     path = tmp_path / "dup.yaml"
-    path.write_text("seed: 0\ntrain:\n  lr: 0.1\n  steps: 2\n  lr: 0.2\n"
-                    "lists:\n  - {a: 1, a: 2}\n")
+    path.write_text("seed: 0\ntrain:\n  lr: 0.1\n  steps: 2\n  lr: 0.2\nlists:\n  - {a: 1, a: 2}\n")
     found = duplicate_keys(path)
     assert found == [
         f"{path}: duplicate key 'train.lr' at line 5 (first defined at line 3); YAML would "
@@ -156,29 +155,46 @@ def set_key(cfg: dict, dotted: str, value: object) -> dict:
 # held_out prompts 30 / min_pairs 4, lpp n_ref 8, ppd n_shots 4
 CONTRADICTIONS = [
     ("eval_set.prompts", 31, "eval_set.prompts=31 > split.held_out.prompts=30"),
-    ("eval_set.unseen_users", 19, "eval_set.unseen_users=19 > the at most 18 held-out users of "
-     "split.held_out.user_fraction=0.15 x world.n_users=120"),
-    ("eval_set.seen_users", 103, "eval_set.seen_users=103 > the at most 102 users not held out "
-     "(world.n_users=120, split.held_out.user_fraction=0.15)"),
-    ("split.held_out.user_fraction", 0, "eval_set.unseen_users=4 but "
-     "split.held_out.user_fraction=0: no user is held out"),
+    (
+        "eval_set.unseen_users",
+        19,
+        "eval_set.unseen_users=19 > the at most 18 held-out users of "
+        "split.held_out.user_fraction=0.15 x world.n_users=120",
+    ),
+    (
+        "eval_set.seen_users",
+        103,
+        "eval_set.seen_users=103 > the at most 102 users not held out "
+        "(world.n_users=120, split.held_out.user_fraction=0.15)",
+    ),
+    (
+        "split.held_out.user_fraction",
+        0,
+        "eval_set.unseen_users=4 but split.held_out.user_fraction=0: no user is held out",
+    ),
     ("split.lpp.min_liked", 8, "split.lpp.min_liked=8 <= split.lpp.n_ref=8"),
     ("ppd.embedding.n_shots", 5, "ppd.embedding.n_shots=5 > split.held_out.min_pairs=4"),
-    ("split.held_out.support_pairs", 5,
-     "split.held_out.support_pairs=5 > split.held_out.min_pairs=4"),
+    (
+        "split.held_out.support_pairs",
+        5,
+        "split.held_out.support_pairs=5 > split.held_out.min_pairs=4",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("key", "value", "message"), CONTRADICTIONS,
-                         ids=[c[0] for c in CONTRADICTIONS])
+@pytest.mark.parametrize(
+    ("key", "value", "message"), CONTRADICTIONS, ids=[c[0] for c in CONTRADICTIONS]
+)
 def test_contradicting_keys_are_both_named(key: str, value: object, message: str) -> None:
     cfg = set_key(smoke(), key, value)
     errors = cross_key_errors(cfg)
     if key == "ppd.embedding.n_shots":  # more shots than the support set too
-        assert errors[1:] == [f"ppd.embedding.n_shots={value} > split.held_out.support_pairs=4: "
-                              "PPD draws an unseen user's shots from the support set, the only "
-                              "pairs of theirs any method sees; lower n_shots or raise "
-                              "support_pairs"], errors
+        assert errors[1:] == [
+            f"ppd.embedding.n_shots={value} > split.held_out.support_pairs=4: "
+            "PPD draws an unseen user's shots from the support set, the only "
+            "pairs of theirs any method sees; lower n_shots or raise "
+            "support_pairs"
+        ], errors
         errors = errors[:1]
     assert len(errors) == 1 and errors[0].startswith(message), errors
     with pytest.raises(ConfigError, match=rf"^smoke\.yaml: {re.escape(message)}"):
@@ -192,8 +208,14 @@ def test_shipped_configs_have_no_contradictions() -> None:
     assert cross_key_errors(paper, root=REPO) == []
 
 
-@pytest.mark.parametrize("path", [SAMPLE_GLOB, "tests/data/pickapic_sample",
-                                  "tests/data/pickapic_sample/train-00000-of-00002.parquet"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        SAMPLE_GLOB,
+        "tests/data/pickapic_sample",
+        "tests/data/pickapic_sample/train-00000-of-00002.parquet",
+    ],
+)
 def test_pickapic_path_as_glob_folder_or_file_is_found(path: str) -> None:
     assert cross_key_errors(pickapic(smoke(), path), root=REPO) == []
 
@@ -201,10 +223,12 @@ def test_pickapic_path_as_glob_folder_or_file_is_found(path: str) -> None:
 def test_pickapic_without_shards_is_refused(tmp_path: Path) -> None:
     assert cross_key_errors(pickapic(smoke(), None), root=tmp_path) == [
         "data.source=pickapic but data.path is null: set it to the directory, file or glob of "
-        "your Pick-a-Pic v2 parquet shards"]
+        "your Pick-a-Pic v2 parquet shards"
+    ]
     assert cross_key_errors(pickapic(smoke(), "shards/*.parquet"), root=tmp_path) == [
         f"data.source=pickapic but data.path='shards/*.parquet' matches no parquet file "
-        f"(looked in {tmp_path.resolve()})"]
+        f"(looked in {tmp_path.resolve()})"
+    ]
     (tmp_path / "shards").mkdir()
     assert cross_key_errors(pickapic(smoke(), "shards"), root=tmp_path) != []
     (tmp_path / "shards" / "train-0.parquet").write_bytes(b"")
@@ -226,8 +250,9 @@ def test_pickapic_refuses_every_key_that_needs_the_truth() -> None:
         f"evaluate.grid.annotate {truth}use pipe or null",
         f"premier.history.prompts {truth}set 0 (its sampled prompts are scored by the oracle)",
     ]
-    assert cross_key_errors(set_key(pickapic(smoke()), "evaluate.select_by", "oracle"),
-                            root=REPO) == [f"evaluate.select_by {truth}use pipe"]
+    assert cross_key_errors(
+        set_key(pickapic(smoke()), "evaluate.select_by", "oracle"), root=REPO
+    ) == [f"evaluate.select_by {truth}use pipe"]
 
 
 def test_snakemake_refuses_contradicting_keys_before_any_job(tmp_path: Path) -> None:
@@ -246,8 +271,10 @@ def test_snakemake_refuses_contradicting_keys_before_any_job(tmp_path: Path) -> 
 def test_check_command_reports_a_missing_shard_path(tmp_path: Path) -> None:
     from prefgen.core.config import main
 
-    cfg = pickapic(yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()),
-                   str(tmp_path / "none" / "*.parquet"))
+    cfg = pickapic(
+        yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()),
+        str(tmp_path / "none" / "*.parquet"),
+    )
     path = tmp_path / "real.yaml"
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(SystemExit, match=r"real\.yaml: data\.source=pickapic but data\.path="):

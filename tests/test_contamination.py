@@ -15,8 +15,15 @@ SEEN, UNSEEN = [1, 2], [9]
 
 
 def pair(user: int, w: str, lo: str, caption: str = "a red cube", rid: int = 0) -> dict[str, Any]:
-    return {"ranking_id": rid, "user_id": user, "caption": caption, "prompt_id": 0,
-            "image_w_uid": w, "image_l_uid": lo, "is_tie": False}
+    return {
+        "ranking_id": rid,
+        "user_id": user,
+        "caption": caption,
+        "prompt_id": 0,
+        "image_w_uid": w,
+        "image_l_uid": lo,
+        "is_tie": False,
+    }
 
 
 def write(df: pd.DataFrame | list[dict], path: Path) -> str:
@@ -33,19 +40,50 @@ def world(tmp_path: Path) -> dict[str, str]:
     support = [pair(9, f"u{i}", f"u{i}x", rid=300 + i) for i in range(2)]
     test_unseen = [pair(9, f"v{i}", f"v{i}x", rid=400 + i) for i in range(2)]
     clean = pd.DataFrame(
-        [{"ranking_id": r["ranking_id"], "user_id": r["user_id"], "caption": r["caption"],
-          "image_0_uid": r["image_w_uid"], "image_1_uid": r["image_l_uid"], "label_0": 1.0,
-          "label_1": 0.0, "is_tie": False}
-         for r in train + test + test_seen + support + test_unseen]
+        [
+            {
+                "ranking_id": r["ranking_id"],
+                "user_id": r["user_id"],
+                "caption": r["caption"],
+                "image_0_uid": r["image_w_uid"],
+                "image_1_uid": r["image_l_uid"],
+                "label_0": 1.0,
+                "label_1": 0.0,
+                "is_tie": False,
+            }
+            for r in train + test + test_seen + support + test_unseen
+        ]
     )
-    episodes = pd.DataFrame([{"episode_id": 0, "user_id": 1, "user_group": "seen", "kind": "1v1",
-                              "caption": "a red cube", "candidate_uids": ["t10", "t10x"],
-                              "candidate_captions": ["a red cube"] * 2, "liked_index": 0}])
-    references = pd.DataFrame([{"user_id": 1, "slot": 0, "image_uid": "t11",
-                                "caption": "a red cube", "liked": True}])
-    eval_set = pd.DataFrame([{"user_id": u, "user_group": g, "prompt_id": 7,
-                              "caption": "an unseen prompt", "seed": 1, "dominant_type": -1}
-                             for u, g in ((1, "seen"), (9, "unseen"))])
+    episodes = pd.DataFrame(
+        [
+            {
+                "episode_id": 0,
+                "user_id": 1,
+                "user_group": "seen",
+                "kind": "1v1",
+                "caption": "a red cube",
+                "candidate_uids": ["t10", "t10x"],
+                "candidate_captions": ["a red cube"] * 2,
+                "liked_index": 0,
+            }
+        ]
+    )
+    references = pd.DataFrame(
+        [{"user_id": 1, "slot": 0, "image_uid": "t11", "caption": "a red cube", "liked": True}]
+    )
+    eval_set = pd.DataFrame(
+        [
+            {
+                "user_id": u,
+                "user_group": g,
+                "prompt_id": 7,
+                "caption": "an unseen prompt",
+                "seed": 1,
+                "dominant_type": -1,
+            }
+            for u, g in ((1, "seen"), (9, "unseen"))
+        ]
+    )
     paths = {
         "pipe_train": write(train, tmp_path / "pipe_train.parquet"),
         "pipe_test": write(test, tmp_path / "pipe_test.parquet"),
@@ -60,13 +98,18 @@ def world(tmp_path: Path) -> dict[str, str]:
     return paths
 
 
-def spec(world: dict[str, str], *training: str, evaluated_on: dict[str, str] | None = None,
-         allowed: dict[str, str] | None = None) -> dict[str, Any]:
+def spec(
+    world: dict[str, str],
+    *training: str,
+    evaluated_on: dict[str, str] | None = None,
+    allowed: dict[str, str] | None = None,
+) -> dict[str, Any]:
     sets = {k: v for k, v in world.items() if k != "pipe_train"}
     consumer = {
         "trains_on": [{"kind": "split", "path": p} for p in training],
-        "evaluated_on": evaluated_on if evaluated_on is not None else {
-            "pipe_test": "preference_accuracy", "generation": "win_rates"},
+        "evaluated_on": evaluated_on
+        if evaluated_on is not None
+        else {"pipe_test": "preference_accuracy", "generation": "win_rates"},
     }
     if allowed:
         consumer["allowed"] = allowed
@@ -107,38 +150,67 @@ def test_unseen_users_other_pairs_are_a_violation(world: dict[str, str]) -> None
     assert row(table, "generation")["verdict"] == "allowed: history sweep"
 
 
-def test_held_out_prompts_in_training_are_a_violation(world: dict[str, str],
-                                                       tmp_path: Path) -> None:
+def test_held_out_prompts_in_training_are_a_violation(
+    world: dict[str, str], tmp_path: Path
+) -> None:
     leaky = pd.DataFrame([pair(1, "n1", "n1x", caption="an unseen prompt")])
     table = audit(spec(world, world["pipe_train"], write(leaky, tmp_path / "p.parquet")))
     r = row(table, "generation")
     assert r["shared_held_out_prompts"] == 1 and r["verdict"] == "violation"
 
 
-def test_lpp_items_on_an_episode_candidate_are_a_violation(world: dict[str, str],
-                                                           tmp_path: Path) -> None:
-    items = pd.DataFrame([{"user_id": 1, "image_uid": "t10", "caption": "a red cube",
-                           "liked": True}])
+def test_lpp_items_on_an_episode_candidate_are_a_violation(
+    world: dict[str, str], tmp_path: Path
+) -> None:
+    items = pd.DataFrame(
+        [{"user_id": 1, "image_uid": "t10", "caption": "a red cube", "liked": True}]
+    )
     s = spec(world)
     s["consumers"]["model"] = {
-        "trains_on": [{"kind": "lpp_items", "path": world["lpp_references"],
-                       "train_items": write(items, tmp_path / "items.parquet")}],
+        "trains_on": [
+            {
+                "kind": "lpp_items",
+                "path": world["lpp_references"],
+                "train_items": write(items, tmp_path / "items.parquet"),
+            }
+        ],
         "evaluated_on": {"lpp_episodes": "preference_prediction_topk"},
     }
     r = row(audit(s), "lpp_episodes")
     assert r["shared_labelled_pairs"] == 1 and r["verdict"] == "violation"
 
 
-def test_the_command_fails_naming_the_consumer_and_set(world: dict[str, str],
-                                                       tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_the_command_fails_naming_the_consumer_and_set(
+    world: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     s = spec(world, world["pipe_train"], world["pipe_test"])
     named = r"model on pipe_test \(preference_accuracy\): 2 shared"
     with pytest.raises(RuntimeError, match=named):
-        cli_main(["audit-contamination", "--params", "{}", "--spec", json.dumps(s),
-                  "--table", str(tmp_path / "contamination")])
+        cli_main(
+            [
+                "audit-contamination",
+                "--params",
+                "{}",
+                "--spec",
+                json.dumps(s),
+                "--table",
+                str(tmp_path / "contamination"),
+            ]
+        )
     ok = spec(world, world["pipe_train"])
-    assert cli_main(["audit-contamination", "--params", "{}", "--spec", json.dumps(ok),
-                     "--table", str(tmp_path / "clean")]) == 0
+    assert (
+        cli_main(
+            [
+                "audit-contamination",
+                "--params",
+                "{}",
+                "--spec",
+                json.dumps(ok),
+                "--table",
+                str(tmp_path / "clean"),
+            ]
+        )
+        == 0
+    )
     clean = pd.read_csv(tmp_path / "clean.csv")
     assert not (clean["verdict"] == "violation").any()

@@ -45,13 +45,24 @@ def users(dim: int = 8) -> UserEmbeddings:
 
 def images(pipe, **kwargs) -> np.ndarray:
     gens = [torch.Generator().manual_seed(s) for s in (11, 12)]
-    return pipe(prompt=CAPTIONS, generator=gens, num_inference_steps=4, guidance_scale=3.0,
-                output_type="np", **kwargs).images
+    return pipe(
+        prompt=CAPTIONS,
+        generator=gens,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        output_type="np",
+        **kwargs,
+    ).images
 
 
 def method(num_tokens: int, embedding: str | None = "pipe") -> dict:
-    return {"conditioning": "ip_adapter", "embedding": embedding, "num_tokens": num_tokens,
-            "user_dropout": 0.0, "constant_dim": 8}
+    return {
+        "conditioning": "ip_adapter",
+        "embedding": embedding,
+        "num_tokens": num_tokens,
+        "user_dropout": 0.0,
+        "constant_dim": 8,
+    }
 
 
 @pytest.mark.parametrize("num_tokens", [1, 2, 4])
@@ -68,10 +79,12 @@ def test_load_ip_adapter_reproduces_prefgen_images(foundation, tmp_path, num_tok
     save_tensors(cond.diffusers_state_dict(), tmp_path / DIFFUSERS_IP_FILE)
 
     theirs = load_pipeline(foundation)
-    theirs.load_ip_adapter(str(tmp_path), subfolder="", weight_name=DIFFUSERS_IP_FILE,
-                           image_encoder_folder=None)
-    assert type(theirs.unet.encoder_hid_proj.image_projection_layers[0]).__name__ == \
-        "ImageProjection"
+    theirs.load_ip_adapter(
+        str(tmp_path), subfolder="", weight_name=DIFFUSERS_IP_FILE, image_encoder_folder=None
+    )
+    assert (
+        type(theirs.unet.encoder_hid_proj.image_projection_layers[0]).__name__ == "ImageProjection"
+    )
     for user in (1, 3):
         kwargs, own = cond.pipeline_inputs(user, table, guidance=True)
         assert own
@@ -88,8 +101,9 @@ def test_constant_user_is_stored_and_odd_token_counts_are_refused(foundation) ->
     assert torch.equal(state["user_embeds.constant"], cond.constant.detach())
     assert {k.split(".")[0] for k in state} == {"image_proj", "ip_adapter", "user_embeds"}
     n_cross = sum(1 for name in pipe.unet.attn_processors if name.endswith("attn2.processor"))
-    assert sorted(int(k.split(".")[1]) for k in state if k.endswith("to_k_ip.weight")) == \
-        list(range(1, 2 * n_cross, 2))
+    assert sorted(int(k.split(".")[1]) for k in state if k.endswith("to_k_ip.weight")) == list(
+        range(1, 2 * n_cross, 2)
+    )
     odd = build_conditioning(load_pipeline(foundation).unet, method(3), users())
     assert not odd.diffusers_exportable
     with pytest.raises(ValueError, match="num_tokens=3.*dividing 4"):
@@ -101,8 +115,12 @@ def trained(tmp_path_factory):
     """pipe trained for 4 steps with TensorBoard on."""
     setup = shared_setup(tmp_path_factory, "personal")
     run = tmp_path_factory.mktemp("tracked")
-    cfg = smoke_config()["train"] | {"steps": 4, "checkpoint_every": 2, "lr": 1e-2,
-                                     "log_with": ["tensorboard"]}
+    cfg = smoke_config()["train"] | {
+        "steps": 4,
+        "checkpoint_every": 2,
+        "lr": 1e-2,
+        "log_with": ["tensorboard"],
+    }
     out = run / "adapters" / "pipe" / "seed0" / "final.json"
     assert main([*train_args(setup, "pipe", out, cfg), "--log-dir", str(run / "tb")]) == 0
     return setup, run, out

@@ -101,22 +101,35 @@ def test_short_run_lowers_loss_and_raises_implicit_accuracy(tmp_path_factory) ->
     from tests.generation_helpers import shared_setup, smoke_config
 
     setup = shared_setup(tmp_path_factory, "population")
-    data = TrainData.load(str(setup["encoded"]), str(setup["image_index"]),
-                          str(setup["caption_index"]), str(setup["pipe_train"]),
-                          str(setup["holdout"]))
-    cfg = smoke_config()["train"] | {"steps": 40, "batch_size": 16, "lr": 1e-3,
-                                     "checkpoint_every": 40, "beta": 500.0}
+    data = TrainData.load(
+        str(setup["encoded"]),
+        str(setup["image_index"]),
+        str(setup["caption_index"]),
+        str(setup["pipe_train"]),
+        str(setup["holdout"]),
+    )
+    cfg = smoke_config()["train"] | {
+        "steps": 40,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "checkpoint_every": 40,
+        "beta": 500.0,
+    }
     method_cfg = cfg["methods"]["dpo"]
     pipe = load_pipeline(setup["foundation"])
     out = setup["root"] / "adapters" / "dpo-learns"
     result = train(pipe, data, None, "dpo", method_cfg, cfg, seed=0, out_dir=out, fp="test")
-    schedule = BatchSchedule(data, 0, 16, add_time_ids(pipe, 1),
-                             pipe.scheduler.config.num_train_timesteps)
-    loss0, acc0 = fixed_batch_terms(dpo_model(setup["foundation"], method_cfg), schedule,
-                                    cfg["beta"])
+    schedule = BatchSchedule(
+        data, 0, 16, add_time_ids(pipe, 1), pipe.scheduler.config.num_train_timesteps
+    )
+    loss0, acc0 = fixed_batch_terms(
+        dpo_model(setup["foundation"], method_cfg), schedule, cfg["beta"]
+    )
     loss1, acc1 = fixed_batch_terms(
         dpo_model(setup["foundation"], method_cfg, out / "checkpoint-40" / "adapter.safetensors"),
-        schedule, cfg["beta"])
+        schedule,
+        cfg["beta"],
+    )
     assert loss0 == pytest.approx(math.log(2.0), abs=1e-6)  # untrained adapter = reference
     assert acc0 == pytest.approx(0.5)
     assert loss1 < loss0 - 0.03, (loss0, loss1)
@@ -136,13 +149,22 @@ def test_gradient_checkpointing_recomputes_blocks_and_keeps_the_weights(tmp_path
     from tests.generation_helpers import shared_setup, smoke_config
 
     setup = shared_setup(tmp_path_factory, "population")
-    data = TrainData.load(str(setup["encoded"]), str(setup["image_index"]),
-                          str(setup["caption_index"]), str(setup["pipe_train"]),
-                          str(setup["holdout"]))
+    data = TrainData.load(
+        str(setup["encoded"]),
+        str(setup["image_index"]),
+        str(setup["caption_index"]),
+        str(setup["pipe_train"]),
+        str(setup["holdout"]),
+    )
     weights, calls = {}, {}
     for on in (False, True):
-        cfg = smoke_config()["train"] | {"steps": 3, "batch_size": 8, "lr": 1e-3,
-                                         "checkpoint_every": 3, "gradient_checkpointing": on}
+        cfg = smoke_config()["train"] | {
+            "steps": 3,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "checkpoint_every": 3,
+            "gradient_checkpointing": on,
+        }
         pipe = load_pipeline(setup["foundation"])
         # count calls of a block downstream of the adapter (only what needs grad is recomputed);
         # a wrapped forward, since torch's recomputation does not fire forward hooks

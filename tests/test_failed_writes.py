@@ -41,29 +41,46 @@ except OutputWriteError as exc:
 """
 
 WRITERS = {
-    "write_parquet": ("out/table.parquet", """\
+    "write_parquet": (
+        "out/table.parquet",
+        """\
 import numpy as np, pandas as pd
 from prefgen.core.io import write_parquet
-write_parquet(pd.DataFrame({"x": np.random.default_rng(0).random(50_000)}), out)"""),
-    "write_json": ("out/stats.json", """\
+write_parquet(pd.DataFrame({"x": np.random.default_rng(0).random(50_000)}), out)""",
+    ),
+    "write_json": (
+        "out/stats.json",
+        """\
 from prefgen.core.io import write_json
-write_json({"x": list(range(50_000))}, out)"""),
-    "save_tensors": ("out/weights.safetensors", """\
+write_json({"x": list(range(50_000))}, out)""",
+    ),
+    "save_tensors": (
+        "out/weights.safetensors",
+        """\
 import torch
 from prefgen.core.io import save_tensors
-save_tensors({"w": torch.rand(50_000)}, out, metadata={"step": "1"})"""),
-    "atomic_dir": ("out/model", """\
+save_tensors({"w": torch.rand(50_000)}, out, metadata={"step": "1"})""",
+    ),
+    "atomic_dir": (
+        "out/model",
+        """\
 from prefgen.core.io import atomic_dir
 with atomic_dir(out) as tmp:
     (tmp / "small.json").write_text("{}")
-    (tmp / "weights.bin").write_bytes(bytes(100_000))"""),
+    (tmp / "weights.bin").write_bytes(bytes(100_000))""",
+    ),
 }
 
 
 def run_limited(body: str, out: Path) -> subprocess.CompletedProcess[str]:
     script = LIMITED.format(limit=LIMIT, body=textwrap.indent(body, "    "))
-    return subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
-                          text=True, env=ENV, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", script, str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
 
 
 def unprivileged(cmd: list[str]) -> list[str]:
@@ -78,8 +95,9 @@ def unprivileged(cmd: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("writer", list(WRITERS))
-def test_write_stopped_half_way_leaves_nothing_and_names_the_path(writer: str,
-                                                                   tmp_path: Path) -> None:
+def test_write_stopped_half_way_leaves_nothing_and_names_the_path(
+    writer: str, tmp_path: Path
+) -> None:
     rel, body = WRITERS[writer]
     out = tmp_path / rel
     proc = run_limited(body, out)
@@ -111,9 +129,15 @@ def test_read_only_folder_is_named_and_left_empty(tmp_path: Path) -> None:
     folder = _read_only_dir(tmp_path / "ro")
     out = folder / "table.parquet"
     script = LIMITED.replace("resource.setrlimit", "# no size limit: ").format(
-        limit=LIMIT, body=textwrap.indent(WRITERS["write_parquet"][1], "    "))
-    proc = subprocess.run(unprivileged([sys.executable, "-c", script, str(out)]),
-                          capture_output=True, text=True, env=ENV, timeout=300)
+        limit=LIMIT, body=textwrap.indent(WRITERS["write_parquet"][1], "    ")
+    )
+    proc = subprocess.run(
+        unprivileged([sys.executable, "-c", script, str(out)]),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert f"{out}: could not be written" in proc.stdout and "Permission denied" in proc.stdout
     assert list(folder.iterdir()) == []
@@ -124,16 +148,18 @@ def _pairs(path: Path) -> Path:
     gen = np.random.default_rng(0)
     n = 12 * 24
     label0 = (gen.random(n) < 0.5).astype(float)
-    pd.DataFrame({
-        "ranking_id": np.arange(n, dtype=np.int64),
-        "user_id": np.repeat(np.arange(1, 13, dtype=np.int64), 24),
-        "caption": [f"caption {i % 40}" for i in range(n)],
-        "image_0_uid": [f"a{i}" for i in range(n)],
-        "image_1_uid": [f"b{i}" for i in range(n)],
-        "label_0": label0,
-        "label_1": 1.0 - label0,
-        "is_tie": np.zeros(n, dtype=bool),
-    }).to_parquet(path)
+    pd.DataFrame(
+        {
+            "ranking_id": np.arange(n, dtype=np.int64),
+            "user_id": np.repeat(np.arange(1, 13, dtype=np.int64), 24),
+            "caption": [f"caption {i % 40}" for i in range(n)],
+            "image_0_uid": [f"a{i}" for i in range(n)],
+            "image_1_uid": [f"b{i}" for i in range(n)],
+            "label_0": label0,
+            "label_1": 1.0 - label0,
+            "is_tie": np.zeros(n, dtype=bool),
+        }
+    ).to_parquet(path)
     return path
 
 
@@ -143,13 +169,24 @@ def test_split_command_into_read_only_folder_exits_non_zero_naming_the_path(
     pairs = _pairs(tmp_path / "pairs.parquet")
     folder = _read_only_dir(tmp_path / "results")
     out = folder / "splits" / "pipe"
-    params = {"seed": 0, "pipe": {"test_fraction": 0.2},
-              "held_out": {"prompts": 2, "user_fraction": 0.0, "min_pairs": 4,
-                           "support_pairs": 4}}
-    cmd = [sys.executable, "-m", "prefgen.cli", "split-pipe", "--params", json.dumps(params),
-           "--pairs", str(pairs), "--out", str(out)]
-    proc = subprocess.run(unprivileged(cmd), capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    params = {
+        "seed": 0,
+        "pipe": {"test_fraction": 0.2},
+        "held_out": {"prompts": 2, "user_fraction": 0.0, "min_pairs": 4, "support_pairs": 4},
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefgen.cli",
+        "split-pipe",
+        "--params",
+        json.dumps(params),
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(unprivileged(cmd), capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith("prefgen split-pipe: ")
     assert str(out / "train.parquet") in proc.stderr and "Permission denied" in proc.stderr

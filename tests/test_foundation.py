@@ -18,8 +18,11 @@ def test_tokenizer_has_clip_ids_built_offline() -> None:
 
     tok = clip_tokenizer(16)
     reference = SimpleTokenizer()
-    for caption in ["a bright red star on a dark blue background", "a pale teal cross on a beige "
-                    "background", "a crisp pink diamond on a light blue background"]:
+    for caption in [
+        "a bright red star on a dark blue background",
+        "a pale teal cross on a beige background",
+        "a crisp pink diamond on a light blue background",
+    ]:
         ids = tok(caption, padding="max_length", max_length=16, truncation=True).input_ids
         body = reference.encode(caption)
         assert ids[: len(body) + 2] == [49406, *body, 49407]
@@ -37,16 +40,21 @@ def test_pipeline_is_sdxl_and_round_trips_through_save_pretrained(tmp_path) -> N
     assert pipe.unet.config.addition_embed_type == "text_time"
     assert isinstance(pipe.text_encoder, CLIPTextModel)
     assert isinstance(pipe.text_encoder_2, CLIPTextModelWithProjection)
-    assert pipe.unet.config.cross_attention_dim == (pipe.text_encoder.config.hidden_size
-                                                    + pipe.text_encoder_2.config.hidden_size)
+    assert pipe.unet.config.cross_attention_dim == (
+        pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    )
     pipe.save_pretrained(tmp_path / "f", safe_serialization=True)
     saved = [p.suffix for p in (tmp_path / "f").rglob("*") if p.is_file()]
     assert ".safetensors" in saved and ".bin" not in saved
     loaded = load_pipeline(tmp_path / "f")
 
     def sample(p):
-        return p(prompt=["a red circle on a grey background"], num_inference_steps=2,
-                 generator=[torch.Generator().manual_seed(3)], output_type="np").images
+        return p(
+            prompt=["a red circle on a grey background"],
+            num_inference_steps=2,
+            generator=[torch.Generator().manual_seed(3)],
+            output_type="np",
+        ).images
 
     pipe.set_progress_bar_config(disable=True)
     assert sample(loaded).shape == (1, 16, 16, 3)
@@ -62,8 +70,11 @@ def test_short_training_lowers_both_losses(tmp_path) -> None:
 
     torch.set_num_threads(1)
     paths = make_world(tmp_path, n_users=4, pairs_per_user=12)
-    rows = image_captions(pd.read_parquet(paths["pipe_train"]),
-                          pd.read_parquet(paths["images"], columns=["image_uid"]), "pairs")
+    rows = image_captions(
+        pd.read_parquet(paths["pipe_train"]),
+        pd.read_parquet(paths["images"], columns=["image_uid"]),
+        "pairs",
+    )
     pixels = load_images(paths["images"], rows["image_uid"].tolist(), 16)
     cfg = smoke_config()["foundation"]
     cfg = cfg | {"vae": cfg["vae"] | {"steps": 30}, "unet": cfg["unet"] | {"steps": 30}}
@@ -81,14 +92,15 @@ def test_colour_whitening_equalises_colour_axes_and_keeps_total_variance() -> No
     gen = torch.Generator().manual_seed(0)
     luminance = torch.randn(64, 1, 8, 8, generator=gen)
     chroma = 0.2 * torch.randn(64, 3, 8, 8, generator=gen)
-    pixels = (0.5 * luminance + chroma).clamp(-1, 1)    # RGB strongly correlated, like photos
+    pixels = (0.5 * luminance + chroma).clamp(-1, 1)  # RGB strongly correlated, like photos
     cov = torch.cov(pixels.permute(1, 0, 2, 3).reshape(3, -1))
     whiten = colour_whitening(pixels)
     white_cov = whiten @ cov @ whiten.T
     eig = torch.linalg.eigvalsh(cov)
-    assert eig.max() / eig.min() > 10                    # the input is far from white
-    torch.testing.assert_close(white_cov, torch.eye(3) * white_cov.trace() / 3, atol=1e-4,
-                               rtol=1e-4)
+    assert eig.max() / eig.min() > 10  # the input is far from white
+    torch.testing.assert_close(
+        white_cov, torch.eye(3) * white_cov.trace() / 3, atol=1e-4, rtol=1e-4
+    )
     torch.testing.assert_close(white_cov.trace(), cov.trace(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(whiten, whiten.T, rtol=1e-5, atol=1e-6)  # V·diag·Vᵀ, rounded
 
@@ -99,7 +111,7 @@ def test_vae_training_lowers_the_loss_in_either_colour_space(space: str) -> None
 
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
-    colours = torch.rand(64, 3, 1, 1, generator=gen) * 2 - 1        # flat coloured squares
+    colours = torch.rand(64, 3, 1, 1, generator=gen) * 2 - 1  # flat coloured squares
     pixels = torch.full((64, 3, 16, 16), -0.5)
     pixels[:, :, 4:12, 4:12] = colours
     cfg = smoke_config()["foundation"]
@@ -132,10 +144,21 @@ def test_quality_table_rows(tmp_path) -> None:
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
-    caps = [f"a {w}red circle on a grey background"
-            for w in ["", "bright ", "dark "] * 6 + ["", ""]]
-    table = foundation_quality(pipe, {"prompts_per_colour": 1, "num_inference_steps": 2,
-                                      "guidance_scale": 2.0, "batch_size": 64}, 0, data, caps)
+    caps = [
+        f"a {w}red circle on a grey background" for w in ["", "bright ", "dark "] * 6 + ["", ""]
+    ]
+    table = foundation_quality(
+        pipe,
+        {
+            "prompts_per_colour": 1,
+            "num_inference_steps": 2,
+            "guidance_scale": 2.0,
+            "batch_size": 64,
+        },
+        0,
+        data,
+        caps,
+    )
     assert len(table) == 1 + len(STYLE_ATTRIBUTE)
     assert table.loc[0, "chance"] == pytest.approx(1 / 7)
     assert 0.0 <= table.loc[0, "generated"] <= 1.0

@@ -24,8 +24,9 @@ def images_parquet(tmp_path):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     path = tmp_path / "images.parquet"
-    pd.DataFrame({"image_uid": [f"u{i}" for i in range(6)],
-                  "jpg": [_encode(p) for p in pixels]}).to_parquet(path)
+    pd.DataFrame(
+        {"image_uid": [f"u{i}" for i in range(6)], "jpg": [_encode(p) for p in pixels]}
+    ).to_parquet(path)
     return path
 
 

@@ -25,8 +25,15 @@ DATA_TARGETS = [
 
 @pytest.fixture(scope="module")
 def data_run(workdir_copy: Path) -> Path:
-    snakemake(*DATA_TARGETS, "--cores", "2", "--configfile", "config/smoke.yaml",
-              cwd=workdir_copy, timeout=1200)
+    snakemake(
+        *DATA_TARGETS,
+        "--cores",
+        "2",
+        "--configfile",
+        "config/smoke.yaml",
+        cwd=workdir_copy,
+        timeout=1200,
+    )
     return workdir_copy
 
 

@@ -54,8 +54,11 @@ def test_save_tensors_is_byte_identical_whatever_the_dict_orders(tmp_path: Path)
     from prefgen.core.io import load_tensors, save_tensors
     from safetensors import safe_open
 
-    tensors = {"b": torch.arange(6.0).reshape(2, 3).T, "a": torch.ones(4, dtype=torch.bfloat16),
-               "ids": torch.arange(3)}
+    tensors = {
+        "b": torch.arange(6.0).reshape(2, 3).T,
+        "a": torch.ones(4, dtype=torch.bfloat16),
+        "ids": torch.arange(3),
+    }
     meta = {f"key_{c}": f"value {c}" for c in "qwertyuiop"}
     digests = set()
     for i in range(8):
@@ -70,7 +73,7 @@ def test_save_tensors_is_byte_identical_whatever_the_dict_orders(tmp_path: Path)
     with safe_open(str(tmp_path / "w0.safetensors"), "pt") as f:
         assert f.metadata() == meta
     raw = (tmp_path / "w0.safetensors").read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert list(header["__metadata__"]) == sorted(meta)
 
 

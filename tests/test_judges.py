@@ -55,8 +55,16 @@ def run_dir(tmp_path: Path) -> Path:
 # --- registry --------------------------------------------------------------------------------
 def test_registry_names_and_environments() -> None:
     reg = registry()
-    assert set(reg) == {"oracle", "pipe", "population", "clip_score", "imagereward", "hpsv2",
-                        "aesthetic", "pickscore"}
+    assert set(reg) == {
+        "oracle",
+        "pipe",
+        "population",
+        "clip_score",
+        "imagereward",
+        "hpsv2",
+        "aesthetic",
+        "pickscore",
+    }
     assert {n for n, s in reg.items() if s.environment == "core"} == set(CORE_JUDGES)
     assert reg["oracle"].synthetic_only and reg["oracle"].personal and reg["pipe"].personal
     assert not reg["population"].personal
@@ -93,23 +101,31 @@ def test_group_by_caption_keeps_first_seen_order() -> None:
 # --- oracle ----------------------------------------------------------------------------------
 def test_oracle_is_the_users_true_reward(run_dir: Path) -> None:
     truth_dir = run_dir / "data" / "truth"
-    judge = build_judges(["oracle"], "core", JudgeContext(run_dir=run_dir,
-                                                          truth_dir=truth_dir))["oracle"]
+    judge = build_judges(["oracle"], "core", JudgeContext(run_dir=run_dir, truth_dir=truth_dir))[
+        "oracle"
+    ]
     images = [grey(60), grey(200), grey(60), grey(200)]
     captions = ["a red star on a grey background"] * 4
     users = np.array([10, 10, 11, 11])
     got = judge.score(images, captions, users)
-    np.testing.assert_allclose(got, oracle_reward(images, captions, users,
-                                                  load_truth(truth_dir)))
+    np.testing.assert_allclose(got, oracle_reward(images, captions, users, load_truth(truth_dir)))
     # user 10 (bright_lover) prefers the bright image, user 11 (dark_lover) the dark one
     assert got[1] > got[0] and got[2] > got[3]
 
 
 # --- the judge stage -------------------------------------------------------------------------
-def judge_cli(run: Path, index: Path, out: Path, judges: list[str],
-              truth: bool = True) -> int:
-    argv = ["judge", "--params", json.dumps({"judge": {"judges": judges, "batch_size": 7}}),
-            "--index", str(index), "--run-dir", str(run), "--out", str(out)]
+def judge_cli(run: Path, index: Path, out: Path, judges: list[str], truth: bool = True) -> int:
+    argv = [
+        "judge",
+        "--params",
+        json.dumps({"judge": {"judges": judges, "batch_size": 7}}),
+        "--index",
+        str(index),
+        "--run-dir",
+        str(run),
+        "--out",
+        str(out),
+    ]
     if truth:
         argv += ["--truth", str(run / "data" / "truth")]
     return prefgen_main(argv)
@@ -121,19 +137,28 @@ def test_judge_stage_scores_every_sample(run_dir: Path, fake_scorer: None) -> No
     assert judge_cli(run_dir, index, out, ["oracle", "pipe", "population", "clip_score"]) == 0
     scores = pd.read_parquet(out)
     idx = pd.read_parquet(index)
-    assert list(scores.columns) == list(idx.columns) + ["oracle", "pipe", "population",
-                                                        "clip_score"]
+    assert list(scores.columns) == list(idx.columns) + [
+        "oracle",
+        "pipe",
+        "population",
+        "clip_score",
+    ]
     pd.testing.assert_frame_equal(scores[idx.columns], idx)
     images = [Image.open(run_dir / p).convert("RGB") for p in idx["path"]]
     fake = FakeUserModelScorer(run_dir)
     # the stage scored batches of 7 rows, the references score all 36 at once: the same
     # numbers up to the summation order of the batched pixel statistics
-    np.testing.assert_allclose(scores["pipe"], fake.pipe(images, idx["caption"], idx["user_id"]),
-                               rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(scores["oracle"],
-                               oracle_reward(images, idx["caption"].tolist(), idx["user_id"],
-                                             load_truth(run_dir / "data" / "truth")),
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        scores["pipe"], fake.pipe(images, idx["caption"], idx["user_id"]), rtol=1e-6, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        scores["oracle"],
+        oracle_reward(
+            images, idx["caption"].tolist(), idx["user_id"], load_truth(run_dir / "data" / "truth")
+        ),
+        rtol=1e-6,
+        atol=1e-9,
+    )
     assert len(scores) == 2 * len(USERS) * len(PROMPTS)
 
 
@@ -161,8 +186,17 @@ def test_judge_stage_rejects_bad_index(run_dir: Path, fake_scorer: None) -> None
 
 
 def test_judge_stage_without_judges_is_a_config_error(run_dir: Path) -> None:
-    argv = ["judge", "--params", json.dumps({"judge": {"judges": []}}), "--index", "x",
-            "--run-dir", str(run_dir), "--out", "y"]
+    argv = [
+        "judge",
+        "--params",
+        json.dumps({"judge": {"judges": []}}),
+        "--index",
+        "x",
+        "--run-dir",
+        str(run_dir),
+        "--out",
+        "y",
+    ]
     assert prefgen_main(argv) == 2
 
 
@@ -191,9 +225,11 @@ def test_imagereward_glue(monkeypatch: pytest.MonkeyPatch) -> None:
         return model
 
     monkeypatch.setitem(sys.modules, "ImageReward", types.SimpleNamespace(load=fake_load))
-    ctx = JudgeContext(run_dir=Path("."), device="cpu",
-                       options={"imagereward": {"model": "ImageReward-v1.0",
-                                                "download_root": "/w"}})
+    ctx = JudgeContext(
+        run_dir=Path("."),
+        device="cpu",
+        options={"imagereward": {"model": "ImageReward-v1.0", "download_root": "/w"}},
+    )
     judge = build_judges(["imagereward"], "judges", ctx)["imagereward"]
     assert loaded == {"name": "ImageReward-v1.0", "device": "cpu", "download_root": "/w"}
     images = [grey(10), grey(100), grey(200), grey(50)]
@@ -232,8 +268,9 @@ class FakeOpenClipModel(torch.nn.Module):
 
 
 def fake_preprocess(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.resize((8, 8)), dtype=np.float32) / 255.0
-                            ).permute(2, 0, 1)
+    return torch.from_numpy(np.asarray(image.resize((8, 8)), dtype=np.float32) / 255.0).permute(
+        2, 0, 1
+    )
 
 
 @pytest.mark.parametrize("fmt", [".pth", ".safetensors"])
@@ -246,8 +283,11 @@ def test_aesthetic_glue(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: st
         created.update(name=name, pretrained=pretrained)
         return clip, None, fake_preprocess
 
-    monkeypatch.setitem(sys.modules, "open_clip", types.SimpleNamespace(
-        create_model_and_transforms=create_model_and_transforms))
+    monkeypatch.setitem(
+        sys.modules,
+        "open_clip",
+        types.SimpleNamespace(create_model_and_transforms=create_model_and_transforms),
+    )
     mlp = ext.AestheticMLP(12)
     weights = tmp_path / f"mlp{fmt}"
     if fmt == ".pth":
@@ -256,10 +296,15 @@ def test_aesthetic_glue(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: st
         from safetensors.torch import save_file
 
         save_file(mlp.state_dict(), str(weights))
-    options = {"clip_model": "ViT-L-14", "clip_pretrained": "openai", "mlp_repo": None,
-               "mlp_weights": str(weights)}
-    judge = build_judges(["aesthetic"], "judges",
-                         JudgeContext(run_dir=tmp_path, options={"aesthetic": options}))
+    options = {
+        "clip_model": "ViT-L-14",
+        "clip_pretrained": "openai",
+        "mlp_repo": None,
+        "mlp_weights": str(weights),
+    }
+    judge = build_judges(
+        ["aesthetic"], "judges", JudgeContext(run_dir=tmp_path, options={"aesthetic": options})
+    )
     assert created == {"name": "ViT-L-14", "pretrained": "openai"}
     images = [grey(30), grey(90), grey(250)]
     got = judge["aesthetic"].score(images, ["a", "b", "c"], np.zeros(3, np.int64))
@@ -269,8 +314,9 @@ def test_aesthetic_glue(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: st
     # the judge's batched forward vs this one: float32, summation order only
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # the published state dict's key layout is what AestheticMLP loads
-    assert sorted(mlp.state_dict()) == sorted(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7)
-                                              for p in ("weight", "bias"))
+    assert sorted(mlp.state_dict()) == sorted(
+        f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")
+    )
 
 
 def tiny_clip():
@@ -278,20 +324,42 @@ def tiny_clip():
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, vocab_size=64, max_position_embeddings=16,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=8, patch_size=4),
-        projection_dim=8)
+        text_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=64,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=8,
+            patch_size=4,
+        ),
+        projection_dim=8,
+    )
     return CLIPModel(cfg).eval()
 
 
 class FakePickScoreProcessor:
     """``AutoProcessor`` call conventions: ``images=`` -> pixel_values, ``text=`` -> ids+mask."""
 
-    def __call__(self, images=None, text=None, padding=None, truncation=None, max_length=None,
-                 return_tensors=None):
+    def __call__(
+        self,
+        images=None,
+        text=None,
+        padding=None,
+        truncation=None,
+        max_length=None,
+        return_tensors=None,
+    ):
         assert return_tensors == "pt"
         if images is not None:
             return {"pixel_values": torch.stack([fake_preprocess(i) for i in images])}
@@ -304,12 +372,18 @@ def test_pickscore_glue(monkeypatch: pytest.MonkeyPatch) -> None:
     processor = FakePickScoreProcessor()
     fake_tf = types.SimpleNamespace(
         AutoProcessor=types.SimpleNamespace(from_pretrained=lambda name: processor),
-        AutoModel=types.SimpleNamespace(from_pretrained=lambda name: model))
+        AutoModel=types.SimpleNamespace(from_pretrained=lambda name: model),
+    )
     monkeypatch.setitem(sys.modules, "transformers", fake_tf)
-    options = {"pickscore": {"processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-                             "model": "yuvalkirstain/PickScore_v1"}}
-    judge = build_judges(["pickscore"], "judges",
-                         JudgeContext(run_dir=Path("."), options=options))["pickscore"]
+    options = {
+        "pickscore": {
+            "processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+            "model": "yuvalkirstain/PickScore_v1",
+        }
+    }
+    judge = build_judges(["pickscore"], "judges", JudgeContext(run_dir=Path("."), options=options))[
+        "pickscore"
+    ]
     monkeypatch.delitem(sys.modules, "transformers")  # the real one for the reference below
     images, captions = [grey(20), grey(140), grey(220)], ["a cat", "a dog", "a bird"]
     got = judge.score(images, captions, np.zeros(3, np.int64))

@@ -28,15 +28,18 @@ def test_matches_sklearn_per_user_solution() -> None:
     gen = np.random.default_rng(2)
     starts = np.concatenate([[0], np.cumsum(counts)])
     for u in range(len(counts)):
-        x = dphi[starts[u]:starts[u + 1]]
+        x = dphi[starts[u] : starts[u + 1]]
         if len(x) == 1:  # sklearn needs both classes
             continue
         # sklearn wants labels: present each pair in a random order, label 1 = first preferred
         flip = gen.random(len(x)) < 0.5
         flip[0], flip[-1] = False, True
         xs, ys = np.where(flip[:, None], -x, x), (~flip).astype(int)
-        ref = sklearn.LogisticRegression(C=1.0 / l2, fit_intercept=False, tol=1e-12,
-                                         max_iter=10_000).fit(xs, ys).coef_[0]
+        ref = (
+            sklearn.LogisticRegression(C=1.0 / l2, fit_intercept=False, tol=1e-12, max_iter=10_000)
+            .fit(xs, ys)
+            .coef_[0]
+        )
         ours, theirs = regularised_loss(x, fit.lam[u], l2), regularised_loss(x, ref, l2)
         assert ours <= theirs * (1 + 1e-9), (u, ours, theirs)
         assert abs(ours - theirs) / theirs < 1e-7
@@ -53,7 +56,7 @@ def test_batched_equals_one_user_at_a_time() -> None:
     fit = fit_lambdas(dphi, user, len(counts), 0.5, prior_mean=mu)
     starts = np.concatenate([[0], np.cumsum(counts)])
     for u in range(len(counts)):
-        x = dphi[starts[u]:starts[u + 1]]
+        x = dphi[starts[u] : starts[u + 1]]
         alone = fit_lambdas(x, np.zeros(len(x), dtype=np.int64), 1, 0.5, prior_mean=mu)
         # batched vs alone: float64 Newton to a 1e-10 decrement (quadratic convergence) puts
         # both at the optimum far closer than 1e-8; only summation order differs
@@ -77,8 +80,9 @@ def test_recovers_planted_lambda_for_users_with_50_pairs() -> None:
     y = gen.random(len(user)) < 1.0 / (1.0 + np.exp(-(x * lam_true[user]).sum(1)))
     dphi = np.where(y[:, None], x, -x)
     fit = fit_lambdas(dphi, user, n_users, l2=1.0)
-    cos = (fit.lam * lam_true).sum(1) / (np.linalg.norm(fit.lam, axis=1)
-                                         * np.linalg.norm(lam_true, axis=1))
+    cos = (fit.lam * lam_true).sum(1) / (
+        np.linalg.norm(fit.lam, axis=1) * np.linalg.norm(lam_true, axis=1)
+    )
     many = counts >= 50
     assert many.sum() >= 100
     assert cos[many].mean() >= 0.95, np.sort(cos[many])[:10]
@@ -126,8 +130,9 @@ def test_user_without_pairs_and_zero_dphi_fall_back() -> None:
 def test_nan_features_name_the_pair() -> None:
     x = np.array([[1.0, 0.0], [np.nan, 1.0]])
     with pytest.raises(ValueError, match="ranking_id 77"):
-        fit_lambdas(x, np.array([0, 0]), 1, 1.0, row_names=np.array(["ranking_id 76",
-                                                                     "ranking_id 77"]))
+        fit_lambdas(
+            x, np.array([0, 0]), 1, 1.0, row_names=np.array(["ranking_id 76", "ranking_id 77"])
+        )
 
 
 def test_rejects_zero_ridge_and_bad_user_index() -> None:

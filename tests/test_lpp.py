@@ -30,11 +30,24 @@ from prefgen.lpp.train import load_model
 from tests.data_world import make_clean, make_world, smoke_config, world_params
 
 STAND_IN: dict[str, Any] = {
-    "vocab_size": 512, "initializer_range": 0.02, "vision_init": "random",
-    "vision": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-               "num_attention_heads": 2, "patch_size": 8, "image_size": 16},
-    "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2},
+    "vocab_size": 512,
+    "initializer_range": 0.02,
+    "vision_init": "random",
+    "vision": {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "patch_size": 8,
+        "image_size": 16,
+    },
+    "text": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
 }
 
 
@@ -68,8 +81,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     paths = make_world(root, world_params(config))
     clean = make_clean(root, paths["shards"])
     pairs = load_pairs(clean["pairs"])
-    split = split_lpp(pairs, {"seed": config["seed"], "held_out": config["split"]["held_out"],
-                              "lpp": config["split"]["lpp"]})
+    split = split_lpp(
+        pairs,
+        {
+            "seed": config["seed"],
+            "held_out": config["split"]["held_out"],
+            "lpp": config["split"]["lpp"],
+        },
+    )
     out = {"root": root, "pairs": pairs, "images": clean["images"], "truth": paths["truth"]}
     for name in ("references", "episodes", "train_items"):
         out[name] = root / f"{name}.parquet"
@@ -92,12 +111,15 @@ def refs(model: Any, n: int, seed: int) -> tuple[str, list[Any]]:
 
 # --- episodes ------------------------------------------------------------------------------------
 
+
 def test_episodes_hold_exactly_one_liked_target(world: dict[str, Any]) -> None:
     episodes = read_episodes(world["episodes"])
     assert len(episodes) > 0 and set(episodes["kind"]) == {"1v1", "1v3"}
     liked = liked_items(world["pairs"])
-    verdict = {(int(u), str(i)): bool(v) for u, i, v in
-               zip(liked["user_id"], liked["image_uid"], liked["liked"], strict=True)}
+    verdict = {
+        (int(u), str(i)): bool(v)
+        for u, i, v in zip(liked["user_id"], liked["image_uid"], liked["liked"], strict=True)
+    }
     items = episode_items(episodes)
     per_episode = items.groupby("episode_id")["liked"].sum()
     assert (per_episode == 1).all()
@@ -107,7 +129,8 @@ def test_episodes_hold_exactly_one_liked_target(world: dict[str, Any]) -> None:
 
 
 def test_read_episodes_rejects_episodes_without_a_single_liked_target(
-        world: dict[str, Any], tmp_path: Path) -> None:
+    world: dict[str, Any], tmp_path: Path
+) -> None:
     episodes = pd.read_parquet(world["episodes"])
     bad = episodes.copy()
     bad.loc[0, "liked_index"] = len(bad.loc[0, "candidate_uids"])
@@ -123,6 +146,7 @@ def test_read_episodes_rejects_episodes_without_a_single_liked_target(
 
 
 # --- the model -----------------------------------------------------------------------------------
+
 
 def test_prototypes_are_prepended_and_receive_gradients() -> None:
     torch.manual_seed(0)
@@ -140,9 +164,12 @@ def test_prototypes_are_prepended_and_receive_gradients() -> None:
     set_stage(with_p, 1, "lora", True)
     with_p.train()
     pre = with_p.encode_references([text], [imgs])
-    logits = with_p.score_targets(pre, torch.tensor([0, 0]),
-                                  ["a red star on a dark blue background"] * 2,
-                                  [image(100), image(101)]).logits
+    logits = with_p.score_targets(
+        pre,
+        torch.tensor([0, 0]),
+        ["a red star on a dark blue background"] * 2,
+        [image(100), image(101)],
+    ).logits
     terms = lpp_loss(logits, torch.tensor([True, False]), torch.tensor([0, 0]), True, "hinge", 1.0)
     terms["loss"].backward()
     grad = with_p.prototypes.grad
@@ -153,11 +180,19 @@ def test_prototypes_are_prepended_and_receive_gradients() -> None:
     # the prepended prototypes are read: changing them changes the score
     with_p.eval()
     with torch.no_grad():
-        before = with_p.score_targets(with_p.encode_references([text], [imgs]), torch.tensor([0]),
-                                      ["a red star"], [image(100)]).logits
+        before = with_p.score_targets(
+            with_p.encode_references([text], [imgs]),
+            torch.tensor([0]),
+            ["a red star"],
+            [image(100)],
+        ).logits
         with_p.prototypes.add_(1.0)
-        after = with_p.score_targets(with_p.encode_references([text], [imgs]), torch.tensor([0]),
-                                     ["a red star"], [image(100)]).logits
+        after = with_p.score_targets(
+            with_p.encode_references([text], [imgs]),
+            torch.tensor([0]),
+            ["a red star"],
+            [image(100)],
+        ).logits
     assert not torch.allclose(before, after)
 
 
@@ -169,17 +204,23 @@ def test_scores_do_not_depend_on_batch_padding(readout: str) -> None:
     long, long_imgs = refs(model, 8, 10)
     caps = ["a red star on a dark blue background", "a pale pink cross on a beige background"]
     targets = [image(200), image(201)]
-    alone = model.score_targets(model.encode_references([short], [short_imgs]),
-                                torch.tensor([0, 0]), caps, targets).logits
+    alone = model.score_targets(
+        model.encode_references([short], [short_imgs]), torch.tensor([0, 0]), caps, targets
+    ).logits
     batch = model.encode_references([long, short], [long_imgs, short_imgs])
     assert int(batch.mask[1].sum()) < batch.length  # the short history is left-padded
-    mixed = model.score_targets(batch, torch.tensor([1, 0, 1]), [caps[0], caps[0], caps[1]],
-                                [targets[0], targets[0], targets[1]]).logits
+    mixed = model.score_targets(
+        batch,
+        torch.tensor([1, 0, 1]),
+        [caps[0], caps[0], caps[1]],
+        [targets[0], targets[0], targets[1]],
+    ).logits
     # another batch shape and padding: float32 attention sums in another order
     torch.testing.assert_close(mixed[[0, 2]], alone, atol=1e-5, rtol=1e-4)
 
 
 # --- losses --------------------------------------------------------------------------------------
+
 
 def test_aux_loss_is_zero_once_liked_leads_by_the_margin_and_positive_otherwise() -> None:
     liked = torch.tensor([True, False, False, True, False])
@@ -218,8 +259,9 @@ def test_base_loss_averages_the_two_classes() -> None:
     ce_like = -torch.log_softmax(logits[0], 0)[0]
     ce_dis = -(torch.log_softmax(logits[1], 0)[1] + torch.log_softmax(logits[2], 0)[1]) / 2
     # the loss's vectorised form vs this hand-written one: float32 summation order only
-    torch.testing.assert_close(base_loss(logits, liked), (ce_like + ce_dis) / 2,
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        base_loss(logits, liked), (ce_like + ce_dis) / 2, rtol=1e-6, atol=1e-6
+    )
     terms = lpp_loss(logits, liked, torch.zeros(3, dtype=torch.long), False, "hinge", 1.0)
     # lpp_no_aux: L_all is L_base itself, not another computation of it
     torch.testing.assert_close(terms["loss"], terms["base"], rtol=0, atol=0)
@@ -227,11 +269,16 @@ def test_base_loss_averages_the_two_classes() -> None:
 
 # --- evaluation ----------------------------------------------------------------------------------
 
+
 def test_topk_counts_ties_as_expected_hits() -> None:
-    scores = np.array([[0.9, 0.1, 0.2, 0.3],   # liked first, clear win
-                       [0.5, 0.5, 0.1, 0.0],   # tied with one other at the top
-                       [0.1, 0.2, 0.3, 0.4],   # liked last
-                       [0.3, 0.3, 0.3, 0.3]])  # all tied
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.3],  # liked first, clear win
+            [0.5, 0.5, 0.1, 0.0],  # tied with one other at the top
+            [0.1, 0.2, 0.3, 0.4],  # liked last
+            [0.3, 0.3, 0.3, 0.3],
+        ]
+    )  # all tied
     liked = np.zeros(4, dtype=int)
     np.testing.assert_allclose(topk_hits(scores, liked, 1), [1.0, 0.5, 0.0, 0.25])
     np.testing.assert_allclose(topk_hits(scores, liked, 2), [1.0, 1.0, 0.0, 0.5])
@@ -239,9 +286,14 @@ def test_topk_counts_ties_as_expected_hits() -> None:
 
 def test_accuracy_table_has_groups_gap_and_intervals() -> None:
     gen = np.random.default_rng(0)
-    episodes = pd.DataFrame({"episode_id": np.arange(40), "user_id": np.repeat(np.arange(20), 2),
-                             "user_group": np.repeat(["seen"] * 14 + ["unseen"] * 6, 2),
-                             "kind": "1v1"})
+    episodes = pd.DataFrame(
+        {
+            "episode_id": np.arange(40),
+            "user_id": np.repeat(np.arange(20), 2),
+            "user_group": np.repeat(["seen"] * 14 + ["unseen"] * 6, 2),
+            "kind": "1v1",
+        }
+    )
     hits = episodes.assign(method="m", top1=(gen.random(40) < 0.8).astype(float), top2=np.nan)
     table = accuracy_table(hits, ["m"], 200, 0.95, 0)
     assert list(table["users"]) == ["seen", "unseen", "all", "seen_minus_unseen"]
@@ -265,14 +317,34 @@ def test_prototype_statistics_find_planted_structure() -> None:
 
 
 def test_trained_variant_reloads_to_the_same_scores_and_is_deterministic(
-        world: dict[str, Any], tmp_path: Path) -> None:
-    p = params("lpp", stage1={"steps": 2, "lr": 1e-3}, stage2={"steps": 1, "lr": 1e-2},
-               batch_users=2, targets_per_class=1)
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    p = params(
+        "lpp",
+        stage1={"steps": 2, "lr": 1e-3},
+        stage2={"steps": 1, "lr": 1e-2},
+        batch_users=2,
+        targets_per_class=1,
+    )
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        code = cli_main(["train-lpp", "--params", json.dumps(p), "--references",
-                         str(world["references"]), "--train-items", str(world["train_items"]),
-                         "--images", str(world["images"]), "--out", str(out), "--threads", "1"])
+        code = cli_main(
+            [
+                "train-lpp",
+                "--params",
+                json.dumps(p),
+                "--references",
+                str(world["references"]),
+                "--train-items",
+                str(world["train_items"]),
+                "--images",
+                str(world["images"]),
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+            ]
+        )
         assert code == 0
     first_state, second_state = (load_tensors(out / "model.safetensors") for out in outs)
     assert first_state.keys() == second_state.keys() and "prototypes" in first_state

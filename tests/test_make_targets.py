@@ -14,8 +14,13 @@ from tests.workflow_copy import REPO, copy_workflow
 
 
 def make_lines(target: str, config: str) -> list[str]:
-    out = subprocess.run(["make", "-n", target, f"CONFIG={config}"], cwd=REPO,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["make", "-n", target, f"CONFIG={config}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [line for line in out.stdout.splitlines() if "bin/snakemake" in line]
 
 
@@ -25,8 +30,14 @@ def test_make_run_plans_the_whole_dag(tmp_path) -> None:
     work = copy_workflow(tmp_path / "wf")
     (work / ".venv").symlink_to(REPO / ".venv")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(f"{lines[0]} --dry-run --quiet rules", shell=True, cwd=work,
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        f"{lines[0]} --dry-run --quiet rules",
+        shell=True,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "train_adapter" in proc.stdout and "bundle" in proc.stdout, proc.stdout[-2000:]
 
@@ -47,8 +58,9 @@ def test_fast_tier_is_the_full_suite_minus_registered_markers() -> None:
     import tomllib
 
     def pytest_line(target: str) -> str:
-        out = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            ["make", "-n", target], cwd=REPO, capture_output=True, text=True, check=True
+        )
         lines = [line for line in out.stdout.splitlines() if "bin/pytest" in line]
         assert len(lines) == 1, out.stdout
         return lines[0]
@@ -59,5 +71,6 @@ def test_fast_tier_is_the_full_suite_minus_registered_markers() -> None:
     deselected = set(re.findall(r"not (\w+)", expression))
     assert deselected == {"slow", "e2e", "slurm"}, expression
     registered = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"][
-        "ini_options"]["markers"]
+        "ini_options"
+    ]["markers"]
     assert deselected <= {m.split(":")[0] for m in registered}

@@ -48,22 +48,25 @@ def test_intact_bundle_exits_zero(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_changed_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_bundle(tmp_path)
     (run / "figures" / "curves.png").write_text("PNG")  # same size, other bytes
-    assert verify(run, capsys) == (1, ["sha256 differs: figures/curves.png",
-                                       f"{run}: 1 problem(s)"])
+    assert verify(run, capsys) == (
+        1,
+        ["sha256 differs: figures/curves.png", f"{run}: 1 problem(s)"],
+    )
 
 
 def test_missing_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_bundle(tmp_path)
     (run / "adapters" / "pipe" / "checkpoint-10" / "adapter.safetensors").unlink()
     assert verify(run, capsys) == (
-        1, ["missing: adapters/pipe/checkpoint-10/adapter.safetensors", f"{run}: 1 problem(s)"])
+        1,
+        ["missing: adapters/pipe/checkpoint-10/adapter.safetensors", f"{run}: 1 problem(s)"],
+    )
 
 
 def test_added_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_bundle(tmp_path)
     (run / "tables" / "extra.csv").write_text("a\n1\n")
-    assert verify(run, capsys) == (1, ["not in manifest: tables/extra.csv",
-                                       f"{run}: 1 problem(s)"])
+    assert verify(run, capsys) == (1, ["not in manifest: tables/extra.csv", f"{run}: 1 problem(s)"])
 
 
 def test_module_command_names_each_problem(tmp_path: Path) -> None:

@@ -31,8 +31,16 @@ SAMPLE_GLOB = "tests/data/pickapic_sample/*.parquet"
 #: truth, which real data does not have.
 ABSENT_AT_PAPER = {"world", "foundation", "user_model_recovery", "user_model_ceiling"}
 #: GPU stages; each planned job of these must request a GPU.
-GPU_RULES = {"encode", "features", "vlm_embeddings", "train_adapter", "sample", "judge_external",
-             "train_premier", "sample_premier"}
+GPU_RULES = {
+    "encode",
+    "features",
+    "vlm_embeddings",
+    "train_adapter",
+    "sample",
+    "judge_external",
+    "train_premier",
+    "sample_premier",
+}
 #: Stages that must stay on CPU nodes.
 CPU_RULES = {"ingest", "split_pipe", "split_ppd", "split_lpp", "eval_set", "evaluate", "bundle"}
 
@@ -88,7 +96,7 @@ def test_every_paper_value_is_sourced() -> None:
     for i, line in enumerate(lines):
         if not re.match(r"^\s+\w+:\s*\S", line) or "#" in line:
             continue
-        above = [x for x in lines[max(0, i - 6):i] if x.strip()]
+        above = [x for x in lines[max(0, i - 6) : i] if x.strip()]
         if not any("#" in x for x in above):
             unsourced.append(f"line {i + 1}: {line.strip()}")
     assert not unsourced, unsourced
@@ -112,8 +120,15 @@ def test_sample_is_real_pickapic_v2_schema() -> None:
 
 def test_paper_dag_plans_every_rule_family_fast() -> None:
     start = time.monotonic()
-    proc = snakemake("-n", "all", "--configfile", str(PAPER),
-                     "--config", f"data={{path: {SAMPLE_GLOB}}}", check=False)
+    proc = snakemake(
+        "-n",
+        "all",
+        "--configfile",
+        str(PAPER),
+        "--config",
+        f"data={{path: {SAMPLE_GLOB}}}",
+        check=False,
+    )
     elapsed = time.monotonic() - start
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -153,12 +168,14 @@ def test_post_deploy_installs_the_repo_it_runs_in(name: str, tmp_path: Path) -> 
     fake.chmod(0o755)
     env = {"PATH": f"{bindir}:/usr/bin:/bin"}
     script = REPO / "envs" / f"{name}.post-deploy.sh"
-    ok = subprocess.run(["bash", str(script)], cwd=REPO / "tests" / "data", env=env,
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        ["bash", str(script)], cwd=REPO / "tests" / "data", env=env, capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     assert record.read_text().split() == ["-m", "pip", "install", "--no-deps", "-e", str(REPO)]
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    bad = subprocess.run(["bash", str(script)], cwd=outside, env=env, capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        ["bash", str(script)], cwd=outside, env=env, capture_output=True, text=True
+    )
     assert bad.returncode != 0 and "no prefgen pyproject.toml" in bad.stderr

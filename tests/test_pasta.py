@@ -14,12 +14,23 @@ from prefgen.user_model.recovery import corr_matrix
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-PARAMS = {"hidden": 8, "width": 16, "depth": 1, "interaction": False, "restarts": 2,
-          "iterations": 12, "m_steps": 15, "lr": 0.02, "l2": 0.0, "tol": 1e-7}
+PARAMS = {
+    "hidden": 8,
+    "width": 16,
+    "depth": 1,
+    "interaction": False,
+    "restarts": 2,
+    "iterations": 12,
+    "m_steps": 15,
+    "lr": 0.02,
+    "l2": 0.0,
+    "tol": 1e-7,
+}
 
 
-def planted_world(n_users: int = 60, n_types: int = 2, pairs: int = 40, dim: int = 6,
-                  seed: int = 0) -> tuple[FeatureStore, pd.DataFrame, np.ndarray, np.ndarray]:
+def planted_world(
+    n_users: int = 60, n_types: int = 2, pairs: int = 40, dim: int = 6, seed: int = 0
+) -> tuple[FeatureStore, pd.DataFrame, np.ndarray, np.ndarray]:
     """Items with random features; each user has one planted type (a linear reward); BT labels."""
     gen = np.random.default_rng(seed)
     n_img = 400
@@ -37,9 +48,12 @@ def planted_world(n_users: int = 60, n_types: int = 2, pairs: int = 40, dim: int
             w, lo = (a[i], b[i]) if first[i] else (b[i], a[i])
             rows.append((u + 1, "a caption", f"img{w}", f"img{lo}", False))
     df = pd.DataFrame(rows, columns=["user_id", "caption", "image_w_uid", "image_l_uid", "is_tie"])
-    store = FeatureStore(torch.from_numpy(img), pd.Series(np.arange(n_img),
-                                                          index=[f"img{i}" for i in range(n_img)]),
-                         torch.from_numpy(txt), pd.Series([0], index=["a caption"]))
+    store = FeatureStore(
+        torch.from_numpy(img),
+        pd.Series(np.arange(n_img), index=[f"img{i}" for i in range(n_img)]),
+        torch.from_numpy(txt),
+        pd.Series([0], index=["a caption"]),
+    )
     return store, df, img @ w_true.T, user_type
 
 
@@ -116,8 +130,7 @@ def test_nan_features_name_the_image() -> None:
 def test_save_and_load_round_trip(tmp_path) -> None:
     store, df, _, _ = planted_world(n_users=10, seed=5)
     pairs = build_pairs(df, store)
-    best, _ = fit_pasta(pairs, store, dict(PARAMS, iterations=2), n_types=2, seed=0,
-                        progress=False)
+    best, _ = fit_pasta(pairs, store, dict(PARAMS, iterations=2), n_types=2, seed=0, progress=False)
     path = tmp_path / "pasta.safetensors"
     save_reward_model(best.model, path, {"pi": torch.exp(best.log_pi).tolist()})
     loaded = load_reward_model(path)
@@ -125,8 +138,9 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     # a rebuilt model from the saved tensors: the same numbers up to the order some CPU kernels
     # sum in (float32 rewards of order 1)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.phi(img, txt), best.model.phi(img, txt),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            loaded.phi(img, txt), best.model.phi(img, txt), rtol=1e-5, atol=1e-5
+        )
     assert loaded.W.shape == (2, PARAMS["hidden"])
 
 
@@ -136,6 +150,7 @@ def test_deterministic_given_seed() -> None:
     params = dict(PARAMS, iterations=3)
     a, _ = fit_pasta(pairs, store, params, n_types=2, seed=7, progress=False)
     b, _ = fit_pasta(pairs, store, params, n_types=2, seed=7, progress=False)
-    for (ka, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(),
-                                 strict=True):
+    for (ka, va), (_, vb) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(va, vb), ka  # the same fit twice in one process: exact

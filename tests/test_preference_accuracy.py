@@ -30,8 +30,12 @@ CONFIG = "config/smoke.yaml"
 SMOKE_MIN_MARGIN = 0.02
 
 #: What the module's run makes; the rules' DAG brings in everything upstream.
-TARGETS = ["tables/preference_accuracy.csv", "tables/user_model_recovery.csv",
-           "tables/user_model_ceiling.csv", "tables/clip_retrieval.csv"]
+TARGETS = [
+    "tables/preference_accuracy.csv",
+    "tables/user_model_recovery.csv",
+    "tables/user_model_ceiling.csv",
+    "tables/clip_retrieval.csv",
+]
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +98,14 @@ def test_lambda_table_covers_every_training_user(run: Path) -> None:
     train = pd.read_parquet(run / "splits" / "pipe" / "train.parquet")
     cfg = load_config(REPO / "config" / "smoke.yaml")
     k = cfg["pasta"]["n_types"]
-    assert list(lam.columns) == ["user_id", *[f"lambda_{i}" for i in range(k)], "n_pairs",
-                                 "n_informative", "fallback", "fitted_on"]
+    assert list(lam.columns) == [
+        "user_id",
+        *[f"lambda_{i}" for i in range(k)],
+        "n_pairs",
+        "n_informative",
+        "fallback",
+        "fitted_on",
+    ]
     support = pd.read_parquet(run / "splits" / "ppd" / "support.parquet")
     assert set(lam["user_id"]) == set(train["user_id"]) | set(support["user_id"])
     assert not set(train["user_id"]) & set(support["user_id"])
@@ -132,8 +142,13 @@ def test_ceiling_orders_the_sources_of_phi(run: Path) -> None:
     """
     ceil = pd.read_csv(run / "tables" / "user_model_ceiling.csv").set_index("method")
     acc = pd.read_csv(run / "tables" / "preference_accuracy.csv").set_index("method")
-    assert list(ceil.index) == ["population", "pipe", "pipe_supervised_phi", "pipe_true_phi",
-                                "oracle"]
+    assert list(ceil.index) == [
+        "population",
+        "pipe",
+        "pipe_supervised_phi",
+        "pipe_true_phi",
+        "oracle",
+    ]
     for m in ("population", "pipe", "oracle"):
         assert ceil.loc[m, "accuracy"] == pytest.approx(acc.loc[m, "accuracy"])
     gap = ceil["gap_closed"]
@@ -161,8 +176,9 @@ def test_scorer_agrees_with_cached_features(run: Path) -> None:
     with torch.no_grad():
         phi = load_reward_model(run / "user_model" / "pasta.safetensors").phi(img, txt).double()
     lam = pd.read_parquet(run / "user_model" / "lambda.parquet").set_index("user_id")
-    expected = (phi.numpy() * lam.loc[users, [f"lambda_{i}" for i in range(phi.shape[1])]]
-                .to_numpy()).sum(1)
+    expected = (
+        phi.numpy() * lam.loc[users, [f"lambda_{i}" for i in range(phi.shape[1])]].to_numpy()
+    ).sum(1)
     # the scorer decodes the JPEGs and runs CLIP again, batched its own way; the cache was
     # written by the features stage: float32 features, rewards of order 1
     np.testing.assert_allclose(pipe, expected, rtol=1e-4, atol=1e-4)

@@ -40,28 +40,56 @@ from prefgen.generation.premier_new_users import liked_history
 
 TEXT_DIM, SEQ, POOLED = 16, 5, 16
 TIME_IDS = torch.tensor([[8.0, 8, 0, 0, 8, 8]])
-OPTIONS = {"user_tokens": 2, "user_dim": 8, "adapter_dim": 16, "adapter_layers": 2,
-           "adapter_heads": 2, "out_init_std": 0.05,
-           "dispersion": {"weight_shared": 0.1, "weight_distinct": 0.1, "temperature": 1.0}}
+OPTIONS = {
+    "user_tokens": 2,
+    "user_dim": 8,
+    "adapter_dim": 16,
+    "adapter_layers": 2,
+    "adapter_heads": 2,
+    "out_init_std": 0.05,
+    "dispersion": {"weight_shared": 0.1, "weight_distinct": 0.1, "temperature": 1.0},
+}
 
 
 def tiny_unet() -> UNet2DConditionModel:
     """SDXL's UNet layout (text_time added embedding, cross-attention on text states), tiny."""
     torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=4,
-        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=POOLED + 6 * 4,
-        cross_attention_dim=TEXT_DIM, norm_num_groups=4,
-    ).eval().requires_grad_(False)
+    return (
+        UNet2DConditionModel(
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=4,
+            transformer_layers_per_block=(1, 1),
+            projection_class_embeddings_input_dim=POOLED + 6 * 4,
+            cross_attention_dim=TEXT_DIM,
+            norm_num_groups=4,
+        )
+        .eval()
+        .requires_grad_(False)
+    )
 
 
 def tiny_modulator(unet: UNet2DConditionModel) -> PremierModulator:
-    return PremierModulator(PremierSpec(
-        text_dim=TEXT_DIM, num_blocks=len(cross_attention_names(unet)), user_tokens=2,
-        user_dim=8, adapter_dim=16, adapter_layers=2, adapter_heads=2, out_init_std=0.05))
+    return PremierModulator(
+        PremierSpec(
+            text_dim=TEXT_DIM,
+            num_blocks=len(cross_attention_names(unet)),
+            user_tokens=2,
+            user_dim=8,
+            adapter_dim=16,
+            adapter_layers=2,
+            adapter_heads=2,
+            out_init_std=0.05,
+        )
+    )
 
 
 def unet_inputs(batch: int, seed: int = 1) -> dict:
@@ -70,8 +98,10 @@ def unet_inputs(batch: int, seed: int = 1) -> dict:
         "sample": torch.randn(batch, 4, 8, 8, generator=g),
         "timestep": torch.randint(0, 1000, (batch,), generator=g),
         "encoder_hidden_states": torch.randn(batch, SEQ, TEXT_DIM, generator=g),
-        "added_cond_kwargs": {"text_embeds": torch.randn(batch, POOLED, generator=g),
-                              "time_ids": TIME_IDS.repeat(batch, 1)},
+        "added_cond_kwargs": {
+            "text_embeds": torch.randn(batch, POOLED, generator=g),
+            "time_ids": TIME_IDS.repeat(batch, 1),
+        },
     }
 
 
@@ -114,7 +144,8 @@ def test_directions_reach_only_cross_attention_and_differ_per_block() -> None:
     for name, module in unet.named_modules():
         if name.endswith("attn2.to_k"):
             module.register_forward_hook(
-                lambda m, a, o, name=name: seen.__setitem__(name, a[0].clone()))
+                lambda m, a, o, name=name: seen.__setitem__(name, a[0].clone())
+            )
     inputs = unet_inputs(2)
     users = torch.randn(2, 2, 8)
     unet(**inputs, cross_attention_kwargs={USERS_KEY: users})
@@ -136,8 +167,9 @@ def test_masked_rows_are_the_base_model() -> None:
     inputs = unet_inputs(4)
     base = unet(**inputs).sample
     mask = torch.tensor([False, True, False, True])
-    out = unet(**inputs, cross_attention_kwargs={USERS_KEY: torch.randn(4, 2, 8),
-                                                 MASK_KEY: mask}).sample
+    out = unet(
+        **inputs, cross_attention_kwargs={USERS_KEY: torch.randn(4, 2, 8), MASK_KEY: mask}
+    ).sample
     assert torch.equal(out[~mask], base[~mask])  # exact: their text states get + 0.0
     assert not torch.allclose(out[mask], base[mask])
     with pytest.raises(ValueError, match="UNet batch of 4"):
@@ -167,14 +199,17 @@ def test_dispersion_loss_prefers_separated_directions() -> None:
 def user_batch(user_ids: list[int], seed: int = 3) -> UserBatch:
     g = torch.Generator().manual_seed(seed)
     n = len(user_ids)
-    return UserBatch(torch.tensor(user_ids), torch.randn(n, SEQ, TEXT_DIM, generator=g),
-                     torch.randn(n, POOLED, generator=g), TIME_IDS.repeat(n, 1))
+    return UserBatch(
+        torch.tensor(user_ids),
+        torch.randn(n, SEQ, TEXT_DIM, generator=g),
+        torch.randn(n, POOLED, generator=g),
+        TIME_IDS.repeat(n, 1),
+    )
 
 
 def test_conditioning_trains_adapters_and_embeddings_not_the_unet() -> None:
     unet = tiny_unet()
-    cond = PremierConditioning(unet, OPTIONS, torch.tensor([11, 12, 13, 14]),
-                               torch.randn(4, 2, 8))
+    cond = PremierConditioning(unet, OPTIONS, torch.tensor([11, 12, 13, 14]), torch.randn(4, 2, 8))
     sched = DDPMScheduler(num_train_timesteps=1000)
     unet_before = {k: v.clone() for k, v in unet.state_dict().items()}
     emb_before = cond.table.weight.detach().clone()
@@ -211,11 +246,24 @@ def test_new_user_fits_combination_weights_only() -> None:
     adapter_before = {k: v.clone() for k, v in modulator.state_dict().items()}
     w_before = combo.weights.detach().clone()
     g = torch.Generator().manual_seed(4)
-    liked = LikedImages(torch.tensor([100, 100, 101, 101]), torch.randn(4, 4, 8, 8, generator=g),
-                        torch.randn(4, SEQ, TEXT_DIM, generator=g),
-                        torch.randn(4, POOLED, generator=g))
-    losses = fit_new_users(unet, DDPMScheduler(num_train_timesteps=1000), modulator, combo,
-                           liked, TIME_IDS, steps=5, lr=0.1, batch_size=2, seed=0)
+    liked = LikedImages(
+        torch.tensor([100, 100, 101, 101]),
+        torch.randn(4, 4, 8, 8, generator=g),
+        torch.randn(4, SEQ, TEXT_DIM, generator=g),
+        torch.randn(4, POOLED, generator=g),
+    )
+    losses = fit_new_users(
+        unet,
+        DDPMScheduler(num_train_timesteps=1000),
+        modulator,
+        combo,
+        liked,
+        TIME_IDS,
+        steps=5,
+        lr=0.1,
+        batch_size=2,
+        seed=0,
+    )
     assert len(losses) == 5
     assert not torch.equal(combo.weights, w_before)  # the weights were fitted ...
     assert torch.equal(table.weight, table_before)  # ... the training users were not
@@ -235,16 +283,16 @@ def test_stage2_checkpoint_carries_new_users_to_the_sampler() -> None:
     cond.set_new_users(torch.tensor([50]), torch.tensor([[0.5, 0.25, 0.25]]))
     state = cond.adapter_state_dict()
     assert state["new_users.user_ids"].tolist() == [50]
-    fresh = PremierConditioning(tiny_unet(), OPTIONS, torch.tensor([1, 2, 3]),
-                                torch.zeros(3, 2, 8))
+    fresh = PremierConditioning(tiny_unet(), OPTIONS, torch.tensor([1, 2, 3]), torch.zeros(3, 2, 8))
     fresh.load_adapter_state_dict(state)
     tokens, own = fresh.user_tokens([2, 50, 99])
     assert own.tolist() == [True, True, False]
     w = cond.table.weight
     torch.testing.assert_close(tokens[0], w[1], rtol=0, atol=0)  # a stored row, copied
     # the combination's matrix product vs this hand-written sum: float32 summation order
-    torch.testing.assert_close(tokens[1], 0.5 * w[0] + 0.25 * w[1] + 0.25 * w[2],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        tokens[1], 0.5 * w[0] + 0.25 * w[1] + 0.25 * w[2], rtol=1e-5, atol=1e-6
+    )
     for user, expected in ((50, True), (99, False)):
         kwargs, own = fresh.pipeline_inputs(user, None, guidance=True)
         extra = kwargs["cross_attention_kwargs"]
@@ -270,11 +318,15 @@ def test_denoising_loss_without_users_is_the_base_loss() -> None:
 
 
 def test_liked_history_excludes_ties_dedupes_and_is_seeded() -> None:
-    pairs = pd.DataFrame({
-        "ranking_id": range(6), "user_id": [1, 1, 1, 1, 2, 2],
-        "caption": ["a", "b", "c", "d", "e", "f"],
-        "image_w_uid": ["x", "y", "x", "t", "u", "v"], "is_tie": [False] * 3 + [True] + [False] * 2,
-    })
+    pairs = pd.DataFrame(
+        {
+            "ranking_id": range(6),
+            "user_id": [1, 1, 1, 1, 2, 2],
+            "caption": ["a", "b", "c", "d", "e", "f"],
+            "image_w_uid": ["x", "y", "x", "t", "u", "v"],
+            "is_tie": [False] * 3 + [True] + [False] * 2,
+        }
+    )
     h = liked_history(pairs, seed=0)
     assert sorted(h.loc[h.user_id == 1, "image_uid"]) == ["x", "y"]  # tie dropped, x once
     assert sorted(h.loc[h.user_id == 1, "order"]) == [0, 1]
@@ -304,23 +356,43 @@ def test_embedding_file_round_trip(tmp_path) -> None:
 
 def write_init(path, user_ids: list[int], options: dict) -> None:
     t, d = options["user_tokens"], options["user_dim"]
-    save_tensors({"user_ids": torch.tensor(user_ids),
-                  "emb": torch.randn(len(user_ids), t * d, generator=torch.Generator()
-                                     .manual_seed(0))},
-                 path, metadata={OPTIONS_KEY: json.dumps(options)})
+    save_tensors(
+        {
+            "user_ids": torch.tensor(user_ids),
+            "emb": torch.randn(len(user_ids), t * d, generator=torch.Generator().manual_seed(0)),
+        },
+        path,
+        metadata={OPTIONS_KEY: json.dumps(options)},
+    )
 
 
 def test_conditioning_is_built_from_its_init_file(tmp_path) -> None:
     path = tmp_path / "premier_init.safetensors"
     write_init(path, [3, 4], OPTIONS)
     users = UserEmbeddings.load(str(path))
-    cond = build_conditioning(tiny_unet(), {"conditioning": "premier", "embedding": "premier_init",
-                                            "num_tokens": 2, "user_dropout": 0.0}, users)
+    cond = build_conditioning(
+        tiny_unet(),
+        {
+            "conditioning": "premier",
+            "embedding": "premier_init",
+            "num_tokens": 2,
+            "user_dropout": 0.0,
+        },
+        users,
+    )
     assert isinstance(cond, PremierConditioning)
     torch.testing.assert_close(cond.table.weight.detach(), users.emb.view(2, 2, 8))
     with pytest.raises(ValueError, match="num_tokens 3"):
-        build_conditioning(tiny_unet(), {"conditioning": "premier", "num_tokens": 3,
-                                         "embedding": "premier_init", "user_dropout": 0.0}, users)
+        build_conditioning(
+            tiny_unet(),
+            {
+                "conditioning": "premier",
+                "num_tokens": 3,
+                "embedding": "premier_init",
+                "user_dropout": 0.0,
+            },
+            users,
+        )
 
 
 def test_shared_trainer_trains_premier_with_the_denoising_objective(tmp_path) -> None:
@@ -328,34 +400,75 @@ def test_shared_trainer_trains_premier_with_the_denoising_objective(tmp_path) ->
     from prefgen.generation import train
     from prefgen.generation.models import build_tiny_sdxl
 
-    cfg = {"text_encoder": {"hidden_size": 8, "layers": 1, "heads": 2, "max_length": 8},
-           "vae": {"block_out_channels": [4, 4], "layers_per_block": 1, "latent_channels": 4,
-                   "norm_num_groups": 2},
-           "unet": {"block_out_channels": [8, 16], "layers_per_block": 1,
-                    "attention_head_dim": [2, 2], "norm_num_groups": 4,
-                    "addition_time_embed_dim": 4}}
+    cfg = {
+        "text_encoder": {"hidden_size": 8, "layers": 1, "heads": 2, "max_length": 8},
+        "vae": {
+            "block_out_channels": [4, 4],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 2,
+        },
+        "unet": {
+            "block_out_channels": [8, 16],
+            "layers_per_block": 1,
+            "attention_head_dim": [2, 2],
+            "norm_num_groups": 4,
+            "addition_time_embed_dim": 4,
+        },
+    }
     pipe = build_tiny_sdxl(cfg, resolution=8, seed=0)
     n_img, n_pairs = 12, 24
     g = torch.Generator().manual_seed(1)
     rows = np.random.default_rng(0)
-    pairs = pd.DataFrame({"ranking_id": range(n_pairs), "user_id": rows.integers(1, 5, n_pairs),
-                          "w_row": rows.integers(0, n_img, n_pairs),
-                          "l_row": rows.integers(0, n_img, n_pairs),
-                          "c_row": rows.integers(0, 3, n_pairs)})
-    data = train.TrainData(torch.randn(n_img, 4, 4, 4, generator=g), torch.full((n_img, 4, 4, 4),
-                           0.1), torch.randn(3, 8, 16, generator=g), torch.randn(3, 8, generator=g),
-                           pairs)
+    pairs = pd.DataFrame(
+        {
+            "ranking_id": range(n_pairs),
+            "user_id": rows.integers(1, 5, n_pairs),
+            "w_row": rows.integers(0, n_img, n_pairs),
+            "l_row": rows.integers(0, n_img, n_pairs),
+            "c_row": rows.integers(0, 3, n_pairs),
+        }
+    )
+    data = train.TrainData(
+        torch.randn(n_img, 4, 4, 4, generator=g),
+        torch.full((n_img, 4, 4, 4), 0.1),
+        torch.randn(3, 8, 16, generator=g),
+        torch.randn(3, 8, generator=g),
+        pairs,
+    )
     init = tmp_path / "premier_init.safetensors"
     opts = {**OPTIONS, "out_init_std": 1e-3}
     write_init(init, [1, 2, 3, 4], opts)
-    method_cfg = {"conditioning": "premier", "embedding": "premier_init", "num_tokens": 2,
-                  "user_dropout": 0.0}
-    tcfg = {"steps": 4, "batch_size": 8, "gradient_accumulation_steps": 1, "lr": 1e-2,
-            "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "beta": 500.0,
-            "mixed_precision": "no", "gradient_checkpointing": False,
-            "checkpoint_every": 2}
-    result = train.train(pipe, data, UserEmbeddings.load(str(init)), "premier", method_cfg, tcfg,
-                         0, tmp_path / "out", "fp")
+    method_cfg = {
+        "conditioning": "premier",
+        "embedding": "premier_init",
+        "num_tokens": 2,
+        "user_dropout": 0.0,
+    }
+    tcfg = {
+        "steps": 4,
+        "batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "lr": 1e-2,
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "beta": 500.0,
+        "mixed_precision": "no",
+        "gradient_checkpointing": False,
+        "checkpoint_every": 2,
+    }
+    result = train.train(
+        pipe,
+        data,
+        UserEmbeddings.load(str(init)),
+        "premier",
+        method_cfg,
+        tcfg,
+        0,
+        tmp_path / "out",
+        "fp",
+    )
     assert result["complete"] and [c["step"] for c in result["checkpoints"]] == [2, 4]
     assert "implicit_acc" not in result["last_tenth"]  # no DPO terms: the denoising objective
     assert {"disp_shared", "disp_distinct"} <= set(result["last_tenth"])

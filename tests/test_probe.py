@@ -13,8 +13,14 @@ from prefgen.embeddings import ppd, probe
 
 from tests.test_vlm_embeddings import EMB_CFG, VLM_CFG, make_world
 
-PROBE_CFG = {"n_draws": 3, "max_users": 50, "top_k": [1, 2, 5], "l2": 1.0, "max_iter": 100,
-             "label_shuffle_control": True}
+PROBE_CFG = {
+    "n_draws": 3,
+    "max_users": 50,
+    "top_k": [1, 2, 5],
+    "l2": 1.0,
+    "max_iter": 100,
+    "label_shuffle_control": True,
+}
 
 
 def clustered(n_users: int, n_draws: int, dim: int, spread: float, seed: int = 0) -> np.ndarray:
@@ -69,8 +75,7 @@ def test_label_shuffle_swaps_about_half_the_pairs(tmp_path: Path) -> None:
 def test_disjoint_draws(tmp_path: Path) -> None:
     paths = make_world(tmp_path, {1: 12, 2: 11, 3: 13, 4: 25, 5: 30}, ties={2: 1, 4: 3})
     train = ppd.read_split(paths["train"])
-    draws = ppd.disjoint_draws(train, n_draws=3, n_shots=4, exclude_ties=True, seed=0,
-                               max_users=10)
+    draws = ppd.disjoint_draws(train, n_draws=3, n_shots=4, exclude_ties=True, seed=0, max_users=10)
     # user 2 has 10 usable pairs < 3 x 4; the others are probed
     assert sorted(draws["user_id"].unique()) == [1, 3, 4, 5]
     assert not draws["is_tie"].any()
@@ -92,9 +97,21 @@ def test_probe_command_writes_labelled_table(tmp_path: Path) -> None:
     paths = make_world(tmp_path, users)
     params = {"seed": 0, "vlm": VLM_CFG, "ppd": {"embedding": EMB_CFG, "probe": PROBE_CFG}}
     stem = tmp_path / "tables" / "user_embedding_probe"
-    code = cli_main(["user-embedding-probe", "--params", json.dumps(params),
-                     "--train", str(paths["train"]), "--images", str(paths["images"]),
-                     "--out", str(stem), "--draws", str(tmp_path / "draws.parquet")])
+    code = cli_main(
+        [
+            "user-embedding-probe",
+            "--params",
+            json.dumps(params),
+            "--train",
+            str(paths["train"]),
+            "--images",
+            str(paths["images"]),
+            "--out",
+            str(stem),
+            "--draws",
+            str(tmp_path / "draws.parquet"),
+        ]
+    )
     assert code == 0
     table = pd.read_csv(stem.with_suffix(".csv"))
     assert list(table.columns) == probe.PROBE_COLUMNS
@@ -119,24 +136,30 @@ def test_pipe_draws_refit_lambda_on_each_draw(tmp_path: Path) -> None:
     train = ppd.read_split(paths["train"])
     gen = np.random.default_rng(0)
     feats = tmp_path / "features"
-    for name, keys in (("images", sorted(set(train["image_w_uid"]) | set(train["image_l_uid"]))),
-                       ("captions", sorted(set(train["caption"])))):
+    for name, keys in (
+        ("images", sorted(set(train["image_w_uid"]) | set(train["image_l_uid"]))),
+        ("captions", sorted(set(train["caption"]))),
+    ):
         column = "image_uid" if name == "images" else "caption"
-        save_tensors({"emb": torch.as_tensor(gen.standard_normal((len(keys), 8)),
-                                             dtype=torch.float32)}, feats / f"{name}.safetensors")
+        save_tensors(
+            {"emb": torch.as_tensor(gen.standard_normal((len(keys), 8)), dtype=torch.float32)},
+            feats / f"{name}.safetensors",
+        )
         pd.DataFrame({column: keys, "row": np.arange(len(keys))}).to_parquet(
-            feats / f"{name}.parquet", index=False)
+            feats / f"{name}.parquet", index=False
+        )
     torch.manual_seed(0)
     model = RewardModel(dim=8, hidden=6, n_types=3, width=16, depth=2, interaction=False)
     save_reward_model(model, tmp_path / "pasta.safetensors", meta={})
-    lambda_cfg = {"l2": 1.0, "prior": "none", "min_informative": 1, "max_iter": 50,
-                  "tol": 1e-10}
+    lambda_cfg = {"l2": 1.0, "prior": "none", "min_informative": 1, "max_iter": 50, "tol": 1e-10}
 
     draws = ppd.disjoint_draws(train, 3, 4, True, seed=0, max_users=10)
-    full = probe.pipe_draw_embedder(str(tmp_path / "pasta.safetensors"), str(feats),
-                                    lambda_cfg)(draws)
-    nshot = probe.pipe_draw_embedder(str(tmp_path / "pasta.safetensors"), str(feats),
-                                     lambda_cfg, n_shots=4)(draws)
+    full = probe.pipe_draw_embedder(str(tmp_path / "pasta.safetensors"), str(feats), lambda_cfg)(
+        draws
+    )
+    nshot = probe.pipe_draw_embedder(
+        str(tmp_path / "pasta.safetensors"), str(feats), lambda_cfg, n_shots=4
+    )(draws)
     assert full.shape == nshot.shape == (6, 3, 6) and np.isfinite(full).all()
     assert not np.allclose(full, nshot)
 

@@ -15,8 +15,20 @@ FORBIDDEN = re.compile(
 #: directory in a script is a path the code uses, not a citation)
 SCRATCH = re.compile(r"`/tmp/[^`]*`")
 SUFFIXES = {".py", ".smk", ".yaml", ".yml", ".md", ".rst", ".sh", ".toml", ".cfg", ".txt"}
-ROOTS = ["workflow", "config", "tests", "bench", "docs", "envs", ".ci", "results/README.md",
-         "README.md", "Makefile", "Snakefile", "pyproject.toml"]
+ROOTS = [
+    "workflow",
+    "config",
+    "tests",
+    "bench",
+    "docs",
+    "envs",
+    ".ci",
+    "results/README.md",
+    "README.md",
+    "Makefile",
+    "Snakefile",
+    "pyproject.toml",
+]
 
 
 def product_files() -> list[Path]:
@@ -26,8 +38,14 @@ def product_files() -> list[Path]:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            files += [p for p in path.rglob("*") if p.is_file() and (p.suffix in SUFFIXES)
-                      and "__pycache__" not in p.parts and "data" not in p.parts[-2:-1]]
+            files += [
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and (p.suffix in SUFFIXES)
+                and "__pycache__" not in p.parts
+                and "data" not in p.parts[-2:-1]
+            ]
     return sorted(files)
 
 
@@ -44,8 +62,14 @@ def test_no_process_vocabulary_or_outside_citations() -> None:
 
 
 def test_the_check_finds_what_it_forbids() -> None:
-    for text in ("see issue 4", "Session 8 gave", "DESIGN §5", "(DESIGN.md)", "../shared/x",
-                 "run in `/tmp/fr4`"):
+    for text in (
+        "see issue 4",
+        "Session 8 gave",
+        "DESIGN §5",
+        "(DESIGN.md)",
+        "../shared/x",
+        "run in `/tmp/fr4`",
+    ):
         assert FORBIDDEN.search(text) or SCRATCH.search(text), text
     for text in ("ranking sessions", "pairs_per_session", "an issue with ties", "/tmp dir"):
         assert not (FORBIDDEN.search(text) or SCRATCH.search(text)), text

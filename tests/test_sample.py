@@ -22,8 +22,10 @@ def samples(tmp_path_factory):
     run = setup["root"] / "run-sample"
     cfg = smoke_config()["train"] | {"steps": 4, "checkpoint_every": 2, "lr": 1e-2}
     for method in ("dpo", "pipe"):
-        assert main(train_args(setup, method, run / "adapters" / method / "seed1" / "final.json",
-                               cfg)) == 0
+        assert (
+            main(train_args(setup, method, run / "adapters" / method / "seed1" / "final.json", cfg))
+            == 0
+        )
     sample_cfg = smoke_config()["sample"] | {"num_inference_steps": 3}
     out = {}
     for method in ("base", "dpo", "pipe"):
@@ -35,12 +37,26 @@ def sample(setup, run, method, cfg, name=None, train_seed=1):
     """``samples/base/index.parquet``, or ``samples/<method>/seed<k>/index.parquet``."""
     folder = run / "samples" / (name or method)
     index = (folder if method == "base" else folder / f"seed{train_seed}") / "index.parquet"
-    args = ["sample", "--params", json.dumps({"sample": cfg}), "--method", method,
-            "--foundation", str(setup["foundation"]), "--eval-set", str(setup["eval_set"]),
-            "--out", str(index)]
+    args = [
+        "sample",
+        "--params",
+        json.dumps({"sample": cfg}),
+        "--method",
+        method,
+        "--foundation",
+        str(setup["foundation"]),
+        "--eval-set",
+        str(setup["eval_set"]),
+        "--out",
+        str(index),
+    ]
     if method != "base":
-        args += ["--adapter", str(run / "adapters" / method / "seed1" / "final.json"),
-                 "--train-seed", str(train_seed)]
+        args += [
+            "--adapter",
+            str(run / "adapters" / method / "seed1" / "final.json"),
+            "--train-seed",
+            str(train_seed),
+        ]
     if method == "pipe":
         args += ["--embeddings", str(setup["embeddings"])]
     assert main(args) == 0
@@ -64,7 +80,8 @@ def test_index_contract_and_paired_seeds(samples) -> None:
             key = ["user_id", "prompt_id", "seed", "caption"]
             pd.testing.assert_frame_equal(
                 rows[key].sort_values(key).reset_index(drop=True),
-                evals[key].sort_values(key).reset_index(drop=True))
+                evals[key].sort_values(key).reset_index(drop=True),
+            )
         assert index["train_seed"].tolist() == [-1 if method == "base" else 1] * len(index)
         folder = "samples/base/step-" if method == "base" else f"samples/{method}/seed1/step-"
         for path in index["path"]:
@@ -73,15 +90,39 @@ def test_index_contract_and_paired_seeds(samples) -> None:
 
 def test_train_seed_is_required_exactly_for_trained_methods(samples) -> None:
     setup, run, cfg, _ = samples
-    base = ["sample", "--params", json.dumps({"sample": cfg}), "--foundation",
-            str(setup["foundation"]), "--eval-set", str(setup["eval_set"])]
+    base = [
+        "sample",
+        "--params",
+        json.dumps({"sample": cfg}),
+        "--foundation",
+        str(setup["foundation"]),
+        "--eval-set",
+        str(setup["eval_set"]),
+    ]
     with pytest.raises(ValueError, match="--train-seed is required"):
-        main([*base, "--method", "dpo", "--adapter",
-              str(run / "adapters" / "dpo" / "seed1" / "final.json"),
-              "--out", str(run / "samples" / "dpo-noseed" / "index.parquet")])
+        main(
+            [
+                *base,
+                "--method",
+                "dpo",
+                "--adapter",
+                str(run / "adapters" / "dpo" / "seed1" / "final.json"),
+                "--out",
+                str(run / "samples" / "dpo-noseed" / "index.parquet"),
+            ]
+        )
     with pytest.raises(ValueError, match="--train-seed is required"):
-        main([*base, "--method", "base", "--train-seed", "0",
-              "--out", str(run / "samples" / "base-seed" / "index.parquet")])
+        main(
+            [
+                *base,
+                "--method",
+                "base",
+                "--train-seed",
+                "0",
+                "--out",
+                str(run / "samples" / "base-seed" / "index.parquet"),
+            ]
+        )
 
 
 def test_users_without_embedding_are_flagged(samples) -> None:
@@ -98,12 +139,15 @@ def test_images_do_not_depend_on_batching_and_adapters_change_them(samples) -> N
     # other batch shapes sum in another order (~1e-7), which can carry a pixel across a
     # rounding boundary when it is saved: at most one 8-bit level apart
     for a, b in zip(out["base"]["path"], small["path"], strict=True):
-        np.testing.assert_allclose(pixels(run, a).astype(int), pixels(run, b).astype(int),
-                                   rtol=0, atol=1)
+        np.testing.assert_allclose(
+            pixels(run, a).astype(int), pixels(run, b).astype(int), rtol=0, atol=1
+        )
     base = out["base"].set_index(["user_id", "prompt_id", "seed"])["path"]
     pipe = out["pipe"][out["pipe"]["step"] == 4].set_index(["user_id", "prompt_id", "seed"])
-    diffs = [np.abs(pixels(run, base[k]).astype(int) - pixels(run, p).astype(int)).max()
-             for k, p in pipe["path"].items()]
+    diffs = [
+        np.abs(pixels(run, base[k]).astype(int) - pixels(run, p).astype(int)).max()
+        for k, p in pipe["path"].items()
+    ]
     assert max(diffs) > 0
 
 

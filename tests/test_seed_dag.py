@@ -32,19 +32,22 @@ def dry_run(root: Path, seeds: list[int]) -> tuple[dict[str, int], str]:
 
 def outputs(text: str) -> set[str]:
     """Every output path the dry run lists."""
-    return {p.strip() for line in re.findall(r"^\s+output: (.*)$", text, flags=re.M)
-            for p in line.split(",")}
+    return {
+        p.strip()
+        for line in re.findall(r"^\s+output: (.*)$", text, flags=re.M)
+        for p in line.split(",")
+    }
 
 
 def test_two_seeds_plan_one_replicate_per_seed(dry_copy: Path) -> None:
     jobs, text = dry_run(dry_copy, [0, 1])
-    assert jobs["train_adapter"] == 3 * 2           # dpo, pipe, ppd x 2 seeds
+    assert jobs["train_adapter"] == 3 * 2  # dpo, pipe, ppd x 2 seeds
     assert jobs["sample"] == 3 * 2
-    assert jobs["sample_base"] == 1                 # the frozen foundation, once
-    assert jobs["train_premier"] == 2 + 1           # premier x 2 + the ablation's first seed
+    assert jobs["sample_base"] == 1  # the frozen foundation, once
+    assert jobs["train_premier"] == 2 + 1  # premier x 2 + the ablation's first seed
     assert jobs["premier_init"] == 2 + 1
     assert jobs["premier_new_users"] == jobs["sample_premier"] == 2
-    assert jobs["judge"] == 1 + 4 * 2               # base + (dpo, pipe, ppd, premier) x 2
+    assert jobs["judge"] == 1 + 4 * 2  # base + (dpo, pipe, ppd, premier) x 2
     assert jobs["premier_history"] == jobs["premier_ablation"] == 1
     assert jobs["evaluate"] == jobs["budgets"] == jobs["bundle"] == 1
     assert jobs["foundation"] == jobs["encode"] == jobs["fit_lambda"] == 1
@@ -60,16 +63,27 @@ def test_two_seeds_plan_one_replicate_per_seed(dry_copy: Path) -> None:
         assert f"{run}/scores/premier/seed{seed}.parquet" in out
     assert f"{run}/adapters/premier_no_dispersion/seed0/final.json" in out
     assert f"{run}/adapters/premier_no_dispersion/seed1/final.json" not in out
-    assert {f"{run}/samples/base/index.parquet", f"{run}/scores/base.parquet",
-            f"{run}/tables/win_rates_per_seed.csv", f"{run}/tables/budgets.csv"} <= out
+    assert {
+        f"{run}/samples/base/index.parquet",
+        f"{run}/scores/base.parquet",
+        f"{run}/tables/win_rates_per_seed.csv",
+        f"{run}/tables/budgets.csv",
+    } <= out
     assert not any("/seed2" in p for p in out)
 
 
 def test_a_third_seed_adds_one_replicate_of_each_trained_method(dry_copy: Path) -> None:
     two, _ = dry_run(dry_copy, [0, 1])
     three, _ = dry_run(dry_copy, [0, 1, 2])
-    grows = {"train_adapter": 3, "sample": 3, "train_premier": 1, "premier_init": 1,
-             "premier_new_users": 1, "sample_premier": 1, "judge": 4}
+    grows = {
+        "train_adapter": 3,
+        "sample": 3,
+        "train_premier": 1,
+        "premier_init": 1,
+        "premier_new_users": 1,
+        "sample_premier": 1,
+        "judge": 4,
+    }
     for rule, extra in grows.items():
         assert three[rule] == two[rule] + extra, rule
     same = set(two) - set(grows)

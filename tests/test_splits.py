@@ -165,8 +165,9 @@ def test_lpp_user_model_train_carries_no_episode_label(data: dict[str, Any]) -> 
 
     train, eps = data["pipe"]["train"], data["lpp"]["episodes"]
     kept = without_episode_labels(train, eps)
-    cands = {(int(u), c) for u, cs in zip(eps["user_id"], eps["candidate_uids"], strict=True)
-             for c in cs}
+    cands = {
+        (int(u), c) for u, cs in zip(eps["user_id"], eps["candidate_uids"], strict=True) for c in cs
+    }
     touches = [
         (u, w) in cands or (u, lo) in cands
         for u, w, lo in zip(kept["user_id"], kept["image_w_uid"], kept["image_l_uid"], strict=True)
@@ -175,8 +176,9 @@ def test_lpp_user_model_train_carries_no_episode_label(data: dict[str, Any]) -> 
     # the removal is exactly the pairs that touch a candidate, nothing else
     all_touch = sum(
         (u, w) in cands or (u, lo) in cands
-        for u, w, lo in zip(train["user_id"], train["image_w_uid"], train["image_l_uid"],
-                            strict=True)
+        for u, w, lo in zip(
+            train["user_id"], train["image_w_uid"], train["image_l_uid"], strict=True
+        )
     )
     assert all_touch > 0 and len(train) - len(kept) == all_touch
 
@@ -294,13 +296,20 @@ def test_a_repeat_of_a_test_pair_never_trains(data: dict[str, Any]) -> None:
     repeat["ranking_id"] = int(pairs["ranking_id"].max()) + 1
     repeat["image_0_uid"], repeat["image_1_uid"] = first["image_1_uid"], first["image_0_uid"]
     repeat["label_0"], repeat["label_1"] = first["label_1"], first["label_0"]
-    params = {"seed": config["seed"], "held_out": config["split"]["held_out"],
-              "pipe": config["split"]["pipe"]}
-    out = split_pipe(pd.concat([pairs, repeat.to_frame().T.astype(pairs.dtypes)],
-                               ignore_index=True), params)
+    params = {
+        "seed": config["seed"],
+        "held_out": config["split"]["held_out"],
+        "pipe": config["split"]["pipe"],
+    }
+    out = split_pipe(
+        pd.concat([pairs, repeat.to_frame().T.astype(pairs.dtypes)], ignore_index=True), params
+    )
+
     def keys(df: pd.DataFrame) -> set[tuple]:
-        return {(u, *sorted((w, lo))) for u, w, lo in
-                zip(df["user_id"], df["image_w_uid"], df["image_l_uid"], strict=True)}
+        return {
+            (u, *sorted((w, lo)))
+            for u, w, lo in zip(df["user_id"], df["image_w_uid"], df["image_l_uid"], strict=True)
+        }
 
     assert not keys(out["train"]) & keys(out["test"])
     both = {int(first["ranking_id"]), int(repeat["ranking_id"])}

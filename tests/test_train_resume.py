@@ -27,13 +27,23 @@ from prefgen.generation.train import latest_checkpoint
 
 from tests.generation_helpers import shared_setup, smoke_config, train_args
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "HF_HUB_OFFLINE": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+}
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "prefgen.cli", *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefgen.cli", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def max_diff(a: Path, b: Path) -> float:
@@ -61,8 +71,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path_factory) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not killed.exists() and not (killed.parent / "checkpoint-16").exists()
-    done = latest_checkpoint(killed.parent, json.loads(
-        (killed.parent / "checkpoint-2" / "state.json").read_text())["fingerprint"])
+    done = latest_checkpoint(
+        killed.parent,
+        json.loads((killed.parent / "checkpoint-2" / "state.json").read_text())["fingerprint"],
+    )
     assert done is not None and 2 <= done[0] < 16
 
     proc = run_cli(train_args(setup, "pipe", killed, cfg))
@@ -72,15 +84,22 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path_factory) -> None:
     final = json.loads(killed.read_text())
     assert final["complete"] and final["checkpoints"][-1]["step"] == 16
     # the same computation on the same machine: exact, not close
-    assert max_diff(whole.parent / "checkpoint-16" / "adapter.safetensors",
-                    killed.parent / "checkpoint-16" / "adapter.safetensors") == 0.0
+    assert (
+        max_diff(
+            whole.parent / "checkpoint-16" / "adapter.safetensors",
+            killed.parent / "checkpoint-16" / "adapter.safetensors",
+        )
+        == 0.0
+    )
 
 
 def weight_digests(folder: Path) -> dict[str, str]:
     import hashlib
 
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.safetensors"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.safetensors"))
+    }
 
 
 def test_rerun_writes_byte_identical_weights(tmp_path_factory) -> None:
@@ -98,11 +117,13 @@ def test_rerun_writes_byte_identical_weights(tmp_path_factory) -> None:
         log, _ = proc.communicate(timeout=900)
         assert proc.returncode == 0, log
         digests.append(weight_digests(out.parent))
-    assert set(digests[0]) == {"checkpoint-2/adapter.safetensors",
-                               "checkpoint-2/ip_adapter.safetensors",
-                               "checkpoint-4/adapter.safetensors",
-                               "checkpoint-4/ip_adapter.safetensors",
-                               "checkpoint-4/optimizer.safetensors"}
+    assert set(digests[0]) == {
+        "checkpoint-2/adapter.safetensors",
+        "checkpoint-2/ip_adapter.safetensors",
+        "checkpoint-4/adapter.safetensors",
+        "checkpoint-4/ip_adapter.safetensors",
+        "checkpoint-4/optimizer.safetensors",
+    }
     assert digests[0] == digests[1]
 
 
@@ -124,17 +145,35 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory) ->
 
     two = root / "two" / "final.json"
     accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
-           "-m", "prefgen.cli", *train_args(setup, "pipe", two, cfg)]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "prefgen.cli",
+        *train_args(setup, "pipe", two, cfg),
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "(2 processes" in proc.stderr
     final = json.loads(two.read_text())
     assert final["processes"] == 2 and final["complete"]
-    diff = max_diff(one.parent / "checkpoint-12" / "adapter.safetensors",
-                    two.parent / "checkpoint-12" / "adapter.safetensors")
+    diff = max_diff(
+        one.parent / "checkpoint-12" / "adapter.safetensors",
+        two.parent / "checkpoint-12" / "adapter.safetensors",
+    )
     assert diff <= 1e-4, diff
 
 
@@ -158,9 +197,13 @@ def test_batch_schedule_is_the_same_however_it_is_split(tmp_path_factory, world)
     from prefgen.generation.train import BatchSchedule, TrainData
 
     setup = shared_setup(tmp_path_factory, "personal")
-    data = TrainData.load(str(setup["encoded"]), str(setup["image_index"]),
-                          str(setup["caption_index"]), str(setup["pipe_train"]),
-                          str(setup["holdout"]))
+    data = TrainData.load(
+        str(setup["encoded"]),
+        str(setup["image_index"]),
+        str(setup["caption_index"]),
+        str(setup["pipe_train"]),
+        str(setup["holdout"]),
+    )
     pipe = load_pipeline(setup["foundation"])
     sched = BatchSchedule(data, 0, 16, add_time_ids(pipe, 1), 1000)
     whole = sched.batch(7, 0, 1)

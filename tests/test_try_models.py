@@ -63,8 +63,9 @@ def test_generate_draws_the_sample_rules_pixels(smoke_results, method, one_torch
     if not shared:  # the rule's call for one user: all of that user's rows, in order
         rows = rows[rows["user_id"] == a_user(rows)]
     user = None if shared else int(rows["user_id"].iloc[0])
-    images, record = generate_images(run, method, rows["caption"].tolist(),
-                                     rows["seed"].tolist(), user_id=user)
+    images, record = generate_images(
+        run, method, rows["caption"].tolist(), rows["seed"].tolist(), user_id=user
+    )
     assert record["step"] == int(rows["step"].iloc[0])
     assert record["own_embedding"] == (not shared)
     for img, path in zip(images, rows["path"], strict=True):
@@ -76,37 +77,66 @@ def test_one_image_alone_is_within_one_level(smoke_results, method, one_torch_th
     run = smoke_results
     rows = selected(run, method)
     row = rows[rows["user_id"] == a_user(rows)].iloc[-1]
-    images, _ = generate_images(run, method, [row["caption"]], [int(row["seed"])],
-                                user_id=int(row["user_id"]))
+    images, _ = generate_images(
+        run, method, [row["caption"]], [int(row["seed"])], user_id=int(row["user_id"])
+    )
     diff = np.abs(images[0].astype(int) - pixels(run, row["path"]).astype(int))
     assert diff.max() <= PIXEL_TOL
 
 
-def test_other_checkpoints_users_and_seeds_change_the_image(smoke_results,
-                                                            one_torch_thread) -> None:
+def test_other_checkpoints_users_and_seeds_change_the_image(
+    smoke_results, one_torch_thread
+) -> None:
     run = smoke_results
     rows = selected(run, "pipe")
     users = rows.loc[rows["own_embedding"], "user_id"].unique()[:2]
     caption, seed = rows["caption"].iloc[0], int(rows["seed"].iloc[0])
     index = pd.read_parquet(run / "samples" / model_folder(run, "pipe") / "index.parquet")
-    other_step = int(next(s for s in sorted(index["step"].unique())
-                          if s != int(rows["step"].iloc[0])))  # a checkpoint not selected
-    draw = [generate_images(run, "pipe", [caption], [s], user_id=int(u), step=st)[0][0]
-            for u, s, st in [(users[0], seed, None), (users[1], seed, None),
-                             (users[0], seed + 1, None), (users[0], seed, other_step)]]
+    other_step = int(
+        next(s for s in sorted(index["step"].unique()) if s != int(rows["step"].iloc[0]))
+    )  # a checkpoint not selected
+    draw = [
+        generate_images(run, "pipe", [caption], [s], user_id=int(u), step=st)[0][0]
+        for u, s, st in [
+            (users[0], seed, None),
+            (users[1], seed, None),
+            (users[0], seed + 1, None),
+            (users[0], seed, other_step),
+        ]
+    ]
     for other in draw[1:]:
         assert np.abs(draw[0].astype(int) - other.astype(int)).max() > 0
 
 
-def test_generate_cli_writes_pngs_and_what_was_used(smoke_results, tmp_path, capsys,
-                                                    one_torch_thread) -> None:
+def test_generate_cli_writes_pngs_and_what_was_used(
+    smoke_results, tmp_path, capsys, one_torch_thread
+) -> None:
     run = smoke_results
     rows = selected(run, "pipe")
     user = a_user(rows)
     out = tmp_path / "out"
-    assert main(["generate", "--run", str(run), "--method", "pipe", "--user", str(user),
-                 "--prompt", "a teal square on a beige background", "--prompt",
-                 "a red circle on a grey background", "--seed", "7", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--run",
+                str(run),
+                "--method",
+                "pipe",
+                "--user",
+                str(user),
+                "--prompt",
+                "a teal square on a beige background",
+                "--prompt",
+                "a red circle on a grey background",
+                "--seed",
+                "7",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "generate.json").read_text())
     assert record["step"] == TrainedRun.open(run).selected_step("pipe")
     assert record["sample"]["num_inference_steps"] == 8 and record["user_id"] == user
@@ -136,8 +166,22 @@ def test_generate_errors_name_what_is_wrong(smoke_results, tmp_path) -> None:
     with pytest.raises(ValueError, match="3 prompts and 2 seeds"):
         pair_up(["a", "b", "c"], [1, 2])
     assert pair_up(["a", "b"], [4]) == (["a", "b"], [4, 4])
-    assert main(["generate", "--run", str(tmp_path), "--method", "pipe", "--prompt", "x",
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--run",
+                str(tmp_path),
+                "--method",
+                "pipe",
+                "--prompt",
+                "x",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.parametrize("method", ["pipe", "ppd", "base"])
@@ -145,8 +189,9 @@ def test_score_matches_the_judge_rule(smoke_results, method) -> None:
     run = smoke_results
     judged = pd.read_parquet(run / "scores" / f"{model_folder(run, method)}.parquet")
     rows = judged.groupby("step").head(12)  # other batches than the rule's
-    got = score_images(run, [run / p for p in rows["path"]], rows["caption"].tolist(),
-                       rows["user_id"].tolist())
+    got = score_images(
+        run, [run / p for p in rows["path"]], rows["caption"].tolist(), rows["user_id"].tolist()
+    )
     assert list(got.columns) == ["user_id", "caption", "pipe", "population", "oracle"]
     for name in ("pipe", "population"):
         tol = SCORE_SCALE_TOL * float(np.abs(judged[name]).max())
@@ -185,18 +230,23 @@ def test_stock_diffusers_loads_the_adapter(smoke_results, method, one_torch_thre
     ckpt = run / "adapters" / model_folder(run, method) / f"checkpoint-{step}"
     pipe = StableDiffusionXLPipeline.from_pretrained(run / "models" / "foundation")
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_ip_adapter(str(ckpt), subfolder="", weight_name="ip_adapter.safetensors",
-                         image_encoder_folder=None)
+    pipe.load_ip_adapter(
+        str(ckpt), subfolder="", weight_name="ip_adapter.safetensors", image_encoder_folder=None
+    )
     if method == "dpo":  # population DPO: one learned vector for everybody
         e = load_file(ckpt / "ip_adapter.safetensors")["user_embeds.constant"]
     else:
         users = load_file(run / "embeddings" / "pipe.safetensors")
         e = users["emb"][(users["user_ids"] == user).nonzero().item()][None]
     e = e[None]  # [1 image, 1 embedding, D]
-    out = pipe(prompt=rows["caption"].tolist(),
-               generator=[torch.Generator().manual_seed(int(s)) for s in rows["seed"]],
-               ip_adapter_image_embeds=[torch.cat([e, e])],  # CFG: the same user both ways
-               num_inference_steps=8, guidance_scale=3.0, output_type="np").images
+    out = pipe(
+        prompt=rows["caption"].tolist(),
+        generator=[torch.Generator().manual_seed(int(s)) for s in rows["seed"]],
+        ip_adapter_image_embeds=[torch.cat([e, e])],  # CFG: the same user both ways
+        num_inference_steps=8,
+        guidance_scale=3.0,
+        output_type="np",
+    ).images
     for img, path in zip(out, rows["path"], strict=True):
         ours = (np.clip(img, 0, 1) * 255).round().astype(int)
         assert np.abs(ours - pixels(run, path).astype(int)).max() <= PIXEL_TOL
@@ -209,10 +259,16 @@ def pickapic_pairs(train: pd.DataFrame, path) -> None:
     it so), so the pairs are exactly what the workflow fitted the user's λ on."""
     swap = np.arange(len(train)) % 2 == 1
     w, lose = train["image_w_uid"].to_numpy(), train["image_l_uid"].to_numpy()
-    pd.DataFrame({"caption": train["caption"].to_numpy(),
-                  "image_0_uid": np.where(swap, lose, w), "image_1_uid": np.where(swap, w, lose),
-                  "label_0": np.where(swap, 0.0, 1.0), "label_1": np.where(swap, 1.0, 0.0),
-                  "user_id": 0}).to_parquet(path)
+    pd.DataFrame(
+        {
+            "caption": train["caption"].to_numpy(),
+            "image_0_uid": np.where(swap, lose, w),
+            "image_1_uid": np.where(swap, w, lose),
+            "label_0": np.where(swap, 0.0, 1.0),
+            "label_1": np.where(swap, 1.0, 0.0),
+            "user_id": 0,
+        }
+    ).to_parquet(path)
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +283,9 @@ def known_user(smoke_results):
     return user, mine
 
 
-def test_new_user_from_pairs_is_the_user_the_workflow_fitted(smoke_results, known_user,
-                                                             tmp_path, one_torch_thread) -> None:
+def test_new_user_from_pairs_is_the_user_the_workflow_fitted(
+    smoke_results, known_user, tmp_path, one_torch_thread
+) -> None:
     """Onboarding a known user from their own training pairs gives back their λ and E_u, and
     the pipe images the sample rule drew for them, exactly: the same Δφ (the run's features)
     through the same per-user Newton solve (each user's sums run over their own pairs only),
@@ -249,20 +306,42 @@ def test_new_user_from_pairs_is_the_user_the_workflow_fitted(smoke_results, know
     assert torch.equal(users.emb[0], table["emb"][row])
     rows = selected(run, "pipe")
     rows = rows[rows["user_id"] == user]
-    images, record = generate_images(run, "pipe", rows["caption"].tolist(),
-                                     rows["seed"].tolist(), pairs=tmp_path / "pairs.parquet")
+    images, record = generate_images(
+        run,
+        "pipe",
+        rows["caption"].tolist(),
+        rows["seed"].tolist(),
+        pairs=tmp_path / "pairs.parquet",
+    )
     assert record["user_id"] == -1 and record["onboarded"]["n_pairs"] == len(train)
     for img, path in zip(images, rows["path"], strict=True):
         np.testing.assert_array_equal(img, pixels(run, path))
     # the onboarded user's λ also scores: as the known user it reproduces
     write_images(images, record, tmp_path / "out")
-    assert main(["score", "--run", str(run), "--generated", str(tmp_path / "out" /
-                 "generate.json"), "--out", str(tmp_path / "scores.csv")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--run",
+                str(run),
+                "--generated",
+                str(tmp_path / "out" / "generate.json"),
+                "--out",
+                str(tmp_path / "scores.csv"),
+            ]
+        )
+        == 0
+    )
     new = pd.read_csv(tmp_path / "scores.csv")
     assert list(new.columns) == ["image", "user_id", "caption", "pipe", "population"]
     assert (new["user_id"] == -1).all()
-    known = score_images(run, [tmp_path / "out" / e["file"] for e in record["images"]],
-                         rows["caption"].tolist(), [user] * len(rows), ["pipe", "population"])
+    known = score_images(
+        run,
+        [tmp_path / "out" / e["file"] for e in record["images"]],
+        rows["caption"].tolist(),
+        [user] * len(rows),
+        ["pipe", "population"],
+    )
     np.testing.assert_allclose(new["pipe"], known["pipe"], rtol=1e-12)
 
 
@@ -290,5 +369,21 @@ def test_onboarding_errors_name_what_is_wrong(smoke_results, known_user, tmp_pat
     pd.read_parquet(good).drop(columns="label_1").to_parquet(tmp_path / "cols.parquet")
     with pytest.raises(ValueError, match="missing column\\(s\\) \\['label_1'\\]"):
         generate_images(run, "pipe", ["a red circle"], [0], pairs=tmp_path / "cols.parquet")
-    assert main(["generate", "--run", str(run), "--method", "dpo", "--pairs", str(good),
-                 "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--run",
+                str(run),
+                "--method",
+                "dpo",
+                "--pairs",
+                str(good),
+                "--prompt",
+                "x",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )

@@ -35,17 +35,32 @@ IMAGE_SIZE = 16
 
 #: The smoke-scale stand-in with a random vision tower (the CLIP path has its own test).
 VLM_CFG: dict[str, Any] = {
-    "model": "stand-in", "device": "cpu", "dtype": "float32", "batch_size": 3,
+    "model": "stand-in",
+    "device": "cpu",
+    "dtype": "float32",
+    "batch_size": 3,
     "stand_in": {
-        "vocab_size": 512, "initializer_range": 0.02, "vision_init": "random",
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                   "num_attention_heads": 2, "patch_size": 4, "image_size": IMAGE_SIZE},
-        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                 "num_attention_heads": 4, "num_key_value_heads": 2},
+        "vocab_size": 512,
+        "initializer_range": 0.02,
+        "vision_init": "random",
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "patch_size": 4,
+            "image_size": IMAGE_SIZE,
+        },
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
     },
 }
-EMB_CFG = {"n_shots": 4, "layer": -1, "pooling": "last", "profile_tokens": 0,
-           "exclude_ties": True}
+EMB_CFG = {"n_shots": 4, "layer": -1, "pooling": "last", "profile_tokens": 0, "exclude_ties": True}
 
 
 def jpeg(rgb: tuple[int, int, int], size: int = IMAGE_SIZE) -> bytes:
@@ -56,8 +71,9 @@ def jpeg(rgb: tuple[int, int, int], size: int = IMAGE_SIZE) -> bytes:
     return buf.getvalue()
 
 
-def make_world(root: Path, pairs_per_user: dict[int, int], ties: dict[int, int] | None = None,
-               seed: int = 0) -> dict[str, Path]:
+def make_world(
+    root: Path, pairs_per_user: dict[int, int], ties: dict[int, int] | None = None, seed: int = 0
+) -> dict[str, Path]:
     """A tiny PPD split on disk: train/test_unseen tables and the images they name.
 
     ``pairs_per_user`` maps user_id -> number of pairs; users >= 900 are held out (test_unseen).
@@ -78,18 +94,31 @@ def make_world(root: Path, pairs_per_user: dict[int, int], ties: dict[int, int] 
                 uid = f"img-{user}-{i}-{side}"
                 images[uid] = jpeg(tuple(int(c) for c in rgb))
                 pair.append(uid)
-            rows.append({"ranking_id": rid, "user_id": user, "caption": f"a shape number {i}",
-                         "prompt_id": i, "image_w_uid": pair[0], "image_l_uid": pair[1],
-                         "is_tie": i < ties.get(user, 0)})
+            rows.append(
+                {
+                    "ranking_id": rid,
+                    "user_id": user,
+                    "caption": f"a shape number {i}",
+                    "prompt_id": i,
+                    "image_w_uid": pair[0],
+                    "image_l_uid": pair[1],
+                    "is_tie": i < ties.get(user, 0),
+                }
+            )
             rid += 1
-    df = pd.DataFrame(rows).astype({"ranking_id": "int64", "user_id": "int64",
-                                    "prompt_id": "int64"})
-    paths = {"train": root / "train.parquet", "test_unseen": root / "test_unseen.parquet",
-             "images": root / "images.parquet"}
+    df = pd.DataFrame(rows).astype(
+        {"ranking_id": "int64", "user_id": "int64", "prompt_id": "int64"}
+    )
+    paths = {
+        "train": root / "train.parquet",
+        "test_unseen": root / "test_unseen.parquet",
+        "images": root / "images.parquet",
+    }
     df[df["user_id"] < 900].to_parquet(paths["train"], index=False)
     df[df["user_id"] >= 900].to_parquet(paths["test_unseen"], index=False)
     pd.DataFrame({"image_uid": list(images), "jpg": list(images.values())}).to_parquet(
-        paths["images"], index=False)
+        paths["images"], index=False
+    )
     return paths
 
 
@@ -109,8 +138,9 @@ def test_prompt_holds_n_examples_in_documented_order(world: dict[str, Path], vlm
     train = ppd.read_split(world["train"])
     shots, _ = ppd.select_shots(train, 4, True, seed=0)
     user = shots[shots["user_id"] == 5].sort_values("shot")
-    assert len(user) == 4 and not train.set_index("ranking_id").loc[
-        user["ranking_id"], "is_tie"].any()
+    assert (
+        len(user) == 4 and not train.set_index("ranking_id").loc[user["ranking_id"], "is_tie"].any()
+    )
     token = vlm.processor.image_token
     question, uids = ppd.build_prompt(user.sample(frac=1, random_state=1), token)
 
@@ -129,8 +159,12 @@ def test_prompt_holds_n_examples_in_documented_order(world: dict[str, Path], vlm
     images = ppd.load_pil_images(world["images"], uids)
     text = ppd.chat_text(vlm.processor, question)
     inputs = vlm.processor(text=[text], images=[[images[u] for u in uids]], return_tensors="pt")
-    one_by_one = torch.cat([vlm.processor.image_processor(images[u], return_tensors="pt")[
-        "pixel_values"][:, 0] for u in uids])  # [:, 0]: the base-resolution view
+    one_by_one = torch.cat(
+        [
+            vlm.processor.image_processor(images[u], return_tensors="pt")["pixel_values"][:, 0]
+            for u in uids
+        ]
+    )  # [:, 0]: the base-resolution view
     assert inputs["pixel_values"].shape[:2] == (8, 1)
     # a batch through the processor vs one image at a time: rescale and normalise may run
     # batched, so float32 rounding may differ; images differ by far more (checked next)
@@ -165,8 +199,9 @@ def test_embeddings_deterministic_for_fixed_seed(world: dict[str, Path]) -> None
     shots, _ = ppd.select_shots(train, 4, True, seed=0)
     shots_again, _ = ppd.select_shots(train, 4, True, seed=0)
     pd.testing.assert_frame_equal(shots, shots_again)
-    images = ppd.load_pil_images(world["images"],
-                                 pd.concat([shots["image_w_uid"], shots["image_l_uid"]]))
+    images = ppd.load_pil_images(
+        world["images"], pd.concat([shots["image_w_uid"], shots["image_l_uid"]])
+    )
 
     def embed(seed: int, batch_size: int) -> torch.Tensor:
         model = load_vlm(VLM_CFG, seed=seed)
@@ -186,10 +221,14 @@ def test_embeddings_deterministic_for_fixed_seed(world: dict[str, Path]) -> None
 def test_profile_read_out_is_the_state_before_the_final_profile_token(vlm: Any) -> None:
     """PPD reads the last generation step: the prompt + profile without its final token."""
     proc = vlm.processor
-    imgs = [[Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (i * 60, 90, 30 * j)) for j in range(2)]
-            for i in range(2)]
-    texts = [ppd.chat_text(proc, f"user {i}: {proc.image_token} then {proc.image_token}")
-             for i in range(2)]
+    imgs = [
+        [Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (i * 60, 90, 30 * j)) for j in range(2)]
+        for i in range(2)
+    ]
+    texts = [
+        ppd.chat_text(proc, f"user {i}: {proc.image_token} then {proc.image_token}")
+        for i in range(2)
+    ]
     inputs = proc(text=texts, images=imgs, return_tensors="pt", padding=True)
     with torch.no_grad():
         extended = ppd.with_profile(vlm, dict(inputs), profile_tokens=5)
@@ -207,18 +246,35 @@ def test_profile_read_out_is_the_state_before_the_final_profile_token(vlm: Any) 
     prompt_only = ppd.embed_prompts(vlm, texts, imgs, -1, "last", 2, 0)
     assert with_text.shape == prompt_only.shape and not torch.allclose(with_text, prompt_only)
     # one prompt at a time vs a padded batch of two: float32 summation order only
-    torch.testing.assert_close(ppd.embed_prompts(vlm, texts, imgs, -1, "last", 1, 5), with_text,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        ppd.embed_prompts(vlm, texts, imgs, -1, "last", 1, 5), with_text, rtol=1e-4, atol=1e-5
+    )
 
 
-def test_vlm_embeddings_command_excludes_users_with_few_pairs(world: dict[str, Path],
-                                                              tmp_path: Path) -> None:
+def test_vlm_embeddings_command_excludes_users_with_few_pairs(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
     out = {k: tmp_path / f"ppd{k}" for k in (".safetensors", "_shots.parquet", "_stats.json")}
     params = {"seed": 0, "vlm": VLM_CFG, "ppd": {"embedding": EMB_CFG}}
-    code = cli_main(["vlm-embeddings", "--params", json.dumps(params),
-                     "--train", str(world["train"]), "--support", str(world["test_unseen"]),
-                     "--images", str(world["images"]), "--out", str(out[".safetensors"]),
-                     "--shots", str(out["_shots.parquet"]), "--stats", str(out["_stats.json"])])
+    code = cli_main(
+        [
+            "vlm-embeddings",
+            "--params",
+            json.dumps(params),
+            "--train",
+            str(world["train"]),
+            "--support",
+            str(world["test_unseen"]),
+            "--images",
+            str(world["images"]),
+            "--out",
+            str(out[".safetensors"]),
+            "--shots",
+            str(out["_shots.parquet"]),
+            "--stats",
+            str(out["_stats.json"]),
+        ]
+    )
     assert code == 0
     stats = json.loads(out["_stats.json"].read_text())
     assert stats["excluded"] == {
@@ -253,14 +309,30 @@ def test_clip_vision_weights_reproduce_the_clip_blocks(tmp_path: Path) -> None:
     """The SigLIP tower initialised from an open_clip ViT computes the same transformer blocks."""
     from prefgen.user_model.clip import build_clip, save_clip
 
-    clip_params = {"source": "train", "name": "test", "image_mean": [0.5] * 3,
-                   "image_std": [0.25] * 3,
-                   "model_cfg": {"embed_dim": 16,
-                                 "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 4,
-                                                "width": 32, "layers": 2, "head_width": 16,
-                                                "mlp_ratio": 2.0},
-                                 "text_cfg": {"context_length": 8, "vocab_size": 49408,
-                                              "width": 16, "heads": 2, "layers": 1}}}
+    clip_params = {
+        "source": "train",
+        "name": "test",
+        "image_mean": [0.5] * 3,
+        "image_std": [0.25] * 3,
+        "model_cfg": {
+            "embed_dim": 16,
+            "vision_cfg": {
+                "image_size": IMAGE_SIZE,
+                "patch_size": 4,
+                "width": 32,
+                "layers": 2,
+                "head_width": 16,
+                "mlp_ratio": 2.0,
+            },
+            "text_cfg": {
+                "context_length": 8,
+                "vocab_size": 49408,
+                "width": 16,
+                "heads": 2,
+                "layers": 1,
+            },
+        },
+    }
     torch.manual_seed(0)
     model, _ = build_clip(clip_params, tmp_path)
     save_clip(model, tmp_path)
@@ -277,8 +349,9 @@ def test_clip_vision_weights_reproduce_the_clip_blocks(tmp_path: Path) -> None:
         tokens = siglip.embeddings(pixels)
         patches = visual.conv1(pixels).flatten(2).transpose(1, 2)
         # SigLIP's patch embedding vs CLIP's conv: the same weights, other kernels
-        torch.testing.assert_close(tokens, patches + visual.positional_embedding[1:],
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            tokens, patches + visual.positional_embedding[1:], rtol=1e-5, atol=1e-5
+        )
         ref = tokens
         for block in visual.transformer.resblocks:
             ref = block(ref)
@@ -296,8 +369,9 @@ def test_clip_vision_weights_reproduce_the_clip_blocks(tmp_path: Path) -> None:
         build_stand_in(cfg, seed=0, clip_dir=tmp_path / "ls")
 
 
-def test_checkpoint_path_loads_through_from_pretrained(world: dict[str, Path], vlm: Any,
-                                                       tmp_path: Path) -> None:
+def test_checkpoint_path_loads_through_from_pretrained(
+    world: dict[str, Path], vlm: Any, tmp_path: Path
+) -> None:
     """Paper scale's code path (from_pretrained + AutoProcessor) on the saved stand-in."""
     vlm.model.save_pretrained(tmp_path / "ckpt")
     vlm.processor.save_pretrained(tmp_path / "ckpt")
@@ -306,8 +380,9 @@ def test_checkpoint_path_loads_through_from_pretrained(world: dict[str, Path], v
     assert loaded.processor.tokenizer.padding_side == "left"
     train = ppd.read_split(world["train"])
     shots, _ = ppd.select_shots(train, 4, True, seed=0)
-    images = ppd.load_pil_images(world["images"],
-                                 pd.concat([shots["image_w_uid"], shots["image_l_uid"]]))
+    images = ppd.load_pil_images(
+        world["images"], pd.concat([shots["image_w_uid"], shots["image_l_uid"]])
+    )
     ours = ppd.embed_shots(vlm, shots, images, EMB_CFG, 3)[1]
     theirs = ppd.embed_shots(loaded, shots, images, EMB_CFG, 3)[1]
     # from_pretrained rebuilds the model from the saved weights: the same numbers up to the

@@ -39,8 +39,9 @@ from tests.eval_fixtures import TYPE_NAMES, FakeUserModelScorer, write_samples, 
 
 def frame(rows: list[tuple]) -> pd.DataFrame:
     """Scores from (method, step, user, group, prompt, seed, judge_x, judge_y) tuples."""
-    df = pd.DataFrame(rows, columns=["method", "step", "user_id", "user_group", "prompt_id",
-                                     "seed", "x", "y"])
+    df = pd.DataFrame(
+        rows, columns=["method", "step", "user_id", "user_group", "prompt_id", "seed", "x", "y"]
+    )
     df["caption"] = "c" + df["prompt_id"].astype(str)
     df["path"] = "p"
     return df
@@ -48,12 +49,18 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
 
 def two_method_scores() -> pd.DataFrame:
     """Method a vs b on 2 users x 2 prompts; judge x: a wins, wins, ties, loses (u1 unseen)."""
-    return frame([
-        ("a", 0, 1, "seen", 1, 7, 2.0, 1.0), ("a", 0, 1, "seen", 2, 7, 2.0, 1.0),
-        ("a", 0, 2, "unseen", 1, 7, 1.0, 1.0), ("a", 0, 2, "unseen", 2, 7, 0.0, 1.0),
-        ("b", 0, 1, "seen", 1, 7, 1.0, 1.0), ("b", 0, 1, "seen", 2, 7, 1.0, 1.0),
-        ("b", 0, 2, "unseen", 1, 7, 1.0, 1.0), ("b", 0, 2, "unseen", 2, 7, 1.0, 1.0),
-    ])
+    return frame(
+        [
+            ("a", 0, 1, "seen", 1, 7, 2.0, 1.0),
+            ("a", 0, 1, "seen", 2, 7, 2.0, 1.0),
+            ("a", 0, 2, "unseen", 1, 7, 1.0, 1.0),
+            ("a", 0, 2, "unseen", 2, 7, 0.0, 1.0),
+            ("b", 0, 1, "seen", 1, 7, 1.0, 1.0),
+            ("b", 0, 1, "seen", 2, 7, 1.0, 1.0),
+            ("b", 0, 2, "unseen", 1, 7, 1.0, 1.0),
+            ("b", 0, 2, "unseen", 2, 7, 1.0, 1.0),
+        ]
+    )
 
 
 # --- hand-computed cases -------------------------------------------------------------------
@@ -68,8 +75,16 @@ def test_outcomes_count_ties_half() -> None:
 def test_win_rate_table_hand_computed() -> None:
     scores = two_method_scores()
     sel = select_checkpoints(checkpoint_metrics(scores, ["x", "y"]), "x", None)
-    table = win_rates(scores, [("a", "b")], ["x", "y"], sel, n_boot=500, confidence=0.95,
-                      tie_tolerance=0.0, seed=0)
+    table = win_rates(
+        scores,
+        [("a", "b")],
+        ["x", "y"],
+        sel,
+        n_boot=500,
+        confidence=0.95,
+        tie_tolerance=0.0,
+        seed=0,
+    )
     by = table.set_index(["judge", "users"])
     # judge x: outcomes 1, 1, 0.5, 0 -> 2.5 / 4; one tie in four
     assert by.loc[("x", "all"), "win_rate"] == pytest.approx(0.625)
@@ -79,36 +94,56 @@ def test_win_rate_table_hand_computed() -> None:
     assert by.loc[("x", "unseen"), "win_rate"] == pytest.approx(0.25)
     # judge y ties everything: exactly 0.5 with a degenerate interval
     assert by.loc[("y", "all"), ["win_rate", "tie_rate", "ci_low", "ci_high"]].tolist() == [
-        0.5, 1.0, 0.5, 0.5]
+        0.5,
+        1.0,
+        0.5,
+        0.5,
+    ]
     # the seen group has one user: the bootstrap can only resample prompts, both wins
     assert by.loc[("x", "seen"), ["ci_low", "ci_high"]].tolist() == [1.0, 1.0]
     lo, hi = by.loc[("x", "all"), ["ci_low", "ci_high"]]
     assert 0.0 <= lo < 0.625 < hi <= 1.0
-    assert list(table.columns[:11]) == ["method", "opponent", "judge", "users", "n", "win_rate",
-                                        "tie_rate", "ci_low", "ci_high", "verdict", "n_seeds"]
+    assert list(table.columns[:11]) == [
+        "method",
+        "opponent",
+        "judge",
+        "users",
+        "n",
+        "win_rate",
+        "tie_rate",
+        "ci_low",
+        "ci_high",
+        "verdict",
+        "n_seeds",
+    ]
     assert (table["n_seeds"] == 1).all()
-    assert by.loc[("y", "all"), "verdict"] == "not shown"   # [0.5, 0.5] touches 0.5
-    assert by.loc[("x", "seen"), "verdict"] == "shown"      # [1, 1]
+    assert by.loc[("y", "all"), "verdict"] == "not shown"  # [0.5, 0.5] touches 0.5
+    assert by.loc[("x", "seen"), "verdict"] == "shown"  # [1, 1]
 
 
 def test_bootstrap_distribution_hand_computed() -> None:
     """Two users (values 1 and 0), one prompt: resampling users gives means 0, 0.5, 1 with
     probabilities 1/4, 1/2, 1/4; the prompt draw changes nothing."""
-    reps = bootstrap_means(np.array([1.0, 0.0]), np.array([1, 2]), np.array([5, 5]), 20000,
-                           np.random.default_rng(0))
+    reps = bootstrap_means(
+        np.array([1.0, 0.0]), np.array([1, 2]), np.array([5, 5]), 20000, np.random.default_rng(0)
+    )
     values, counts = np.unique(reps, return_counts=True)
     assert values.tolist() == [0.0, 0.5, 1.0]
     np.testing.assert_allclose(counts / counts.sum(), [0.25, 0.5, 0.25], atol=0.015)
 
 
 def test_cell_table_and_unbalanced_design() -> None:
-    sums, counts = cell_table(np.array([1.0, 0.0, 1.0]), np.array([3, 3, 9]),
-                              np.array([1, 1, 2]))
+    sums, counts = cell_table(np.array([1.0, 0.0, 1.0]), np.array([3, 3, 9]), np.array([1, 1, 2]))
     assert sums.tolist() == [[1.0, 0.0], [0.0, 1.0]]
     assert counts.tolist() == [[2.0, 0.0], [0.0, 1.0]]
     # user 3 saw prompt 1 only, user 9 prompt 2 only: some draws are empty (NaN) and dropped
-    ci = two_way_ci(np.array([1.0, 0.0, 1.0]), np.array([3, 3, 9]), np.array([1, 1, 2]), 500,
-                    np.random.default_rng(1))
+    ci = two_way_ci(
+        np.array([1.0, 0.0, 1.0]),
+        np.array([3, 3, 9]),
+        np.array([1, 1, 2]),
+        500,
+        np.random.default_rng(1),
+    )
     assert ci.estimate == pytest.approx(2 / 3) and 0.0 <= ci.low <= ci.high <= 1.0
 
 
@@ -118,7 +153,7 @@ def test_best_checkpoint_by_pipe_and_oracle_beside_it() -> None:
     rows = []
     for user, group in [(1, "seen"), (2, "seen"), (3, "unseen")]:
         for prompt in (1, 2):
-            rows.append(("a", 100, user, group, prompt, 0, 0.0, 1.0))   # x = pipe, y = oracle
+            rows.append(("a", 100, user, group, prompt, 0, 0.0, 1.0))  # x = pipe, y = oracle
             rows.append(("a", 200, user, group, prompt, 0, 2.0, 0.5))
             rows.append(("b", 0, user, group, prompt, 0, 1.0, 0.7))
     scores = frame(rows).rename(columns={"x": "pipe", "y": "oracle"})
@@ -127,10 +162,11 @@ def test_best_checkpoint_by_pipe_and_oracle_beside_it() -> None:
     assert sel.loc["a", "step"] == 200 and sel.loc["a", "reference_best_step"] == 100
     assert sel.loc["a", "reference_score"] == pytest.approx(0.5)
     assert sel.loc["a", "reference_best_score"] == pytest.approx(1.0)
-    table = win_rates(scores, [("a", "b")], ["pipe", "oracle"], sel.reset_index(), 200, 0.95,
-                      0.0, seed=0).set_index(["judge", "users"])
-    assert table.loc[("pipe", "all"), "win_rate"] == 1.0      # at step 200 pipe says a wins
-    assert table.loc[("oracle", "all"), "win_rate"] == 0.0    # the truth disagrees
+    table = win_rates(
+        scores, [("a", "b")], ["pipe", "oracle"], sel.reset_index(), 200, 0.95, 0.0, seed=0
+    ).set_index(["judge", "users"])
+    assert table.loc[("pipe", "all"), "win_rate"] == 1.0  # at step 200 pipe says a wins
+    assert table.loc[("oracle", "all"), "win_rate"] == 0.0  # the truth disagrees
     assert (table["method_steps"] == "200").all() and (table["selected_by"] == "pipe").all()
     m = metrics.set_index(["method", "step", "judge"])
     assert m.loc[("a", 200, "oracle"), "mean_score"] == pytest.approx(0.5)
@@ -142,7 +178,7 @@ def test_scores_by_dominant_user_type_at_the_selected_checkpoint() -> None:
     rows = []
     for user, group in [(1, "seen"), (2, "seen"), (3, "unseen")]:
         for prompt in (1, 2):
-            rows.append(("a", 100, user, group, prompt, 0, 9.0, 9.0))   # not selected
+            rows.append(("a", 100, user, group, prompt, 0, 9.0, 9.0))  # not selected
             rows.append(("a", 200, user, group, prompt, 0, 1.0, float(user)))
             rows.append(("b", 0, user, group, prompt, 0, 0.0, float(prompt)))
     scores = frame(rows).rename(columns={"x": "pipe", "y": "oracle"})
@@ -166,7 +202,7 @@ def test_scores_by_dominant_user_type_at_the_selected_checkpoint() -> None:
 def test_verdict_needs_the_interval_to_exclude_one_half() -> None:
     assert verdict(0.51, 0.70) == "shown"
     assert verdict(0.30, 0.49) == "reversed"
-    assert verdict(0.50, 0.70) == "not shown"   # touching 0.5 is not enough
+    assert verdict(0.50, 0.70) == "not shown"  # touching 0.5 is not enough
     assert verdict(0.30, 0.50) == "not shown"
     assert verdict(0.40, 0.60) == "not shown"
 
@@ -183,8 +219,20 @@ def seeded_scores() -> pd.DataFrame:
             rows.append(("a", 0, 10, user, "seen", prompt, 7, 2.0, 1.0))
             x1 = 2.0 if cell == 0 else (1.0 if cell == 5 else 0.0)
             rows.append(("a", 1, 10, user, "seen", prompt, 7, x1, 1.0))
-    df = pd.DataFrame(rows, columns=["method", "train_seed", "step", "user_id", "user_group",
-                                     "prompt_id", "seed", "x", "y"])
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "method",
+            "train_seed",
+            "step",
+            "user_id",
+            "user_group",
+            "prompt_id",
+            "seed",
+            "x",
+            "y",
+        ],
+    )
     return df.assign(caption="c", path="p")
 
 
@@ -192,7 +240,10 @@ def test_win_rate_is_the_mean_over_seeds_and_per_seed_rows_show_the_spread() -> 
     scores = seeded_scores()
     sel = select_checkpoints(checkpoint_metrics(scores, ["x", "y"]), "x", None)
     assert sorted(zip(sel["method"], sel["train_seed"], strict=True)) == [
-        ("a", 0), ("a", 1), ("base", -1)]
+        ("a", 0),
+        ("a", 1),
+        ("base", -1),
+    ]
     wins, per_seed = win_rate_tables(scores, [("a", "base")], ["x", "y"], sel, 400, 0.95, 0.0, 0)
     w = wins.set_index(["judge", "users"])
     # seed 0: 12/12; seed 1: (1 + 0.5) / 12; the table averages the two seeds' win rates
@@ -222,8 +273,9 @@ def test_seed_pairs_pair_base_with_every_seed_and_methods_seed_by_seed() -> None
 
 def test_unpaired_samples_are_an_error() -> None:
     scores = two_method_scores()
-    scores = scores[~((scores["method"] == "b") & (scores["prompt_id"] == 2)
-                      & (scores["user_id"] == 2))]
+    scores = scores[
+        ~((scores["method"] == "b") & (scores["prompt_id"] == 2) & (scores["user_id"] == 2))
+    ]
     with pytest.raises(ValueError, match=r"did not sample the same.*1 only in 'a', 0 only in 'b'"):
         paired(scores, "a", 0, "b", 0)
 
@@ -250,18 +302,21 @@ def test_judge_agreement_table() -> None:
     """Reference x, judge y: hand-counted agreement per user group, x's tie excluded."""
     rows = []
     for user, group, prompt, x_a, x_b, y_a, y_b in [
-        (1, "seen", 1, 2.0, 1.0, 5.0, 0.0),    # both say a: 1
-        (1, "seen", 2, 0.0, 1.0, 0.0, 3.0),    # both say b: 1
+        (1, "seen", 1, 2.0, 1.0, 5.0, 0.0),  # both say a: 1
+        (1, "seen", 2, 0.0, 1.0, 0.0, 3.0),  # both say b: 1
         (2, "unseen", 1, 3.0, 1.0, 0.0, 1.0),  # x says a, y says b: 0
         (2, "unseen", 2, 1.0, 1.0, 4.0, 0.0),  # x ties: excluded
         (3, "unseen", 1, 2.0, 1.0, 1.0, 1.0),  # y ties: 0.5
     ]:
-        rows += [("a", 0, user, group, prompt, 0, x_a, y_a), ("b", 0, user, group, prompt, 0,
-                                                              x_b, y_b)]
+        rows += [
+            ("a", 0, user, group, prompt, 0, x_a, y_a),
+            ("b", 0, user, group, prompt, 0, x_b, y_b),
+        ]
     scores = frame(rows)
     sel = select_checkpoints(checkpoint_metrics(scores, ["x", "y"]), "x", "x")
-    table = judge_agreement(scores, [("a", "b")], ["x", "y"], "x", sel, 300, 0.95, 0.0,
-                            seed=0).set_index("users")
+    table = judge_agreement(
+        scores, [("a", "b")], ["x", "y"], "x", sel, 300, 0.95, 0.0, seed=0
+    ).set_index("users")
     assert set(table["judge"]) == {"y"} and set(table["reference"]) == {"x"}
     assert table.loc["seen", ["agreement", "n"]].tolist() == [1.0, 2]
     assert table.loc["unseen", ["agreement", "n"]].tolist() == [0.25, 2]
@@ -285,8 +340,9 @@ def coverage(seed: int, resample_prompts: bool, reps: int = 200) -> float:
     return hits / reps
 
 
-def seed_coverage(seed: int, resample_seeds: bool, n_seeds: int = 3, sc: float = 0.5,
-                  reps: int = 200) -> tuple[float, float]:
+def seed_coverage(
+    seed: int, resample_seeds: bool, n_seeds: int = 3, sc: float = 0.5, reps: int = 200
+) -> tuple[float, float]:
     """(share of 95% CIs covering the true win rate, mean CI width) in a world with training-
     seed, user and prompt effects: x_sup = 1[mu + c_s + a_u + b_p + e_sup > 0], whose population
     mean over seeds, users and prompts is Phi(mu / sd). Every seed sees the same users and
@@ -294,8 +350,10 @@ def seed_coverage(seed: int, resample_seeds: bool, n_seeds: int = 3, sc: float =
     gen = np.random.default_rng(seed)
     n_u, n_p, su, sp, se, mu = 30, 16, 0.5, 0.5, 1.0, 0.3
     truth = norm.cdf(mu / np.sqrt(sc**2 + su**2 + sp**2 + se**2))
-    s, u, p = (g.ravel() for g in np.meshgrid(np.arange(n_seeds), np.arange(n_u),
-                                              np.arange(n_p), indexing="ij"))
+    s, u, p = (
+        g.ravel()
+        for g in np.meshgrid(np.arange(n_seeds), np.arange(n_u), np.arange(n_p), indexing="ij")
+    )
     hits, width = 0, 0.0
     for _ in range(reps):
         c, a, b = gen.normal(0, sc, n_seeds), gen.normal(0, su, n_u), gen.normal(0, sp, n_p)
@@ -354,12 +412,19 @@ def test_two_way_bootstrap_coverage_is_near_nominal() -> None:
 
 # --- the evaluate stage on a fake run ----------------------------------------------------------
 EVAL_PARAMS = {
-    "evaluate": {"pairs": [["pipe", "base"], ["pipe", "dpo"], ["dpo", "base"]],
-                 "select_by": "pipe", "reference_judge": "oracle", "bootstrap": 200,
-                 "confidence": 0.95, "tie_tolerance": 0.0,
-                 "grid": {"types_from": "truth", "prompts": 3, "annotate": "oracle"}},
+    "evaluate": {
+        "pairs": [["pipe", "base"], ["pipe", "dpo"], ["dpo", "base"]],
+        "select_by": "pipe",
+        "reference_judge": "oracle",
+        "bootstrap": 200,
+        "confidence": 0.95,
+        "tie_tolerance": 0.0,
+        "grid": {"types_from": "truth", "prompts": 3, "annotate": "oracle"},
+    },
     "judges": ["oracle", "pipe", "population", "clip_score"],
-    "scale": "smoke", "seed": 0, "grid_types": 2,
+    "scale": "smoke",
+    "seed": 0,
+    "grid_types": 2,
 }
 USERS = [10, 11, 12, 13, 14, 15]
 #: base once, the trained methods on two training seeds (as samples/ and scores/ lay them out)
@@ -373,29 +438,65 @@ def scored_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setitem(sys.modules, "prefgen.user_model.scorer", module)
     run = tmp_path / "run"
     write_truth(run / "data" / "truth", USERS)
-    indexes = write_samples(run, {model: [0] if model == "base" else [100, 200]
-                                  for model in MODELS}, USERS, [1, 2, 3, 4])
+    indexes = write_samples(
+        run,
+        {model: [0] if model == "base" else [100, 200] for model in MODELS},
+        USERS,
+        [1, 2, 3, 4],
+    )
     for model, index in indexes.items():
         judge = {"judge": {"judges": EVAL_PARAMS["judges"], "batch_size": 64}}
-        assert prefgen_main(["judge", "--params", json.dumps(judge), "--index", str(index),
-                             "--run-dir", str(run), "--truth", str(run / "data" / "truth"),
-                             "--out", str(run / "scores" / f"{model}.parquet")]) == 0
+        assert (
+            prefgen_main(
+                [
+                    "judge",
+                    "--params",
+                    json.dumps(judge),
+                    "--index",
+                    str(index),
+                    "--run-dir",
+                    str(run),
+                    "--truth",
+                    str(run / "data" / "truth"),
+                    "--out",
+                    str(run / "scores" / f"{model}.parquet"),
+                ]
+            )
+            == 0
+        )
     return run
 
 
 def run_evaluate(run: Path, params: dict) -> int:
-    return prefgen_main([
-        "evaluate", "--params", json.dumps(params),
-        "--scores", *[str(run / "scores" / f"{m}.parquet") for m in MODELS],
-        "--run-dir", str(run), "--truth", str(run / "data" / "truth"),
-        "--tables", str(run / "tables"), "--figures", str(run / "figures")])
+    return prefgen_main(
+        [
+            "evaluate",
+            "--params",
+            json.dumps(params),
+            "--scores",
+            *[str(run / "scores" / f"{m}.parquet") for m in MODELS],
+            "--run-dir",
+            str(run),
+            "--truth",
+            str(run / "data" / "truth"),
+            "--tables",
+            str(run / "tables"),
+            "--figures",
+            str(run / "figures"),
+        ]
+    )
 
 
 def test_evaluate_stage_writes_tables_and_figures(scored_run: Path) -> None:
     assert run_evaluate(scored_run, EVAL_PARAMS) == 0
     tables = scored_run / "tables"
-    for stem in ["win_rates", "win_rates_per_seed", "checkpoint_metrics", "best_checkpoints",
-                 "judge_agreement"]:
+    for stem in [
+        "win_rates",
+        "win_rates_per_seed",
+        "checkpoint_metrics",
+        "best_checkpoints",
+        "judge_agreement",
+    ]:
         for ext in (".csv", ".md", ".tex"):
             assert (tables / f"{stem}{ext}").stat().st_size > 0
     wins = pd.read_csv(tables / "win_rates.csv")
@@ -415,7 +516,8 @@ def test_evaluate_stage_writes_tables_and_figures(scored_run: Path) -> None:
     mean = per_seed.groupby(["method", "opponent", "judge", "users"])["win_rate"].mean()
     np.testing.assert_allclose(
         wins.set_index(["method", "opponent", "judge", "users"])["win_rate"],
-        mean.loc[wins.set_index(["method", "opponent", "judge", "users"]).index])
+        mean.loc[wins.set_index(["method", "opponent", "judge", "users"]).index],
+    )
     metrics = pd.read_csv(tables / "checkpoint_metrics.csv")
     assert list(metrics.columns[:5]) == ["method", "train_seed", "step", "judge", "mean_score"]
     assert len(metrics) == (1 + 2 * 2 + 2 * 2) * 4

@@ -51,11 +51,27 @@ def smoke_config(root: Path) -> dict:
 def test_smoke_run_writes_the_contract_tables(smoke_run: Path) -> None:
     run = smoke_run / "results" / "smoke"
     acc = pd.read_csv(run / "tables" / "preference_accuracy.csv")
-    assert list(acc.columns) == ["method", "split", "n_users", "n_pairs", "accuracy",
-                                 "ci_low", "ci_high"]
+    assert list(acc.columns) == [
+        "method",
+        "split",
+        "n_users",
+        "n_pairs",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+    ]
     wins = pd.read_csv(run / "tables" / "win_rates.csv")
-    assert {"method", "opponent", "judge", "users", "n", "win_rate", "tie_rate",
-            "ci_low", "ci_high"} <= set(wins.columns)
+    assert {
+        "method",
+        "opponent",
+        "judge",
+        "users",
+        "n",
+        "win_rate",
+        "tie_rate",
+        "ci_low",
+        "ci_high",
+    } <= set(wins.columns)
     assert {"pipe", "dpo"} <= set(wins["method"])
 
 
@@ -103,15 +119,28 @@ def test_ceiling_key_reruns_the_ceiling_not_the_user_model(smoke_run: Path) -> N
     config["preference_accuracy"]["ceiling"]["epochs"] += 1
     planned = planned_jobs(smoke_run, config)
     assert "user_model_ceiling" in planned
-    assert not {"preference_accuracy", "user_model_recovery", "fit_lambda", "fit_pasta",
-                "train_adapter"} & set(planned), planned
+    assert not {
+        "preference_accuracy",
+        "user_model_recovery",
+        "fit_lambda",
+        "fit_pasta",
+        "train_adapter",
+    } & set(planned), planned
 
 
 def test_report_builds_from_the_finished_run(smoke_run: Path) -> None:
     """`make run`'s last step: Snakemake's HTML report with every table's caption."""
     report = smoke_run / "report.html"
-    snakemake("--cores", "1", "--report", str(report), "all", "--configfile",
-              "config/smoke.yaml", cwd=smoke_run)
+    snakemake(
+        "--cores",
+        "1",
+        "--report",
+        str(report),
+        "all",
+        "--configfile",
+        "config/smoke.yaml",
+        cwd=smoke_run,
+    )
     html = report.read_text(errors="replace")
     assert "win_rates.csv" in html and "preference_accuracy.csv" in html
 
@@ -148,10 +177,12 @@ def test_smoke_budgets_table(smoke_run: Path) -> None:
     train = table[table["stage"] == "train"].set_index(["method", "train_seed"])
     t = config["train"]
     assert train.loc[("pipe", seeds[-1]), "examples_seen"] == (
-        t["steps"] * t["batch_size"] * t["gradient_accumulation_steps"])
+        t["steps"] * t["batch_size"] * t["gradient_accumulation_steps"]
+    )
     p = config["premier"]["train"]
     assert train.loc[("premier", seeds[0]), "examples_seen"] == (
-        p["steps"] * p["batch_size"] * p["gradient_accumulation_steps"])
+        p["steps"] * p["batch_size"] * p["gradient_accumulation_steps"]
+    )
     assert (table["wall_seconds"] > 0).all() and (table["trainable_parameters"] > 0).all()
     assert "budgets.csv" in (run / "README.md").read_text()
 
@@ -173,15 +204,26 @@ def test_one_training_seed_reruns_byte_identically(smoke_run: Path) -> None:
     """Retraining one replicate from scratch gives the same weights, images, scores and win-rate
     tables, byte for byte (budgets.csv's measured wall time aside)."""
     run = smoke_run / "results" / "smoke"
-    watched = [run / "adapters" / "pipe" / "seed1" / "checkpoint-12" / "adapter.safetensors",
-               run / "samples" / "pipe" / "seed1" / "index.parquet",
-               run / "scores" / "pipe" / "seed1.parquet",
-               run / "tables" / "win_rates.csv", run / "tables" / "win_rates_per_seed.csv",
-               run / "tables" / "best_checkpoints.csv"]
+    watched = [
+        run / "adapters" / "pipe" / "seed1" / "checkpoint-12" / "adapter.safetensors",
+        run / "samples" / "pipe" / "seed1" / "index.parquet",
+        run / "scores" / "pipe" / "seed1.parquet",
+        run / "tables" / "win_rates.csv",
+        run / "tables" / "win_rates_per_seed.csv",
+        run / "tables" / "best_checkpoints.csv",
+    ]
     images = sorted((run / "samples" / "pipe" / "seed1").rglob("*.png"))
     before = {p: p.read_bytes() for p in [*watched, *images]}
-    snakemake("--cores", "2", "results/smoke/scores/pipe/seed1.parquet", "--configfile",
-              "config/smoke.yaml", "--forcerun", "train_adapter", cwd=smoke_run)
+    snakemake(
+        "--cores",
+        "2",
+        "results/smoke/scores/pipe/seed1.parquet",
+        "--configfile",
+        "config/smoke.yaml",
+        "--forcerun",
+        "train_adapter",
+        cwd=smoke_run,
+    )
     snakemake("--cores", "2", "all", "--configfile", "config/smoke.yaml", cwd=smoke_run)
     assert planned_jobs(smoke_run, smoke_config(smoke_run)) == {}
     changed = [str(p.relative_to(run)) for p, b in before.items() if p.read_bytes() != b]
@@ -192,16 +234,35 @@ def test_contamination_audit_is_clean_and_complete(smoke_run: Path) -> None:
     """Every consumer against every evaluation set, and no violation in the shipped config."""
     table = pd.read_csv(smoke_run / "results" / "smoke" / "tables" / "contamination.csv")
     assert not (table["verdict"] == "violation").any(), table[table["verdict"] == "violation"]
-    assert set(table["evaluation_set"]) == {"pipe_test", "ppd_test_seen", "ppd_test_unseen",
-                                            "lpp_episodes", "generation"}
-    assert {"clip", "pasta_phi", "population", "lambda", "pasta_phi_lpp", "adapter_pipe",
-            "ppd_embedding", "premier_stage1_and_2", "lpp", "user_probe",
-            "judge_pipe_checkpoint_selection"} <= set(table["consumer"])
+    assert set(table["evaluation_set"]) == {
+        "pipe_test",
+        "ppd_test_seen",
+        "ppd_test_unseen",
+        "lpp_episodes",
+        "generation",
+    }
+    assert {
+        "clip",
+        "pasta_phi",
+        "population",
+        "lambda",
+        "pasta_phi_lpp",
+        "adapter_pipe",
+        "ppd_embedding",
+        "premier_stage1_and_2",
+        "lpp",
+        "user_probe",
+        "judge_pipe_checkpoint_selection",
+    } <= set(table["consumer"])
     assert table.groupby("consumer").size().eq(5).all()
     # what was shared before the fixes is now clean where it is scored
     scored = table.loc[table["evaluated_on"] != "-"].set_index(["consumer", "evaluation_set"])
-    for key in [("pasta_phi_lpp", "lpp_episodes"), ("population_lpp", "lpp_episodes"),
-                ("judge_pipe_checkpoint_selection", "generation"), ("clip", "generation")]:
+    for key in [
+        ("pasta_phi_lpp", "lpp_episodes"),
+        ("population_lpp", "lpp_episodes"),
+        ("judge_pipe_checkpoint_selection", "generation"),
+        ("clip", "generation"),
+    ]:
         assert scored.loc[key, "verdict"] == "clean", key
 
 
@@ -232,15 +293,25 @@ def test_a_planted_leak_fails_the_audit_and_names_it(smoke_run: Path) -> None:
     backup = smoke_run / "train.parquet.orig"
     shutil.copy2(train, backup)
     target = "results/smoke/tables/contamination.csv"
-    audit_only = ("--cores", "1", target, "--configfile", "config/smoke.yaml",
-                  "--forcerun", "audit_contamination", "--rerun-triggers", "params")
+    audit_only = (
+        "--cores",
+        "1",
+        target,
+        "--configfile",
+        "config/smoke.yaml",
+        "--forcerun",
+        "audit_contamination",
+        "--rerun-triggers",
+        "params",
+    )
     try:
         test = pd.read_parquet(run / "splits" / "pipe" / "test.parquet")
         pd.concat([pd.read_parquet(train), test.iloc[:3]]).to_parquet(train, index=False)
         proc = snakemake(*audit_only, cwd=smoke_run, check=False)
         assert proc.returncode != 0
-        log = (smoke_run / "logs" / "smoke" / "audit_contamination"
-               / "audit_contamination.log").read_text()
+        log = (
+            smoke_run / "logs" / "smoke" / "audit_contamination" / "audit_contamination.log"
+        ).read_text()
         assert "pasta_phi on pipe_test (preference_accuracy): 3 shared labelled pairs" in log
         assert not (run / "tables" / "contamination.csv").exists()
     finally:

@@ -131,8 +131,12 @@ def test_oracle_scores_generated_like_images_of_any_form(smoke_world: dict[str, 
     assert k.shape == (3, truth.n_types)
     # the oracle is the user's lambda-mixture of the type rewards
     # two ways of forming the same float64 mixture: summation order only
-    np.testing.assert_allclose(oracle_reward(pils, caps, [user] * 3, truth),
-                               k @ truth.lambdas([user])[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        oracle_reward(pils, caps, [user] * 3, truth),
+        k @ truth.lambdas([user])[0],
+        rtol=1e-9,
+        atol=1e-12,
+    )
     with pytest.raises(KeyError, match="123456789"):
         oracle_reward(pils, caps, [user, user, 123456789], truth)
 

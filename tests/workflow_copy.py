@@ -17,8 +17,9 @@ def copy_workflow(dest: Path) -> Path:
     for name in SOURCES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:
             shutil.copy2(src, dest / name)
     return dest

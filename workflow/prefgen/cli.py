@@ -63,11 +63,17 @@ READER_COMMANDS = {"generate", "score"}
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     module = importlib.import_module(COMMANDS[command])
-    parser = argparse.ArgumentParser(prog=f"prefgen {command}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"prefgen {command}",
+        description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if command not in READER_COMMANDS:
-        parser.add_argument("--params", required=True,
-                            help="JSON object: the rule's config subset (Snakemake passes it)")
+        parser.add_argument(
+            "--params",
+            required=True,
+            help="JSON object: the rule's config subset (Snakemake passes it)",
+        )
     module.add_arguments(parser)
     parser.set_defaults(_run=module.run, _command=command)
     return parser
@@ -76,9 +82,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
-        print("usage: prefgen <command> --params JSON [options]\n"
-              "       prefgen generate|score [options]   (a finished run's models)\n\n"
-              "commands:")
+        print(
+            "usage: prefgen <command> --params JSON [options]\n"
+            "       prefgen generate|score [options]   (a finished run's models)\n\n"
+            "commands:"
+        )
         for name, module in COMMANDS.items():
             print(f"  {name:22s} {module}")
         return 0 if argv and argv[0] in {"-h", "--help"} else 2

@@ -114,20 +114,33 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
 #: Keys that ask for the synthetic world's planted truth (it does not exist for real data).
 TRUTH_KEYS = (
     ("judge.core.judges", lambda c: "oracle" in c["judge"]["core"]["judges"], "drop oracle"),
-    ("evaluate.reference_judge", lambda c: c["evaluate"]["reference_judge"] == "oracle",
-     "use pipe or null"),
+    (
+        "evaluate.reference_judge",
+        lambda c: c["evaluate"]["reference_judge"] == "oracle",
+        "use pipe or null",
+    ),
     ("evaluate.select_by", lambda c: c["evaluate"]["select_by"] == "oracle", "use pipe"),
-    ("evaluate.grid.types_from", lambda c: c["evaluate"]["grid"]["types_from"] == "truth",
-     "use lambda"),
-    ("evaluate.grid.annotate", lambda c: c["evaluate"]["grid"]["annotate"] == "oracle",
-     "use pipe or null"),
-    ("premier.history.prompts", lambda c: c["premier"]["history"]["prompts"] > 0,
-     "set 0 (its sampled prompts are scored by the oracle)"),
+    (
+        "evaluate.grid.types_from",
+        lambda c: c["evaluate"]["grid"]["types_from"] == "truth",
+        "use lambda",
+    ),
+    (
+        "evaluate.grid.annotate",
+        lambda c: c["evaluate"]["grid"]["annotate"] == "oracle",
+        "use pipe or null",
+    ),
+    (
+        "premier.history.prompts",
+        lambda c: c["premier"]["history"]["prompts"] > 0,
+        "set 0 (its sampled prompts are scored by the oracle)",
+    ),
 )
 
 
-def cross_key_errors(config: dict[str, Any], check_paths: bool = True,
-                     root: str | Path = ".") -> list[str]:
+def cross_key_errors(
+    config: dict[str, Any], check_paths: bool = True, root: str | Path = "."
+) -> list[str]:
     """Every pair of values in a schema-valid ``config`` that cannot both hold, one message each
     naming both keys. ``check_paths`` also checks that ``data.path`` (relative to ``root``, the
     workflow's working directory) finds Pick-a-Pic shards when ``data.source`` is pickapic."""
@@ -135,55 +148,77 @@ def cross_key_errors(config: dict[str, Any], check_paths: bool = True,
     split, ev = config["split"], config["eval_set"]
     held = split["held_out"]
     if ev["prompts"] > held["prompts"]:
-        errors.append(f"eval_set.prompts={ev['prompts']} > split.held_out.prompts="
-                      f"{held['prompts']}: the evaluation prompts are drawn from the unseen "
-                      "prompts; lower the first or raise the second")
+        errors.append(
+            f"eval_set.prompts={ev['prompts']} > split.held_out.prompts="
+            f"{held['prompts']}: the evaluation prompts are drawn from the unseen "
+            "prompts; lower the first or raise the second"
+        )
     if ev["unseen_users"] > 0 and held["user_fraction"] == 0:
-        errors.append(f"eval_set.unseen_users={ev['unseen_users']} but "
-                      "split.held_out.user_fraction=0: no user is held out to draw them from")
+        errors.append(
+            f"eval_set.unseen_users={ev['unseen_users']} but "
+            "split.held_out.user_fraction=0: no user is held out to draw them from"
+        )
     if config["data"]["source"] == "synthetic" and held["user_fraction"] > 0:
         n_users = config["world"]["n_users"]
         # at most round(fraction x n_users) users are held out (only users with min_pairs
         # pairs are eligible), and seen users are drawn from the rest
         most_unseen = round(held["user_fraction"] * n_users)
         if ev["unseen_users"] > most_unseen:
-            errors.append(f"eval_set.unseen_users={ev['unseen_users']} > the at most "
-                          f"{most_unseen} held-out users of split.held_out.user_fraction="
-                          f"{held['user_fraction']} x world.n_users={n_users}")
+            errors.append(
+                f"eval_set.unseen_users={ev['unseen_users']} > the at most "
+                f"{most_unseen} held-out users of split.held_out.user_fraction="
+                f"{held['user_fraction']} x world.n_users={n_users}"
+            )
         if ev["seen_users"] > n_users - most_unseen:
-            errors.append(f"eval_set.seen_users={ev['seen_users']} > the at most "
-                          f"{n_users - most_unseen} users not held out (world.n_users={n_users},"
-                          f" split.held_out.user_fraction={held['user_fraction']})")
+            errors.append(
+                f"eval_set.seen_users={ev['seen_users']} > the at most "
+                f"{n_users - most_unseen} users not held out (world.n_users={n_users},"
+                f" split.held_out.user_fraction={held['user_fraction']})"
+            )
     lpp = split["lpp"]
     if lpp["min_liked"] <= lpp["n_ref"]:
-        errors.append(f"split.lpp.min_liked={lpp['min_liked']} <= split.lpp.n_ref={lpp['n_ref']}:"
-                      " each LPP user needs n_ref reference likes plus at least one to test")
+        errors.append(
+            f"split.lpp.min_liked={lpp['min_liked']} <= split.lpp.n_ref={lpp['n_ref']}:"
+            " each LPP user needs n_ref reference likes plus at least one to test"
+        )
     n_shots = config["ppd"]["embedding"]["n_shots"]
     if n_shots > held["min_pairs"]:
-        errors.append(f"ppd.embedding.n_shots={n_shots} > split.held_out.min_pairs="
-                      f"{held['min_pairs']}: held-out users may have fewer pairs than PPD's "
-                      "few-shot examples; raise min_pairs to at least n_shots")
+        errors.append(
+            f"ppd.embedding.n_shots={n_shots} > split.held_out.min_pairs="
+            f"{held['min_pairs']}: held-out users may have fewer pairs than PPD's "
+            "few-shot examples; raise min_pairs to at least n_shots"
+        )
     support = held["support_pairs"]
     if support > held["min_pairs"]:
-        errors.append(f"split.held_out.support_pairs={support} > split.held_out.min_pairs="
-                      f"{held['min_pairs']}: a held-out user may have fewer non-tie pairs than "
-                      "one support set; lower support_pairs or raise min_pairs")
+        errors.append(
+            f"split.held_out.support_pairs={support} > split.held_out.min_pairs="
+            f"{held['min_pairs']}: a held-out user may have fewer non-tie pairs than "
+            "one support set; lower support_pairs or raise min_pairs"
+        )
     if n_shots > support:
-        errors.append(f"ppd.embedding.n_shots={n_shots} > split.held_out.support_pairs="
-                      f"{support}: PPD draws an unseen user's shots from the support set, the "
-                      "only pairs of theirs any method sees; lower n_shots or raise support_pairs")
+        errors.append(
+            f"ppd.embedding.n_shots={n_shots} > split.held_out.support_pairs="
+            f"{support}: PPD draws an unseen user's shots from the support set, the "
+            "only pairs of theirs any method sees; lower n_shots or raise support_pairs"
+        )
     if config["data"]["source"] == "pickapic":
         path = config["data"].get("path")
         if check_paths and not path:
-            errors.append("data.source=pickapic but data.path is null: set it to the "
-                          "directory, file or glob of your Pick-a-Pic v2 parquet shards")
+            errors.append(
+                "data.source=pickapic but data.path is null: set it to the "
+                "directory, file or glob of your Pick-a-Pic v2 parquet shards"
+            )
         elif check_paths and not _finds_shards(Path(root), str(path)):
-            errors.append(f"data.source=pickapic but data.path={path!r} matches no parquet "
-                          f"file (looked in {Path(root).resolve()})")
+            errors.append(
+                f"data.source=pickapic but data.path={path!r} matches no parquet "
+                f"file (looked in {Path(root).resolve()})"
+            )
         for key, asks_truth, fix in TRUTH_KEYS:
             if asks_truth(config):
-                errors.append(f"{key} needs the synthetic world's truth, which "
-                              f"data.source=pickapic does not have: {fix}")
+                errors.append(
+                    f"{key} needs the synthetic world's truth, which "
+                    f"data.source=pickapic does not have: {fix}"
+                )
     return errors
 
 
@@ -199,8 +234,9 @@ def _finds_shards(root: Path, path: str) -> bool:
     return any(Path(p).is_file() for p in glob.glob(str(full), recursive=True))
 
 
-def check_cross_keys(config: dict[str, Any], source: str = "config", check_paths: bool = True,
-                     root: str | Path = ".") -> dict[str, Any]:
+def check_cross_keys(
+    config: dict[str, Any], source: str = "config", check_paths: bool = True, root: str | Path = "."
+) -> dict[str, Any]:
     """Raise :class:`ConfigError` listing every contradiction :func:`cross_key_errors` finds."""
     errors = cross_key_errors(config, check_paths=check_paths, root=root)
     if errors:
@@ -223,8 +259,9 @@ def _extend_with_defaults(validator_cls: Any) -> Any:
     return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
-                check_paths: bool = False) -> dict[str, Any]:
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, check_paths: bool = False
+) -> dict[str, Any]:
     """Read a YAML config, apply nested ``overrides``, validate it and check its cross-key
     constraints (``data.path`` only with ``check_paths``: a shipped config may name shards
     that are not on this machine)."""
@@ -311,9 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     elif argv == ["docs"]:
         sys.stdout.write(schema_markdown())
     else:
-        raise SystemExit(
-            "usage: python -m prefgen.core.config {run-name CONFIG|check CONFIG|docs}"
-        )
+        raise SystemExit("usage: python -m prefgen.core.config {run-name CONFIG|check CONFIG|docs}")
 
 
 if __name__ == "__main__":

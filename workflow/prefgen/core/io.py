@@ -30,15 +30,17 @@ class OutputWriteError(OSError):
 #: errnos that mean "this output cannot be written here" (too large, disk or quota full,
 #: read-only or forbidden folder, device error); other OSErrors inside a write block (a missing
 #: input, say) pass through as they are.
-WRITE_ERRNOS = frozenset({errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                          errno.EPERM, errno.EIO})
+WRITE_ERRNOS = frozenset(
+    {errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
 
 
 def _write_failed(target: Path, exc: BaseException) -> OutputWriteError:
     if isinstance(exc, OutputWriteError):
         return exc
-    return OutputWriteError(f"{target}: could not be written ({exc}); nothing was left at this "
-                            "path")
+    return OutputWriteError(
+        f"{target}: could not be written ({exc}); nothing was left at this path"
+    )
 
 
 @contextlib.contextmanager
@@ -82,8 +84,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
-                                    dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as exc:
         raise _write_failed(target, exc) from exc
     try:
@@ -143,8 +144,9 @@ def _json_default(obj: Any) -> Any:
 WALL_CLOCK_WORDS = ("time", "seconds", "elapsed", "duration", "date", "wall", "clock")
 
 
-def save_tensors(tensors: dict[str, Any], path: str | os.PathLike[str],
-                 metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    tensors: dict[str, Any], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> None:
     """Save a dict of torch tensors as safetensors, atomically and byte-deterministically.
 
     The same tensors and metadata always give the same bytes, whatever the dict orders:
@@ -159,12 +161,16 @@ def save_tensors(tensors: dict[str, Any], path: str | os.PathLike[str],
     for key in metadata:
         words = key.lower().replace("-", "_").split("_")
         if any(word in WALL_CLOCK_WORDS for word in words):
-            raise ValueError(f"{path}: safetensors metadata key '{key}' is a wall-clock value; "
-                             "weight files must be reproducible, write it to a json or log "
-                             "beside them")
+            raise ValueError(
+                f"{path}: safetensors metadata key '{key}' is a wall-clock value; "
+                "weight files must be reproducible, write it to a json or log "
+                "beside them"
+            )
         if not isinstance(metadata[key], str):
-            raise TypeError(f"{path}: safetensors metadata '{key}' must be a string, got "
-                            f"{type(metadata[key]).__name__}")
+            raise TypeError(
+                f"{path}: safetensors metadata '{key}' must be a string, got "
+                f"{type(metadata[key]).__name__}"
+            )
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         try:
@@ -190,8 +196,10 @@ def _sort_safetensors_metadata(path: Path) -> None:
         ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
         text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
         if len(text) > size:
-            raise RuntimeError(f"{path}: sorted safetensors header is {len(text)} bytes, longer "
-                               f"than the {size} written; cannot rewrite it in place")
+            raise RuntimeError(
+                f"{path}: sorted safetensors header is {len(text)} bytes, longer "
+                f"than the {size} written; cannot rewrite it in place"
+            )
         fh.seek(8)
         fh.write(text + b" " * (size - len(text)))
 
@@ -207,8 +215,10 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return load_file(str(path))
     except SafetensorError as exc:
-        raise ValueError(f"{path}: not a complete safetensors file ({exc}); delete it and rerun "
-                         "the rule that writes it") from exc
+        raise ValueError(
+            f"{path}: not a complete safetensors file ({exc}); delete it and rerun "
+            "the rule that writes it"
+        ) from exc
 
 
 def tensor_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -228,13 +238,16 @@ def check_state_shapes(module: Any, state: dict[str, Any], path: str | os.PathLi
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     for name, tensor in sorted(state.items()):
         if name in expected and tuple(tensor.shape) != expected[name]:
-            raise ValueError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the "
-                             f"model built from its config expects {expected[name]}; the file "
-                             "was written under another config")
+            raise ValueError(
+                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the "
+                f"model built from its config expects {expected[name]}; the file "
+                "was written under another config"
+            )
 
 
-def write_table(df: pd.DataFrame, stem: str | os.PathLike[str], caption: str = "",
-                float_digits: int = 4) -> list[Path]:
+def write_table(
+    df: pd.DataFrame, stem: str | os.PathLike[str], caption: str = "", float_digits: int = 4
+) -> list[Path]:
     """Write one result table as ``stem.csv``, ``stem.md`` and ``stem.tex``.
 
     The CSV keeps full precision (it is the machine-readable contract); the Markdown and LaTeX
@@ -255,7 +268,8 @@ def write_table(df: pd.DataFrame, stem: str | os.PathLike[str], caption: str = "
         tmp.write_text(text + "\n")
     with atomic_path(paths[2]) as tmp:
         tmp.write_text(
-            rounded.to_latex(index=False, caption=caption or None,
-                             float_format=f"%.{float_digits}f", escape=True)
+            rounded.to_latex(
+                index=False, caption=caption or None, float_format=f"%.{float_digits}f", escape=True
+            )
         )
     return paths

@@ -186,8 +186,9 @@ def iter_batches(
             except StopIteration:
                 break
             except (pa.ArrowException, OSError) as exc:  # a page corrupt past a sound footer
-                raise ShardError(f"{path}: unreadable after row {start} (a corrupt or "
-                                 f"truncated page?): {exc}") from exc
+                raise ShardError(
+                    f"{path}: unreadable after row {start} (a corrupt or truncated page?): {exc}"
+                ) from exc
             yield Batch(str(path), start, pa.Table.from_batches([rb]))
             start += rb.num_rows
         pf.close()
@@ -209,9 +210,12 @@ def image_problem(data: bytes | pa.Buffer | None) -> tuple[str, str] | None:
         with Image.open(io.BytesIO(memoryview(data))) as img:
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
-                return ("oversized_image", f"header claims {width} x {height} = "
-                        f"{width * height} pixels, more than MAX_IMAGE_PIXELS = "
-                        f"{MAX_IMAGE_PIXELS}; not decoded")
+                return (
+                    "oversized_image",
+                    f"header claims {width} x {height} = "
+                    f"{width * height} pixels, more than MAX_IMAGE_PIXELS = "
+                    f"{MAX_IMAGE_PIXELS}; not decoded",
+                )
             if img.format == "JPEG":  # decode at 1/8 scale: every byte is still parsed
                 img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
             img.load()

@@ -214,9 +214,12 @@ def split_pipe(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     repeat_of_test = ~is_test & key.isin(set(key[is_test])).to_numpy()
     train = to_split_rows(rest.loc[~is_test & ~repeat_of_test], gen)
     test = to_split_rows(rest.loc[is_test], gen)
-    _refuse_empty("split_pipe", {"train": train, "test": test},
-                  "split.pipe.test_fraction (rounded per user), split.held_out.prompts and "
-                  "split.held_out.user_fraction")
+    _refuse_empty(
+        "split_pipe",
+        {"train": train, "test": test},
+        "split.pipe.test_fraction (rounded per user), split.held_out.prompts and "
+        "split.held_out.user_fraction",
+    )
     per_user_test = test.groupby("user_id").size().reindex(n_nontie.index, fill_value=0)
     stats = {
         "users": int(rest["user_id"].nunique()),
@@ -251,8 +254,10 @@ def _refuse_empty(stage: str, parts: dict[str, pd.DataFrame], keys: str) -> None
     a later stage would train or score on."""
     empty = [name for name, df in parts.items() if len(df) == 0]
     if empty:
-        raise ConfigError(f"{stage}: the config leaves split(s) {empty} with no pairs; check "
-                          f"{keys} against the data")
+        raise ConfigError(
+            f"{stage}: the config leaves split(s) {empty} with no pairs; check "
+            f"{keys} against the data"
+        )
 
 
 def _split_stats(df: pd.DataFrame) -> dict[str, int]:
@@ -306,9 +311,12 @@ def split_ppd(pairs: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     dropped_test_seen = int((~ok).sum())
     test_seen = test_seen.loc[ok]
 
-    _refuse_empty("split_ppd", {"train": train, "test_seen": test_seen},
-                  f"split.ppd.test_caption_fraction, split.held_out.min_pairs={min_pairs} and "
-                  "split.held_out.user_fraction")
+    _refuse_empty(
+        "split_ppd",
+        {"train": train, "test_seen": test_seen},
+        f"split.ppd.test_caption_fraction, split.held_out.min_pairs={min_pairs} and "
+        "split.held_out.user_fraction",
+    )
     out = {
         "train": to_split_rows(train, gen),
         "val": to_split_rows(val, gen),
@@ -487,8 +495,13 @@ def without_episode_labels(train: pd.DataFrame, episodes: pd.DataFrame) -> pd.Da
 def episode_candidates(episodes: pd.DataFrame) -> set[tuple[int, str]]:
     """Every (user, candidate image) of the LPP episodes."""
     cands = episodes[["user_id", "candidate_uids"]].explode("candidate_uids")
-    return set(zip(cands["user_id"].astype(np.int64).tolist(), cands["candidate_uids"].astype(str),
-                   strict=True))
+    return set(
+        zip(
+            cands["user_id"].astype(np.int64).tolist(),
+            cands["candidate_uids"].astype(str),
+            strict=True,
+        )
+    )
 
 
 def involves_items(pairs: pd.DataFrame, a: str, b: str, items: set[tuple[int, str]]) -> np.ndarray:

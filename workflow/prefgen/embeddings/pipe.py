@@ -33,12 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_lambdas(path: str, n_types: int) -> tuple[np.ndarray, np.ndarray]:
     """``(user_ids [U], λ [U, K])`` from ``lambda.parquet``, checking K against W."""
     df = pd.read_parquet(path)
-    cols = sorted((c for c in df.columns if re.fullmatch(r"lambda_\d+", c)),
-                  key=lambda c: int(c.split("_")[1]))
+    cols = sorted(
+        (c for c in df.columns if re.fullmatch(r"lambda_\d+", c)),
+        key=lambda c: int(c.split("_")[1]),
+    )
     expected = [f"lambda_{k}" for k in range(n_types)]
     if "user_id" not in df.columns or cols != expected:
-        raise ValueError(f"{path}: expected columns user_id, {', '.join(expected)} (K={n_types} "
-                         f"from the PASTA model's W), found {list(df.columns)}")
+        raise ValueError(
+            f"{path}: expected columns user_id, {', '.join(expected)} (K={n_types} "
+            f"from the PASTA model's W), found {list(df.columns)}"
+        )
     lam = df[expected].to_numpy(np.float64)
     if not np.isfinite(lam).all():
         bad = df.loc[~np.isfinite(lam).all(1), "user_id"].iloc[0]
@@ -60,8 +64,19 @@ def run(args: argparse.Namespace) -> None:
     W = load_reward_model(args.pasta).W
     user_ids, lam = read_lambdas(args.lambdas, int(W.shape[0]))
     emb = pipe_embeddings(lam, W).float()
-    save_tensors({"user_ids": torch.from_numpy(user_ids), "emb": emb}, args.out,
-                 metadata={"definition": "E_u = lambda_u^T W (PIPE Eq. 3)",
-                           "n_types": str(W.shape[0]), "dim": str(W.shape[1])})
-    log.info("PIPE embeddings: %d users x %d dims (W %s), |E| mean %.3f", len(user_ids),
-             emb.shape[1], tuple(W.shape), float(emb.norm(dim=1).mean()))
+    save_tensors(
+        {"user_ids": torch.from_numpy(user_ids), "emb": emb},
+        args.out,
+        metadata={
+            "definition": "E_u = lambda_u^T W (PIPE Eq. 3)",
+            "n_types": str(W.shape[0]),
+            "dim": str(W.shape[1]),
+        },
+    )
+    log.info(
+        "PIPE embeddings: %d users x %d dims (W %s), |E| mean %.3f",
+        len(user_ids),
+        emb.shape[1],
+        tuple(W.shape),
+        float(emb.norm(dim=1).mean()),
+    )

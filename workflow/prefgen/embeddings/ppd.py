@@ -47,8 +47,15 @@ from prefgen.embeddings.vlm import VLM, load_vlm
 
 log = get_logger(__name__)
 
-SPLIT_COLUMNS = ["ranking_id", "user_id", "caption", "prompt_id", "image_w_uid", "image_l_uid",
-                 "is_tie"]
+SPLIT_COLUMNS = [
+    "ranking_id",
+    "user_id",
+    "caption",
+    "prompt_id",
+    "image_w_uid",
+    "image_l_uid",
+    "is_tie",
+]
 SHOT_COLUMNS = ["user_id", "shot", "ranking_id", "caption", "image_w_uid", "image_l_uid"]
 
 INTRO = "You will see a few examples of images that one user preferred and dispreferred."
@@ -66,6 +73,7 @@ REASON_TIES = "fewer_than_n_shots_pairs_after_dropping_ties"
 
 
 # --- which pairs a user shows --------------------------------------------------------------------
+
 
 def read_split(path: str | Path) -> pd.DataFrame:
     """A PPD split table with the columns of docs/interfaces.md, or an error naming the file."""
@@ -85,8 +93,9 @@ def candidate_pairs(pairs: pd.DataFrame, exclude_ties: bool) -> pd.DataFrame:
     return pairs[~pairs["is_tie"].astype(bool)] if exclude_ties else pairs
 
 
-def select_shots(pairs: pd.DataFrame, n_shots: int, exclude_ties: bool, seed: int,
-                 stream: str = "shots") -> tuple[pd.DataFrame, dict[int, str]]:
+def select_shots(
+    pairs: pd.DataFrame, n_shots: int, exclude_ties: bool, seed: int, stream: str = "shots"
+) -> tuple[pd.DataFrame, dict[int, str]]:
     """N example pairs per user (a seeded shuffle of their candidates), and who has too few.
 
     Each user's shuffle has its own seed stream (keyed by ``user_id``), so adding or removing
@@ -105,13 +114,17 @@ def select_shots(pairs: pd.DataFrame, n_shots: int, exclude_ties: bool, seed: in
         order = rng(seed, "ppd", stream, int(user_id)).permutation(len(own))[:n_shots]
         shots = own.iloc[order].assign(shot=np.arange(n_shots))
         rows.append(shots[SHOT_COLUMNS])
-    shots = (pd.concat(rows, ignore_index=True) if rows
-             else pd.DataFrame({c: pd.Series(dtype="int64") for c in SHOT_COLUMNS}))
+    shots = (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame({c: pd.Series(dtype="int64") for c in SHOT_COLUMNS})
+    )
     return shots, excluded
 
 
-def disjoint_draws(pairs: pd.DataFrame, n_draws: int, n_shots: int, exclude_ties: bool,
-                   seed: int, max_users: int) -> pd.DataFrame:
+def disjoint_draws(
+    pairs: pd.DataFrame, n_draws: int, n_shots: int, exclude_ties: bool, seed: int, max_users: int
+) -> pd.DataFrame:
     """``n_draws`` disjoint groups of a user's pairs, for users with at least ``n_draws*n_shots``.
 
     The user-classification probe (PPD Fig. 2) asks whether different few-shot draws of one user
@@ -140,6 +153,7 @@ def disjoint_draws(pairs: pd.DataFrame, n_draws: int, n_shots: int, exclude_ties
 
 
 # --- the prompt ----------------------------------------------------------------------------------
+
 
 def build_prompt(shots: pd.DataFrame, image_token: str) -> tuple[str, list[str]]:
     """PPD's few-shot question for one user, and the image uids in the order they appear.
@@ -172,6 +186,7 @@ def chat_text(processor: Any, question: str) -> str:
 
 # --- images --------------------------------------------------------------------------------------
 
+
 def load_pil_images(images_parquet: str | Path, uids: Sequence[str]) -> dict[str, Image.Image]:
     """Decode the requested images (any size: the processor resizes) keyed by ``image_uid``.
 
@@ -179,25 +194,30 @@ def load_pil_images(images_parquet: str | Path, uids: Sequence[str]) -> dict[str
     table. A uid that is absent or not decodable is an error naming it.
     """
     wanted = sorted({str(u) for u in uids})
-    table = pd.read_parquet(images_parquet, columns=["image_uid", "jpg"],
-                            filters=[("image_uid", "in", wanted)])
+    table = pd.read_parquet(
+        images_parquet, columns=["image_uid", "jpg"], filters=[("image_uid", "in", wanted)]
+    )
     table = table.drop_duplicates("image_uid")
     missing = sorted(set(wanted) - set(table["image_uid"].astype(str)))
     if missing:
-        raise ValueError(f"{images_parquet}: {len(missing)} image_uid(s) used by the splits are "
-                         f"absent, e.g. {missing[0]!r}")
+        raise ValueError(
+            f"{images_parquet}: {len(missing)} image_uid(s) used by the splits are "
+            f"absent, e.g. {missing[0]!r}"
+        )
     out: dict[str, Image.Image] = {}
     for uid, data in zip(table["image_uid"].astype(str), table["jpg"], strict=True):
         try:
             with Image.open(io.BytesIO(data)) as img:
                 out[uid] = img.convert("RGB")
         except Exception as exc:  # PIL raises several unrelated types for bad bytes
-            raise ValueError(f"{images_parquet}: image_uid {uid!r} is not decodable "
-                             f"({exc})") from exc
+            raise ValueError(
+                f"{images_parquet}: image_uid {uid!r} is not decodable ({exc})"
+            ) from exc
     return out
 
 
 # --- the VLM read-out ----------------------------------------------------------------------------
+
 
 def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """``[B,T,D]`` hidden states -> ``[B,D]``: the last real token, or the mean over real tokens."""
@@ -211,8 +231,9 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
     raise ConfigError(f"ppd.embedding.pooling: expected 'last' or 'mean', got {pooling!r}")
 
 
-def with_profile(vlm: VLM, inputs: dict[str, torch.Tensor],
-                 profile_tokens: int) -> dict[str, torch.Tensor]:
+def with_profile(
+    vlm: VLM, inputs: dict[str, torch.Tensor], profile_tokens: int
+) -> dict[str, torch.Tensor]:
     """Append the VLM's greedy text profile to each prompt, as PPD's extraction script does.
 
     PPD generates a user profile and keeps the hidden states of the last generation step,
@@ -223,9 +244,13 @@ def with_profile(vlm: VLM, inputs: dict[str, torch.Tensor],
     tok = vlm.processor.tokenizer
     config = vlm.model.config
     generated = vlm.model.generate(
-        **inputs, max_new_tokens=profile_tokens, do_sample=False,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        suppress_tokens=[config.image_token_id, config.video_token_id])
+        **inputs,
+        max_new_tokens=profile_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        suppress_tokens=[config.image_token_id, config.video_token_id],
+    )
     prompt_len = inputs["input_ids"].shape[1]
     new = generated[:, prompt_len:]
     ended = (new == tok.eos_token_id).int()
@@ -239,9 +264,16 @@ def with_profile(vlm: VLM, inputs: dict[str, torch.Tensor],
 
 
 @torch.no_grad()
-def embed_prompts(vlm: VLM, texts: Sequence[str], images: Sequence[Sequence[Image.Image]],
-                  layer: int, pooling: str, batch_size: int, profile_tokens: int = 0,
-                  desc: str = "vlm embeddings") -> torch.Tensor:
+def embed_prompts(
+    vlm: VLM,
+    texts: Sequence[str],
+    images: Sequence[Sequence[Image.Image]],
+    layer: int,
+    pooling: str,
+    batch_size: int,
+    profile_tokens: int = 0,
+    desc: str = "vlm embeddings",
+) -> torch.Tensor:
     """One pooled hidden state per prompt (float32 on CPU), in the order given.
 
     With ``profile_tokens > 0`` the VLM first writes its text profile (:func:`with_profile`) and
@@ -255,15 +287,18 @@ def embed_prompts(vlm: VLM, texts: Sequence[str], images: Sequence[Sequence[Imag
         raise ValueError(f"{len(texts)} prompts but {len(images)} image lists")
     n_layers = vlm.model.config.text_config.num_hidden_layers
     if not -(n_layers + 1) <= layer <= n_layers:
-        raise ConfigError(f"ppd.embedding.layer: {layer} is outside the model's hidden states "
-                          f"(-{n_layers + 1}..{n_layers})")
+        raise ConfigError(
+            f"ppd.embedding.layer: {layer} is outside the model's hidden states "
+            f"(-{n_layers + 1}..{n_layers})"
+        )
     dtype = next(vlm.model.parameters()).dtype
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        batch_texts = list(texts[start:start + batch_size])
-        batch_images = [list(imgs) for imgs in images[start:start + batch_size]]
-        inputs = vlm.processor(text=batch_texts, images=batch_images, return_tensors="pt",
-                               padding=True)
+        batch_texts = list(texts[start : start + batch_size])
+        batch_images = [list(imgs) for imgs in images[start : start + batch_size]]
+        inputs = vlm.processor(
+            text=batch_texts, images=batch_images, return_tensors="pt", padding=True
+        )
         inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         if profile_tokens > 0:
@@ -277,9 +312,15 @@ def embed_prompts(vlm: VLM, texts: Sequence[str], images: Sequence[Sequence[Imag
     return torch.cat(out)
 
 
-def embed_shots(vlm: VLM, shots: pd.DataFrame, images: dict[str, Image.Image],
-                emb_cfg: dict[str, Any], batch_size: int, key: str = "user_id",
-                desc: str = "vlm embeddings") -> tuple[np.ndarray, torch.Tensor]:
+def embed_shots(
+    vlm: VLM,
+    shots: pd.DataFrame,
+    images: dict[str, Image.Image],
+    emb_cfg: dict[str, Any],
+    batch_size: int,
+    key: str = "user_id",
+    desc: str = "vlm embeddings",
+) -> tuple[np.ndarray, torch.Tensor]:
     """Embed each group of ``shots`` (grouped by ``key``, sorted) -> (keys, ``[G,D]``)."""
     keys, texts, image_lists = [], [], []
     image_token = vlm.processor.image_token
@@ -288,8 +329,16 @@ def embed_shots(vlm: VLM, shots: pd.DataFrame, images: dict[str, Image.Image],
         keys.append(k)
         texts.append(chat_text(vlm.processor, question))
         image_lists.append([images[u] for u in uids])
-    emb = embed_prompts(vlm, texts, image_lists, int(emb_cfg["layer"]), emb_cfg["pooling"],
-                        batch_size, int(emb_cfg["profile_tokens"]), desc=desc)
+    emb = embed_prompts(
+        vlm,
+        texts,
+        image_lists,
+        int(emb_cfg["layer"]),
+        emb_cfg["pooling"],
+        batch_size,
+        int(emb_cfg["profile_tokens"]),
+        desc=desc,
+    )
     return np.asarray(keys), emb
 
 
@@ -307,13 +356,18 @@ def embedding_metadata(vlm: VLM, params: dict[str, Any]) -> dict[str, str]:
 
 # --- the command ---------------------------------------------------------------------------------
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="splits/ppd/train.parquet (seen users)")
-    parser.add_argument("--support", required=True,
-                        help="splits/ppd/support.parquet (held-out users' support sets)")
+    parser.add_argument(
+        "--support", required=True, help="splits/ppd/support.parquet (held-out users' support sets)"
+    )
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
-    parser.add_argument("--clip", default=None,
-                        help="models/clip/ (only read when vlm.stand_in.vision_init is 'clip')")
+    parser.add_argument(
+        "--clip",
+        default=None,
+        help="models/clip/ (only read when vlm.stand_in.vision_init is 'clip')",
+    )
     parser.add_argument("--out", required=True, help="embeddings/ppd.safetensors")
     parser.add_argument("--shots", required=True, help="embeddings/ppd_shots.parquet")
     parser.add_argument("--stats", required=True, help="embeddings/ppd_stats.json")
@@ -327,8 +381,10 @@ def run(args: argparse.Namespace) -> None:
     seen, unseen = read_split(args.train), read_split(args.support)
     overlap = np.intersect1d(seen["user_id"].unique(), unseen["user_id"].unique())
     if len(overlap):
-        raise ValueError(f"{args.support}: user_id {int(overlap[0])} also has train pairs; "
-                         "held-out users must be disjoint from train users")
+        raise ValueError(
+            f"{args.support}: user_id {int(overlap[0])} also has train pairs; "
+            "held-out users must be disjoint from train users"
+        )
     shots_seen, excl_seen = select_shots(seen, n_shots, emb_cfg["exclude_ties"], seed)
     shots_unseen, excl_unseen = select_shots(unseen, n_shots, emb_cfg["exclude_ties"], seed)
     shots = pd.concat([shots_seen, shots_unseen], ignore_index=True)
@@ -340,8 +396,11 @@ def run(args: argparse.Namespace) -> None:
     user_ids, emb = embed_shots(vlm, shots, images, emb_cfg, int(params["vlm"]["batch_size"]))
     if not torch.isfinite(emb).all():
         raise FloatingPointError("vlm-embeddings: the VLM produced non-finite hidden states")
-    save_tensors({"user_ids": torch.as_tensor(user_ids.astype(np.int64)), "emb": emb}, args.out,
-                 metadata=embedding_metadata(vlm, params))
+    save_tensors(
+        {"user_ids": torch.as_tensor(user_ids.astype(np.int64)), "emb": emb},
+        args.out,
+        metadata=embedding_metadata(vlm, params),
+    )
     write_parquet(shots, args.shots)
 
     def reasons(excluded: dict[int, str]) -> dict[str, int]:
@@ -356,13 +415,20 @@ def run(args: argparse.Namespace) -> None:
         "pooling": emb_cfg["pooling"],
         "profile_tokens": int(emb_cfg["profile_tokens"]),
         "dim": int(emb.shape[1]),
-        "n_users": {"seen": int(shots_seen["user_id"].nunique()),
-                    "unseen": int(shots_unseen["user_id"].nunique())},
+        "n_users": {
+            "seen": int(shots_seen["user_id"].nunique()),
+            "unseen": int(shots_unseen["user_id"].nunique()),
+        },
         "excluded": {"seen": reasons(excl_seen), "unseen": reasons(excl_unseen)},
         "excluded_user_ids": {"seen": sorted(excl_seen), "unseen": sorted(excl_unseen)},
         "unseen_user_ids": sorted(int(u) for u in shots_unseen["user_id"].unique()),
     }
     write_json(stats, args.stats)
-    log.info("vlm-embeddings: %d seen + %d unseen users embedded (dim %d), %d excluded; %s",
-             stats["n_users"]["seen"], stats["n_users"]["unseen"], stats["dim"],
-             len(excl_seen) + len(excl_unseen), "STAND-IN VLM" if vlm.stand_in else vlm.name)
+    log.info(
+        "vlm-embeddings: %d seen + %d unseen users embedded (dim %d), %d excluded; %s",
+        stats["n_users"]["seen"],
+        stats["n_users"]["unseen"],
+        stats["dim"],
+        len(excl_seen) + len(excl_unseen),
+        "STAND-IN VLM" if vlm.stand_in else vlm.name,
+    )

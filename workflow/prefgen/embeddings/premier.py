@@ -36,8 +36,14 @@ class UserEmbeddingTable(nn.Module):
     scale only sets the starting step size).
     """
 
-    def __init__(self, user_ids: Sequence[int], num_tokens: int, dim: int, init_std: float = 1.0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        user_ids: Sequence[int],
+        num_tokens: int,
+        dim: int,
+        init_std: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         ids = torch.as_tensor(list(user_ids), dtype=torch.int64)
         if ids.numel() == 0:
@@ -53,8 +59,9 @@ class UserEmbeddingTable(nn.Module):
     def from_tensors(cls, user_ids: torch.Tensor, emb: torch.Tensor) -> UserEmbeddingTable:
         """A table holding given embeddings (e.g. loaded from a checkpoint)."""
         if emb.ndim != 3 or emb.shape[0] != user_ids.numel():
-            raise ValueError(f"expected emb [U, T, D] with U={user_ids.numel()}, got "
-                             f"{tuple(emb.shape)}")
+            raise ValueError(
+                f"expected emb [U, T, D] with U={user_ids.numel()}, got {tuple(emb.shape)}"
+            )
         table = cls(user_ids.tolist(), emb.shape[1], emb.shape[2])
         with torch.no_grad():
             table.weight.copy_(emb)
@@ -77,10 +84,13 @@ class UserEmbeddingTable(nn.Module):
         ids = user_ids.tolist() if isinstance(user_ids, torch.Tensor) else list(user_ids)
         missing = [u for u in ids if int(u) not in self._row]
         if missing:
-            raise KeyError(f"user_id(s) {missing[:5]} have no Premier embedding "
-                           f"({len(self._row)} users in the table)")
-        return torch.as_tensor([self._row[int(u)] for u in ids], dtype=torch.int64,
-                               device=self.weight.device)
+            raise KeyError(
+                f"user_id(s) {missing[:5]} have no Premier embedding "
+                f"({len(self._row)} users in the table)"
+            )
+        return torch.as_tensor(
+            [self._row[int(u)] for u in ids], dtype=torch.int64, device=self.weight.device
+        )
 
     def forward(self, user_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """``[B, T, D]`` embeddings of ``user_ids``."""
@@ -102,8 +112,9 @@ class CombinationEmbedding(nn.Module):
             raise ValueError(f"basis must be [K, T, D], got {tuple(basis.shape)}")
         k = basis.shape[0]
         self.register_buffer("basis", basis.detach().clone(), persistent=False)
-        self.register_buffer("user_ids", torch.as_tensor(list(user_ids), dtype=torch.int64),
-                             persistent=False)
+        self.register_buffer(
+            "user_ids", torch.as_tensor(list(user_ids), dtype=torch.int64), persistent=False
+        )
         self.weights = nn.Parameter(torch.full((len(self.user_ids), k), 1.0 / k))
         self._row = {int(u): i for i, u in enumerate(self.user_ids.tolist())}
 
@@ -112,8 +123,9 @@ class CombinationEmbedding(nn.Module):
         missing = [u for u in ids if int(u) not in self._row]
         if missing:
             raise KeyError(f"user_id(s) {missing[:5]} are not among the new users being fitted")
-        return torch.as_tensor([self._row[int(u)] for u in ids], dtype=torch.int64,
-                               device=self.weights.device)
+        return torch.as_tensor(
+            [self._row[int(u)] for u in ids], dtype=torch.int64, device=self.weights.device
+        )
 
     def embeddings(self) -> torch.Tensor:
         """``[N_new, T, D]`` embeddings of all new users."""
@@ -124,12 +136,17 @@ class CombinationEmbedding(nn.Module):
         return torch.einsum("bk,ktd->btd", w, self.basis)
 
 
-def save_user_embeddings(path: str | Path, user_ids: torch.Tensor, emb: torch.Tensor,
-                         extra_metadata: dict[str, str] | None = None) -> None:
+def save_user_embeddings(
+    path: str | Path,
+    user_ids: torch.Tensor,
+    emb: torch.Tensor,
+    extra_metadata: dict[str, str] | None = None,
+) -> None:
     """Write ``user_ids [U] int64`` and ``emb [U, T, D]`` float32 as safetensors (atomic)."""
     if emb.ndim != 3 or emb.shape[0] != user_ids.numel():
-        raise ValueError(f"expected emb [U, T, D] with U={user_ids.numel()}, "
-                         f"got {tuple(emb.shape)}")
+        raise ValueError(
+            f"expected emb [U, T, D] with U={user_ids.numel()}, got {tuple(emb.shape)}"
+        )
     meta = {"method": "premier", "num_tokens": str(emb.shape[1]), "dim": str(emb.shape[2])}
     meta.update(extra_metadata or {})
     save_tensors({"user_ids": user_ids.to(torch.int64), "emb": emb.float()}, path, metadata=meta)
@@ -143,8 +160,9 @@ def load_user_embeddings(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
             raise KeyError(f"{path}: missing tensor '{key}' (expected user_ids [U], emb [U,T,D])")
     ids, emb = tensors["user_ids"], tensors["emb"]
     if emb.ndim != 3 or emb.shape[0] != ids.numel():
-        raise ValueError(f"{path}: emb has shape {tuple(emb.shape)}, "
-                         f"expected [{ids.numel()}, T, D]")
+        raise ValueError(
+            f"{path}: emb has shape {tuple(emb.shape)}, expected [{ids.numel()}, T, D]"
+        )
     return ids.to(torch.int64), emb
 
 

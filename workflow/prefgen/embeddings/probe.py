@@ -37,24 +37,43 @@ from prefgen.core.seeding import derive_seed, rng, seed_everything
 
 log = get_logger(__name__)
 
-PROBE_COLUMNS = ["method", "representation", "vlm_stand_in", "n_users", "n_draws",
-                 "pairs_per_draw", "dim", "k", "top_k_accuracy", "ci_low", "ci_high", "chance"]
+PROBE_COLUMNS = [
+    "method",
+    "representation",
+    "vlm_stand_in",
+    "n_users",
+    "n_draws",
+    "pairs_per_draw",
+    "dim",
+    "k",
+    "top_k_accuracy",
+    "ci_low",
+    "ci_high",
+    "chance",
+]
 
 #: draws -> ``[n_users, n_draws, D]`` (users in ``draws.user_id`` sorted order).
 DrawEmbedder = Callable[[pd.DataFrame], np.ndarray]
 
 
-def fit_linear_classifier(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-                          max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_linear_classifier(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS (deterministic for fixed inputs).
 
     Minimises mean cross-entropy + ``l2/2 * ||W||^2``; the bias is not penalised.
     """
     weight = torch.zeros(x.shape[1], n_classes, dtype=x.dtype, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=x.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-7, tolerance_change=1e-10,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -91,8 +110,7 @@ def probe_ranks(emb: np.ndarray, l2: float, max_iter: int) -> np.ndarray:
     return ranks
 
 
-def topk_table(ranks: np.ndarray, ks: Sequence[int], seed: int,
-               n_boot: int = 1000) -> pd.DataFrame:
+def topk_table(ranks: np.ndarray, ks: Sequence[int], seed: int, n_boot: int = 1000) -> pd.DataFrame:
     """Top-K accuracy per K with a 95% bootstrap interval over users, and chance K/n_users."""
     n_users = ranks.shape[0]
     gen = rng(seed, "probe", "bootstrap")
@@ -101,15 +119,21 @@ def topk_table(ranks: np.ndarray, ks: Sequence[int], seed: int,
     for k in ks:
         per_user = (ranks < k).mean(axis=1)
         means = per_user[boot].mean(axis=1)
-        rows.append({"k": int(k), "top_k_accuracy": float(per_user.mean()),
-                     "ci_low": float(np.quantile(means, 0.025)),
-                     "ci_high": float(np.quantile(means, 0.975)),
-                     "chance": min(k, n_users) / n_users})
+        rows.append(
+            {
+                "k": int(k),
+                "top_k_accuracy": float(per_user.mean()),
+                "ci_low": float(np.quantile(means, 0.025)),
+                "ci_high": float(np.quantile(means, 0.975)),
+                "chance": min(k, n_users) / n_users,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def probe_representation(emb: np.ndarray, ks: Sequence[int], probe_cfg: dict[str, Any],
-                         seed: int) -> pd.DataFrame:
+def probe_representation(
+    emb: np.ndarray, ks: Sequence[int], probe_cfg: dict[str, Any], seed: int
+) -> pd.DataFrame:
     """Run the probe on one representation ``[n_users, n_draws, D]``."""
     if not np.isfinite(emb).all():
         raise FloatingPointError("user-embedding-probe: representation has non-finite values")
@@ -130,7 +154,8 @@ def shuffle_labels(draws: pd.DataFrame, seed: int) -> pd.DataFrame:
     swap = rng(seed, "probe", "label_shuffle").random(len(draws)) < 0.5
     out = draws.copy()
     out.loc[swap, ["image_w_uid", "image_l_uid"]] = draws.loc[
-        swap, ["image_l_uid", "image_w_uid"]].to_numpy()
+        swap, ["image_l_uid", "image_w_uid"]
+    ].to_numpy()
     return out
 
 
@@ -144,8 +169,10 @@ def draws_to_array(keys: np.ndarray, emb: np.ndarray, n_draws: int) -> np.ndarra
 
 # --- the representations -------------------------------------------------------------------------
 
-def ppd_draw_embedder(vlm: Any, images: dict[str, Any], emb_cfg: dict[str, Any],
-                      batch_size: int) -> DrawEmbedder:
+
+def ppd_draw_embedder(
+    vlm: Any, images: dict[str, Any], emb_cfg: dict[str, Any], batch_size: int
+) -> DrawEmbedder:
     """PPD: the VLM embedding of each draw's first ``n_shots`` pairs (the shots PPD would use)."""
     from prefgen.embeddings.ppd import embed_shots
 
@@ -155,15 +182,17 @@ def ppd_draw_embedder(vlm: Any, images: dict[str, Any], emb_cfg: dict[str, Any],
         shots = draws[draws["rank"] < n_shots].rename(columns={"rank": "shot"})
         n_draws = int(shots["draw"].max()) + 1
         shots = shots.assign(key=shots["user_id"].astype(np.int64) * n_draws + shots["draw"])
-        keys, emb = embed_shots(vlm, shots, images, emb_cfg, batch_size, key="key",
-                                desc="probe: vlm embeddings")
+        keys, emb = embed_shots(
+            vlm, shots, images, emb_cfg, batch_size, key="key", desc="probe: vlm embeddings"
+        )
         return draws_to_array(keys, emb.numpy(), n_draws)
 
     return embed
 
 
-def pipe_draw_embedder(pasta_path: str, features_dir: str, lambda_cfg: dict[str, Any],
-                       n_shots: int | None = None) -> DrawEmbedder:
+def pipe_draw_embedder(
+    pasta_path: str, features_dir: str, lambda_cfg: dict[str, Any], n_shots: int | None = None
+) -> DrawEmbedder:
     """PIPE: ``E = lambda^T W`` (``user_embeddings``' own formula) with lambda refit on each draw.
 
     Every (user, draw) is fitted as its own user with the ``fit_lambda`` stage's solver and
@@ -193,6 +222,7 @@ def pipe_draw_embedder(pasta_path: str, features_dir: str, lambda_cfg: dict[str,
 
 # --- the command ---------------------------------------------------------------------------------
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="splits/ppd/train.parquet")
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
@@ -214,38 +244,55 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(seed)
     train = read_split(args.train)
     n_draws, n_shots = int(probe_cfg["n_draws"]), int(emb_cfg["n_shots"])
-    draws = disjoint_draws(train, n_draws, n_shots, emb_cfg["exclude_ties"], seed,
-                           int(probe_cfg["max_users"]))
+    draws = disjoint_draws(
+        train, n_draws, n_shots, emb_cfg["exclude_ties"], seed, int(probe_cfg["max_users"])
+    )
     n_users = draws["user_id"].nunique()
     if n_users < 2:
-        raise ValueError(f"{args.train}: {n_users} user(s) have {n_draws}x{n_shots} usable pairs; "
-                         "the probe needs at least 2 (lower ppd.probe.n_draws)")
+        raise ValueError(
+            f"{args.train}: {n_users} user(s) have {n_draws}x{n_shots} usable pairs; "
+            "the probe needs at least 2 (lower ppd.probe.n_draws)"
+        )
     write_parquet(draws, args.draws)
     fold_size = float(draws.groupby(["user_id", "draw"]).size().mean())
-    log.info("probe: %d users x %d disjoint draws (>= %d pairs each, %.1f on average)",
-             n_users, n_draws, n_shots, fold_size)
+    log.info(
+        "probe: %d users x %d disjoint draws (>= %d pairs each, %.1f on average)",
+        n_users,
+        n_draws,
+        n_shots,
+        fold_size,
+    )
 
     vlm = load_vlm(params["vlm"], seed, args.clip or None)
     used = draws[draws["rank"] < n_shots]
     images = load_pil_images(args.images, pd.concat([used["image_w_uid"], used["image_l_uid"]]))
     # method -> (description, pairs per draw, embedder)
     representations: dict[str, tuple[str, float, DrawEmbedder]] = {
-        "ppd": (f"VLM hidden state (layer {emb_cfg['layer']}, {emb_cfg['pooling']} token "
-                f"pooling) of the draw's first {n_shots} pairs", n_shots,
-                ppd_draw_embedder(vlm, images, emb_cfg, int(params["vlm"]["batch_size"]))),
+        "ppd": (
+            f"VLM hidden state (layer {emb_cfg['layer']}, {emb_cfg['pooling']} token "
+            f"pooling) of the draw's first {n_shots} pairs",
+            n_shots,
+            ppd_draw_embedder(vlm, images, emb_cfg, int(params["vlm"]["batch_size"])),
+        ),
     }
     if probe_cfg["label_shuffle_control"]:
         representations["ppd_label_shuffled"] = (
             "as ppd, but each pair's preferred/dispreferred images swapped at random (control: "
-            "what users asked for, without what they preferred)", n_shots,
-            lambda d: representations["ppd"][2](shuffle_labels(d, seed)))
+            "what users asked for, without what they preferred)",
+            n_shots,
+            lambda d: representations["ppd"][2](shuffle_labels(d, seed)),
+        )
     if args.pasta and args.features:
         representations["pipe"] = (
-            "E_u = lambda^T W, lambda refit on all pairs of the draw", fold_size,
-            pipe_draw_embedder(args.pasta, args.features, params["lambda"]))
+            "E_u = lambda^T W, lambda refit on all pairs of the draw",
+            fold_size,
+            pipe_draw_embedder(args.pasta, args.features, params["lambda"]),
+        )
         representations["pipe_nshot"] = (
-            f"E_u = lambda^T W, lambda refit on the draw's first {n_shots} pairs", n_shots,
-            pipe_draw_embedder(args.pasta, args.features, params["lambda"], n_shots))
+            f"E_u = lambda^T W, lambda refit on the draw's first {n_shots} pairs",
+            n_shots,
+            pipe_draw_embedder(args.pasta, args.features, params["lambda"], n_shots),
+        )
     tables = []
     for method, (description, pairs_per_draw, embedder) in representations.items():
         table = probe_representation(embedder(draws), probe_cfg["top_k"], probe_cfg, seed)
@@ -255,12 +302,21 @@ def run(args: argparse.Namespace) -> None:
         table.insert(0, "method", method)
         tables.append(table)
         top = table.iloc[-1]
-        log.info("probe %s: top-%d accuracy %.3f [%.3f, %.3f] (chance %.3f)", method, top["k"],
-                 top["top_k_accuracy"], top["ci_low"], top["ci_high"], top["chance"])
+        log.info(
+            "probe %s: top-%d accuracy %.3f [%.3f, %.3f] (chance %.3f)",
+            method,
+            top["k"],
+            top["top_k_accuracy"],
+            top["ci_low"],
+            top["ci_high"],
+            top["chance"],
+        )
     out = pd.concat(tables, ignore_index=True)[PROBE_COLUMNS]
-    caption = (f"User-classification probe (PPD Fig. 2): top-K accuracy of a linear classifier "
-               f"naming the user of a held-out draw among {n_users} users ({n_draws} disjoint "
-               f"draws each, leave-one-draw-out; 95% bootstrap CI over users); chance = K/users.")
+    caption = (
+        f"User-classification probe (PPD Fig. 2): top-K accuracy of a linear classifier "
+        f"naming the user of a held-out draw among {n_users} users ({n_draws} disjoint "
+        f"draws each, leave-one-draw-out; 95% bootstrap CI over users); chance = K/users."
+    )
     if vlm.stand_in:
         caption += f" PPD rows: {STAND_IN_LABEL}."
     write_table(out, args.out, caption=caption)

@@ -35,8 +35,10 @@ from prefgen.core.seeding import derive_seed
 log = get_logger(__name__)
 
 #: Written into every output's metadata and table caption when the stand-in produced it.
-STAND_IN_LABEL = ("tiny LLaVA-OneVision stand-in (random-initialised language model, built "
-                  "offline) - not the paper's VLM")
+STAND_IN_LABEL = (
+    "tiny LLaVA-OneVision stand-in (random-initialised language model, built "
+    "offline) - not the paper's VLM"
+)
 STAND_IN = "stand-in"
 
 IMAGE_TOKEN = "<image>"
@@ -126,11 +128,17 @@ def load_pretrained(name: str, dtype: torch.dtype, device: torch.device) -> VLM:
     from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-        name, dtype=dtype, device_map=str(device))
+        name, dtype=dtype, device_map=str(device)
+    )
     processor = AutoProcessor.from_pretrained(name)
     processor.tokenizer.padding_side = "left"
-    return VLM(model=model, processor=processor, name=name, stand_in=False,
-               config_json=model.config.to_json_string())
+    return VLM(
+        model=model,
+        processor=processor,
+        name=name,
+        stand_in=False,
+        config_json=model.config.to_json_string(),
+    )
 
 
 def build_tokenizer(vocab_size: int) -> Any:
@@ -147,18 +155,28 @@ def build_tokenizer(vocab_size: int) -> Any:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator([TOKENIZER_CORPUS], trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, pad_token=PAD_TOKEN, eos_token="<|im_end|>", padding_side="left",
+        tokenizer_object=bpe,
+        pad_token=PAD_TOKEN,
+        eos_token="<|im_end|>",
+        padding_side="left",
         extra_special_tokens={"image_token": IMAGE_TOKEN, "video_token": VIDEO_TOKEN},
     )
 
 
-def build_processor(tokenizer: Any, image_size: int, patch_size: int,
-                    image_mean: list[float], image_std: list[float]) -> Any:
+def build_processor(
+    tokenizer: Any,
+    image_size: int,
+    patch_size: int,
+    image_mean: list[float],
+    image_std: list[float],
+) -> Any:
     """LlavaOnevisionProcessor for square ``image_size`` inputs and one grid pinpoint.
 
     With several images per prompt LLaVA-OneVision encodes each image at base resolution:
@@ -173,13 +191,16 @@ def build_processor(tokenizer: Any, image_size: int, patch_size: int,
     image_processor = LlavaOnevisionImageProcessor(
         size={"height": image_size, "width": image_size},
         image_grid_pinpoints=[[image_size, image_size]],
-        image_mean=image_mean, image_std=image_std,
+        image_mean=image_mean,
+        image_std=image_std,
     )
     return LlavaOnevisionProcessor(
-        image_processor=image_processor, tokenizer=tokenizer,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
         video_processor=LlavaOnevisionVideoProcessor(),
         num_image_tokens=(image_size // patch_size) ** 2,
-        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -197,8 +218,11 @@ def build_stand_in(cfg: dict[str, Any], seed: int, clip_dir: str | Path | None =
     )
 
     tokenizer = build_tokenizer(cfg["vocab_size"])
-    clip_visual, mean, std = None, [0.48145466, 0.4578275, 0.40821073], [0.26862954,
-                                                                         0.26130258, 0.27577711]
+    clip_visual, mean, std = (
+        None,
+        [0.48145466, 0.4578275, 0.40821073],
+        [0.26862954, 0.26130258, 0.27577711],
+    )
     if cfg["vision_init"] == "clip":
         if clip_dir is None:
             raise ConfigError("vlm.stand_in.vision_init is 'clip' but no --clip directory given")
@@ -207,24 +231,31 @@ def build_stand_in(cfg: dict[str, Any], seed: int, clip_dir: str | Path | None =
     elif cfg["vision_init"] == "random":
         vision = dict(cfg["vision"])
     else:
-        raise ConfigError(f"vlm.stand_in.vision_init: expected 'clip' or 'random', "
-                          f"got {cfg['vision_init']!r}")
+        raise ConfigError(
+            f"vlm.stand_in.vision_init: expected 'clip' or 'random', got {cfg['vision_init']!r}"
+        )
     vision_config = SiglipVisionConfig(vision_use_head=False, **vision)
     text = cfg["text"]
     text_config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=text["hidden_size"],
-        intermediate_size=text["intermediate_size"], num_hidden_layers=text["num_hidden_layers"],
+        vocab_size=len(tokenizer),
+        hidden_size=text["hidden_size"],
+        intermediate_size=text["intermediate_size"],
+        num_hidden_layers=text["num_hidden_layers"],
         num_attention_heads=text["num_attention_heads"],
-        num_key_value_heads=text["num_key_value_heads"], max_position_embeddings=4096,
-        initializer_range=cfg["initializer_range"], tie_word_embeddings=False,
+        num_key_value_heads=text["num_key_value_heads"],
+        max_position_embeddings=4096,
+        initializer_range=cfg["initializer_range"],
+        tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
     )
     config = LlavaOnevisionConfig(
-        vision_config=vision_config, text_config=text_config,
+        vision_config=vision_config,
+        text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
         image_grid_pinpoints=[[vision["image_size"], vision["image_size"]]],
-        vision_feature_select_strategy="full", vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "vlm", "stand_in"))
@@ -232,10 +263,19 @@ def build_stand_in(cfg: dict[str, Any], seed: int, clip_dir: str | Path | None =
     if clip_visual is not None:
         copy_clip_visual_to_siglip(clip_visual, model.model.vision_tower)
     processor = build_processor(tokenizer, vision["image_size"], vision["patch_size"], mean, std)
-    meta = {"model": STAND_IN, "label": STAND_IN_LABEL, "vision_init": cfg["vision_init"],
-            "config": json.loads(config.to_json_string())}
-    return VLM(model=model, processor=processor, name=STAND_IN, stand_in=True,
-               config_json=json.dumps(meta, sort_keys=True))
+    meta = {
+        "model": STAND_IN,
+        "label": STAND_IN_LABEL,
+        "vision_init": cfg["vision_init"],
+        "config": json.loads(config.to_json_string()),
+    }
+    return VLM(
+        model=model,
+        processor=processor,
+        name=STAND_IN,
+        stand_in=True,
+        config_json=json.dumps(meta, sort_keys=True),
+    )
 
 
 def _load_clip_visual(clip_dir: str | Path) -> tuple[Any, list[float], list[float]]:
@@ -255,18 +295,24 @@ def _siglip_shape_from_clip(visual: Any) -> dict[str, Any]:
     from open_clip.transformer import VisionTransformer
 
     if not isinstance(visual, VisionTransformer):
-        raise ConfigError(f"vlm.stand_in.vision_init 'clip' needs an open_clip ViT vision tower, "
-                          f"got {type(visual).__name__}")
+        raise ConfigError(
+            f"vlm.stand_in.vision_init 'clip' needs an open_clip ViT vision tower, "
+            f"got {type(visual).__name__}"
+        )
     block = visual.transformer.resblocks[0]
     for i, blk in enumerate(visual.transformer.resblocks):
-        plain = (isinstance(blk.attn, torch.nn.MultiheadAttention)
-                 and isinstance(getattr(blk, "ls_1", torch.nn.Identity()), torch.nn.Identity)
-                 and isinstance(getattr(blk, "ls_2", torch.nn.Identity()), torch.nn.Identity)
-                 and isinstance(getattr(blk, "ln_attn", torch.nn.Identity()), torch.nn.Identity))
+        plain = (
+            isinstance(blk.attn, torch.nn.MultiheadAttention)
+            and isinstance(getattr(blk, "ls_1", torch.nn.Identity()), torch.nn.Identity)
+            and isinstance(getattr(blk, "ls_2", torch.nn.Identity()), torch.nn.Identity)
+            and isinstance(getattr(blk, "ln_attn", torch.nn.Identity()), torch.nn.Identity)
+        )
         if not plain:
-            raise ConfigError(f"vlm.stand_in.vision_init 'clip': CLIP block {i} has layer scale, "
-                              "extra norms or a custom attention that SigLIP cannot express; "
-                              "use vision_init: random")
+            raise ConfigError(
+                f"vlm.stand_in.vision_init 'clip': CLIP block {i} has layer scale, "
+                "extra norms or a custom attention that SigLIP cannot express; "
+                "use vision_init: random"
+            )
     width = visual.conv1.out_channels
     act = type(block.mlp.gelu).__name__
     return {
@@ -275,7 +321,8 @@ def _siglip_shape_from_clip(visual: Any) -> dict[str, Any]:
         "num_hidden_layers": len(visual.transformer.resblocks),
         "num_attention_heads": block.attn.num_heads,
         "patch_size": visual.conv1.kernel_size[0],
-        "image_size": visual.image_size[0] if isinstance(visual.image_size, tuple)
+        "image_size": visual.image_size[0]
+        if isinstance(visual.image_size, tuple)
         else int(visual.image_size),
         "hidden_act": "quick_gelu" if act == "QuickGELU" else "gelu",
         "layer_norm_eps": block.ln_1.eps,
@@ -295,21 +342,28 @@ def copy_clip_visual_to_siglip(visual: Any, siglip: Any) -> int:
     emb.patch_embedding.bias.zero_()
     pos = visual.positional_embedding
     n_patches = emb.position_embedding.weight.shape[0]
-    emb.position_embedding.weight.copy_(pos[pos.shape[0] - n_patches:])
+    emb.position_embedding.weight.copy_(pos[pos.shape[0] - n_patches :])
     copied = 3
     for src, dst in zip(visual.transformer.resblocks, siglip.encoder.layers, strict=True):
         q, k, v = src.attn.in_proj_weight.chunk(3, dim=0)
         qb, kb, vb = src.attn.in_proj_bias.chunk(3, dim=0)
         pairs = [
-            (dst.self_attn.q_proj.weight, q), (dst.self_attn.q_proj.bias, qb),
-            (dst.self_attn.k_proj.weight, k), (dst.self_attn.k_proj.bias, kb),
-            (dst.self_attn.v_proj.weight, v), (dst.self_attn.v_proj.bias, vb),
+            (dst.self_attn.q_proj.weight, q),
+            (dst.self_attn.q_proj.bias, qb),
+            (dst.self_attn.k_proj.weight, k),
+            (dst.self_attn.k_proj.bias, kb),
+            (dst.self_attn.v_proj.weight, v),
+            (dst.self_attn.v_proj.bias, vb),
             (dst.self_attn.out_proj.weight, src.attn.out_proj.weight),
             (dst.self_attn.out_proj.bias, src.attn.out_proj.bias),
-            (dst.layer_norm1.weight, src.ln_1.weight), (dst.layer_norm1.bias, src.ln_1.bias),
-            (dst.layer_norm2.weight, src.ln_2.weight), (dst.layer_norm2.bias, src.ln_2.bias),
-            (dst.mlp.fc1.weight, src.mlp.c_fc.weight), (dst.mlp.fc1.bias, src.mlp.c_fc.bias),
-            (dst.mlp.fc2.weight, src.mlp.c_proj.weight), (dst.mlp.fc2.bias, src.mlp.c_proj.bias),
+            (dst.layer_norm1.weight, src.ln_1.weight),
+            (dst.layer_norm1.bias, src.ln_1.bias),
+            (dst.layer_norm2.weight, src.ln_2.weight),
+            (dst.layer_norm2.bias, src.ln_2.bias),
+            (dst.mlp.fc1.weight, src.mlp.c_fc.weight),
+            (dst.mlp.fc1.bias, src.mlp.c_fc.bias),
+            (dst.mlp.fc2.weight, src.mlp.c_proj.weight),
+            (dst.mlp.fc2.bias, src.mlp.c_proj.bias),
         ]
         for target, source in pairs:
             target.copy_(source)

@@ -19,12 +19,27 @@ from prefgen.core.seeding import rng
 from prefgen.evaluation.bootstrap import two_way_ci
 from prefgen.evaluation.win_rates import USER_GROUPS, group_rows, outcomes, paired_replicates
 
-AGREEMENT_COLUMNS = ["judge", "reference", "users", "n", "agreement", "ci_low", "ci_high",
-                     "n_reference_ties", "n_users", "n_prompts"]
+AGREEMENT_COLUMNS = [
+    "judge",
+    "reference",
+    "users",
+    "n",
+    "agreement",
+    "ci_low",
+    "ci_high",
+    "n_reference_ties",
+    "n_users",
+    "n_prompts",
+]
 
 
-def agreement_scores(judge_a: np.ndarray, judge_b: np.ndarray, ref_a: np.ndarray,
-                     ref_b: np.ndarray, tie_tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+def agreement_scores(
+    judge_a: np.ndarray,
+    judge_b: np.ndarray,
+    ref_a: np.ndarray,
+    ref_b: np.ndarray,
+    tie_tolerance: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """(agreement per pair: 1 same order, 0.5 judge tie, 0 opposite; reference-tie mask)."""
     judge_win, judge_tie = outcomes(judge_a, judge_b, tie_tolerance)
     ref_win, ref_tie = outcomes(ref_a, ref_b, tie_tolerance)
@@ -32,9 +47,17 @@ def agreement_scores(judge_a: np.ndarray, judge_b: np.ndarray, ref_a: np.ndarray
     return agree, ref_tie
 
 
-def judge_agreement(scores: pd.DataFrame, pairs: Sequence[Sequence[str]], judges: Sequence[str],
-                    reference: str, selected: pd.DataFrame, n_boot: int, confidence: float,
-                    tie_tolerance: float, seed: int) -> pd.DataFrame:
+def judge_agreement(
+    scores: pd.DataFrame,
+    pairs: Sequence[Sequence[str]],
+    judges: Sequence[str],
+    reference: str,
+    selected: pd.DataFrame,
+    n_boot: int,
+    confidence: float,
+    tie_tolerance: float,
+    seed: int,
+) -> pd.DataFrame:
     """One row per (judge != reference, user group): agreement with the reference and its CI,
     pooled over the comparisons of every pair and training-seed replicate."""
     frames = []
@@ -51,17 +74,36 @@ def judge_agreement(scores: pd.DataFrame, pairs: Sequence[Sequence[str]], judges
             g = group_rows(pooled, group)
             if g.empty:
                 continue
-            agree, ref_tie = agreement_scores(g[f"{judge}_a"], g[f"{judge}_b"],
-                                              g[f"{reference}_a"], g[f"{reference}_b"],
-                                              tie_tolerance)
+            agree, ref_tie = agreement_scores(
+                g[f"{judge}_a"],
+                g[f"{judge}_b"],
+                g[f"{reference}_a"],
+                g[f"{reference}_b"],
+                tie_tolerance,
+            )
             keep = ~ref_tie
             if not keep.any():
                 continue
-            ci = two_way_ci(agree[keep], g["user_id"].to_numpy()[keep],
-                            g["prompt_id"].to_numpy()[keep], n_boot,
-                            rng(seed, "agreement", judge, reference, group), confidence)
-            rows.append({"judge": judge, "reference": reference, "users": group, "n": ci.n,
-                         "agreement": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
-                         "n_reference_ties": int(ref_tie.sum()), "n_users": ci.n_users,
-                         "n_prompts": ci.n_prompts})
+            ci = two_way_ci(
+                agree[keep],
+                g["user_id"].to_numpy()[keep],
+                g["prompt_id"].to_numpy()[keep],
+                n_boot,
+                rng(seed, "agreement", judge, reference, group),
+                confidence,
+            )
+            rows.append(
+                {
+                    "judge": judge,
+                    "reference": reference,
+                    "users": group,
+                    "n": ci.n,
+                    "agreement": ci.estimate,
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                    "n_reference_ties": int(ref_tie.sum()),
+                    "n_users": ci.n_users,
+                    "n_prompts": ci.n_prompts,
+                }
+            )
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)

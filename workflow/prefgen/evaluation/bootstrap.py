@@ -32,8 +32,9 @@ class Interval:
     n_prompts: int
 
 
-def cell_table(values: np.ndarray, users: np.ndarray, prompts: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+def cell_table(
+    values: np.ndarray, users: np.ndarray, prompts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``(sums, counts)``, each ``[n_users, n_prompts]``: observations aggregated per cell."""
     _, u = np.unique(users, return_inverse=True)
     _, p = np.unique(prompts, return_inverse=True)
@@ -45,25 +46,44 @@ def cell_table(values: np.ndarray, users: np.ndarray, prompts: np.ndarray
     return sums, counts
 
 
-def bootstrap_means(values: np.ndarray, users: np.ndarray, prompts: np.ndarray, n_boot: int,
-                    gen: np.random.Generator, resample_users: bool = True,
-                    resample_prompts: bool = True) -> np.ndarray:
+def bootstrap_means(
+    values: np.ndarray,
+    users: np.ndarray,
+    prompts: np.ndarray,
+    n_boot: int,
+    gen: np.random.Generator,
+    resample_users: bool = True,
+    resample_prompts: bool = True,
+) -> np.ndarray:
     """``[n_boot]`` bootstrap replicates of the mean of ``values`` (NaN where a draw is empty)."""
     sums, counts = cell_table(np.asarray(values, dtype=np.float64), users, prompts)
     n_u, n_p = sums.shape
-    wu = (gen.multinomial(n_u, np.full(n_u, 1.0 / n_u), size=n_boot).astype(np.float64)
-          if resample_users else np.ones((n_boot, n_u)))
-    wp = (gen.multinomial(n_p, np.full(n_p, 1.0 / n_p), size=n_boot).astype(np.float64)
-          if resample_prompts else np.ones((n_boot, n_p)))
+    wu = (
+        gen.multinomial(n_u, np.full(n_u, 1.0 / n_u), size=n_boot).astype(np.float64)
+        if resample_users
+        else np.ones((n_boot, n_u))
+    )
+    wp = (
+        gen.multinomial(n_p, np.full(n_p, 1.0 / n_p), size=n_boot).astype(np.float64)
+        if resample_prompts
+        else np.ones((n_boot, n_p))
+    )
     num = ((wu @ sums) * wp).sum(axis=1)
     den = ((wu @ counts) * wp).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def two_way_ci(values: np.ndarray, users: np.ndarray, prompts: np.ndarray, n_boot: int,
-               gen: np.random.Generator, confidence: float = 0.95,
-               resample_users: bool = True, resample_prompts: bool = True) -> Interval:
+def two_way_ci(
+    values: np.ndarray,
+    users: np.ndarray,
+    prompts: np.ndarray,
+    n_boot: int,
+    gen: np.random.Generator,
+    confidence: float = 0.95,
+    resample_users: bool = True,
+    resample_prompts: bool = True,
+) -> Interval:
     """Mean of ``values`` with a percentile bootstrap interval over users and prompts."""
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
@@ -73,10 +93,15 @@ def two_way_ci(values: np.ndarray, users: np.ndarray, prompts: np.ndarray, n_boo
     reps = bootstrap_means(values, users, prompts, n_boot, gen, resample_users, resample_prompts)
     reps = reps[np.isfinite(reps)]
     alpha = (1.0 - confidence) / 2.0
-    low, high = (np.quantile(reps, [alpha, 1.0 - alpha]) if reps.size
-                 else (np.nan, np.nan))
-    return Interval(float(values.mean()), float(low), float(high), int(values.size),
-                    int(np.unique(users).size), int(np.unique(prompts).size))
+    low, high = np.quantile(reps, [alpha, 1.0 - alpha]) if reps.size else (np.nan, np.nan)
+    return Interval(
+        float(values.mean()),
+        float(low),
+        float(high),
+        int(values.size),
+        int(np.unique(users).size),
+        int(np.unique(prompts).size),
+    )
 
 
 @dataclass(frozen=True)
@@ -84,8 +109,9 @@ class SeedInterval(Interval):
     n_seeds: int
 
 
-def seed_cell_tables(values: np.ndarray, seeds: np.ndarray, users: np.ndarray,
-                     prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def seed_cell_tables(
+    values: np.ndarray, seeds: np.ndarray, users: np.ndarray, prompts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``(sums, counts)``, each ``[n_seeds, n_users, n_prompts]``: observations per cell.
 
     Users and prompts are indexed over the whole table, so a user (prompt) is one cluster across
@@ -127,9 +153,16 @@ def seed_scale(n_seeds: int, confidence: float) -> float:
     return float(t.ppf(q, n_seeds - 1) / norm.ppf(q) * np.sqrt(n_seeds / (n_seeds - 1)))
 
 
-def three_way_means(values: np.ndarray, seeds: np.ndarray, users: np.ndarray,
-                    prompts: np.ndarray, n_boot: int, gen: np.random.Generator,
-                    resample_seeds: bool = True, scale: float = 1.0) -> np.ndarray:
+def three_way_means(
+    values: np.ndarray,
+    seeds: np.ndarray,
+    users: np.ndarray,
+    prompts: np.ndarray,
+    n_boot: int,
+    gen: np.random.Generator,
+    resample_seeds: bool = True,
+    scale: float = 1.0,
+) -> np.ndarray:
     """``[n_boot]`` replicates of the seed-averaged mean under the three-way pigeonhole bootstrap.
 
     Training seeds, users and prompts are each drawn with replacement, independently; an
@@ -142,8 +175,11 @@ def three_way_means(values: np.ndarray, seeds: np.ndarray, users: np.ndarray,
     """
     sums, counts = seed_cell_tables(np.asarray(values, dtype=np.float64), seeds, users, prompts)
     n_s, n_u, n_p = sums.shape
-    ws = (gen.multinomial(n_s, np.full(n_s, 1.0 / n_s), size=n_boot).astype(np.float64)
-          if resample_seeds else np.ones((n_boot, n_s)))
+    ws = (
+        gen.multinomial(n_s, np.full(n_s, 1.0 / n_s), size=n_boot).astype(np.float64)
+        if resample_seeds
+        else np.ones((n_boot, n_s))
+    )
     wu = gen.multinomial(n_u, np.full(n_u, 1.0 / n_u), size=n_boot).astype(np.float64)
     wp = gen.multinomial(n_p, np.full(n_p, 1.0 / n_p), size=n_boot).astype(np.float64)
     # per draw and seed: the user- and prompt-weighted sums and counts, [n_boot, n_seeds]
@@ -158,13 +194,23 @@ def three_way_means(values: np.ndarray, seeds: np.ndarray, users: np.ndarray,
     weight = np.where(ok, ws, 0.0)
     total = weight.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (np.where(ok, per_seed, 0.0) * weight).sum(axis=1)
-                        / np.where(total > 0, total, 1.0), np.nan)
+        return np.where(
+            total > 0,
+            (np.where(ok, per_seed, 0.0) * weight).sum(axis=1) / np.where(total > 0, total, 1.0),
+            np.nan,
+        )
 
 
-def three_way_ci(values: np.ndarray, seeds: np.ndarray, users: np.ndarray, prompts: np.ndarray,
-                 n_boot: int, gen: np.random.Generator, confidence: float = 0.95,
-                 resample_seeds: bool = True) -> SeedInterval:
+def three_way_ci(
+    values: np.ndarray,
+    seeds: np.ndarray,
+    users: np.ndarray,
+    prompts: np.ndarray,
+    n_boot: int,
+    gen: np.random.Generator,
+    confidence: float = 0.95,
+    resample_seeds: bool = True,
+) -> SeedInterval:
     """Seed-averaged mean of ``values`` with a percentile bootstrap interval over training seeds,
     users and prompts (``three_way_means``, seed spread widened by ``seed_scale``), clipped to
     the values' range."""
@@ -172,16 +218,21 @@ def three_way_ci(values: np.ndarray, seeds: np.ndarray, users: np.ndarray, promp
     if values.size == 0:
         raise ValueError("three_way_ci: no observations")
     if not (values.shape == np.shape(seeds) == np.shape(users) == np.shape(prompts)):
-        raise ValueError("three_way_ci: values, seeds, users and prompts must have the same "
-                         "length")
+        raise ValueError("three_way_ci: values, seeds, users and prompts must have the same length")
     seeds = np.asarray(seeds)
     n_seeds = int(np.unique(seeds).size)
-    reps = three_way_means(values, seeds, users, prompts, n_boot, gen, resample_seeds,
-                           seed_scale(n_seeds, confidence))
+    reps = three_way_means(
+        values, seeds, users, prompts, n_boot, gen, resample_seeds, seed_scale(n_seeds, confidence)
+    )
     reps = np.clip(reps[np.isfinite(reps)], values.min(), values.max())
     alpha = (1.0 - confidence) / 2.0
-    low, high = (np.quantile(reps, [alpha, 1.0 - alpha]) if reps.size
-                 else (np.nan, np.nan))
-    return SeedInterval(seed_mean(values, seeds), float(low), float(high), int(values.size),
-                        int(np.unique(users).size), int(np.unique(prompts).size),
-                        int(np.unique(seeds).size))
+    low, high = np.quantile(reps, [alpha, 1.0 - alpha]) if reps.size else (np.nan, np.nan)
+    return SeedInterval(
+        seed_mean(values, seeds),
+        float(low),
+        float(high),
+        int(values.size),
+        int(np.unique(users).size),
+        int(np.unique(prompts).size),
+        int(np.unique(seeds).size),
+    )

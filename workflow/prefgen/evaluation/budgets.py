@@ -23,17 +23,31 @@ from prefgen.core.logging import get_logger
 
 log = get_logger(__name__)
 
-BUDGET_COLUMNS = ["method", "train_seed", "stage", "example", "trainable_parameters",
-                  "optimizer_steps", "examples_per_step", "examples_seen", "wall_seconds"]
+BUDGET_COLUMNS = [
+    "method",
+    "train_seed",
+    "stage",
+    "example",
+    "trainable_parameters",
+    "optimizer_steps",
+    "examples_per_step",
+    "examples_seen",
+    "wall_seconds",
+]
 #: what one training example is, per (method kind, stage)
 PAIRS, LIKED = "preference pair", "liked image"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--entry", nargs=5, action="append", required=True,
-                        metavar=("METHOD", "SEED", "STAGE", "FINAL_JSON", "BENCHMARK_TSV"),
-                        help="one trained model: method, training seed, stage (train | "
-                             "new_users), its final.json and its rule's benchmark tsv")
+    parser.add_argument(
+        "--entry",
+        nargs=5,
+        action="append",
+        required=True,
+        metavar=("METHOD", "SEED", "STAGE", "FINAL_JSON", "BENCHMARK_TSV"),
+        help="one trained model: method, training seed, stage (train | "
+        "new_users), its final.json and its rule's benchmark tsv",
+    )
     parser.add_argument("--out", required=True, help="tables/budgets.csv (.md, .tex beside)")
 
 
@@ -45,8 +59,9 @@ def benchmark_seconds(path: str | Path) -> float:
     return float(table["s"].mean())
 
 
-def budget_row(method: str, seed: int, stage: str, final: dict[str, Any],
-               seconds: float) -> dict[str, Any]:
+def budget_row(
+    method: str, seed: int, stage: str, final: dict[str, Any], seconds: float
+) -> dict[str, Any]:
     """One row of the table from a trainer's (or Premier stage 2's) ``final.json``."""
     if stage == "train":
         if not final.get("complete", False):
@@ -63,10 +78,17 @@ def budget_row(method: str, seed: int, stage: str, final: dict[str, Any],
         example = LIKED
     else:
         raise ValueError(f"unknown stage '{stage}' (train | new_users)")
-    return {"method": method, "train_seed": int(seed), "stage": stage, "example": example,
-            "trainable_parameters": params, "optimizer_steps": steps,
-            "examples_per_step": per_step, "examples_seen": steps * per_step,
-            "wall_seconds": round(seconds, 1)}
+    return {
+        "method": method,
+        "train_seed": int(seed),
+        "stage": stage,
+        "example": example,
+        "trainable_parameters": params,
+        "optimizer_steps": steps,
+        "examples_per_step": per_step,
+        "examples_seen": steps * per_step,
+        "wall_seconds": round(seconds, 1),
+    }
 
 
 def budgets(entries: list[tuple[str, int, str, dict[str, Any], float]]) -> pd.DataFrame:
@@ -81,22 +103,28 @@ def caption(table: pd.DataFrame) -> str:
     unequal = {m: v for m, v in main.items() if v != most}
     if unequal:
         parts = ", ".join(f"{m} {v:,.0f} ({v / most:.0%})" for m, v in unequal.items())
-        equal = (f"Not every method sees the same number of training examples: {parts} of the "
-                 f"largest budget, {most:,.0f}; the report caption and docs/decisions.md say "
-                 "why.")
+        equal = (
+            f"Not every method sees the same number of training examples: {parts} of the "
+            f"largest budget, {most:,.0f}; the report caption and docs/decisions.md say "
+            "why."
+        )
     else:
         equal = f"Every method's training sees the same number of examples ({most:,.0f})."
-    return ("Training budget per trained method and seed: trainable parameters, optimizer "
-            "steps, examples per step (batch × gradient accumulation) and examples seen = "
-            "steps × batch × accumulation (preference pairs for the DPO methods, liked images "
-            "for Premier; its stage 2 fits the held-out users once per sampled checkpoint). "
-            f"{equal} wall_seconds is the job's measured wall time (Snakemake benchmark) and "
-            "differs between runs.")
+    return (
+        "Training budget per trained method and seed: trainable parameters, optimizer "
+        "steps, examples per step (batch × gradient accumulation) and examples seen = "
+        "steps × batch × accumulation (preference pairs for the DPO methods, liked images "
+        "for Premier; its stage 2 fits the held-out users once per sampled checkpoint). "
+        f"{equal} wall_seconds is the job's measured wall time (Snakemake benchmark) and "
+        "differs between runs."
+    )
 
 
 def run(args: argparse.Namespace) -> None:
-    entries = [(m, int(s), stage, read_json(final), benchmark_seconds(bench))
-               for m, s, stage, final, bench in args.entry]
+    entries = [
+        (m, int(s), stage, read_json(final), benchmark_seconds(bench))
+        for m, s, stage, final, bench in args.entry
+    ]
     table = budgets(entries)
     write_table(table, Path(args.out).with_suffix(""), caption=caption(table))
     log.info("budgets: %d rows -> %s", len(table), args.out)

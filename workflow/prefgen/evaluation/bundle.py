@@ -26,39 +26,75 @@ __all__ = ["verify_manifest", "describe", "readme_text"]
 
 #: (glob on the path relative to the run dir, what it is); the first match describes a file
 DESCRIPTIONS: list[tuple[str, str]] = [
-    ("tables/win_rates_per_seed.*", "the win rates per training-seed replicate, two-way "
-                                    "(users x prompts) CIs: the spread between seeds"),
-    ("tables/win_rates.*", "seed-paired win rates of each method pair per judge and user group: "
-                           "mean over training seeds, three-way (seeds x users x prompts) "
-                           "bootstrap CIs and a verdict (PIPE Table 1)"),
-    ("tables/budgets.*", "training budget per trained method and seed: trainable parameters, "
-                         "optimizer steps, examples seen, measured wall seconds"),
-    ("tables/checkpoint_metrics.*", "mean score of every judge per method and checkpoint "
-                                    "(PIPE Fig. 2 as numbers)"),
-    ("tables/best_checkpoints.*", "checkpoint compared per method and training seed (picked by "
-                                  "the PIPE judge) and the oracle's view of it"),
+    (
+        "tables/win_rates_per_seed.*",
+        "the win rates per training-seed replicate, two-way "
+        "(users x prompts) CIs: the spread between seeds",
+    ),
+    (
+        "tables/win_rates.*",
+        "seed-paired win rates of each method pair per judge and user group: "
+        "mean over training seeds, three-way (seeds x users x prompts) "
+        "bootstrap CIs and a verdict (PIPE Table 1)",
+    ),
+    (
+        "tables/budgets.*",
+        "training budget per trained method and seed: trainable parameters, "
+        "optimizer steps, examples seen, measured wall seconds",
+    ),
+    (
+        "tables/checkpoint_metrics.*",
+        "mean score of every judge per method and checkpoint (PIPE Fig. 2 as numbers)",
+    ),
+    (
+        "tables/best_checkpoints.*",
+        "checkpoint compared per method and training seed (picked by "
+        "the PIPE judge) and the oracle's view of it",
+    ),
     ("tables/judge_agreement.*", "how often each judge orders an image pair like the oracle"),
-    ("tables/preference_accuracy.*", "preference-prediction accuracy of PIPE, population, "
-                                     "oracle (and LPP) on held-out pairs (PIPE §3.2)"),
-    ("tables/user_model_recovery.*", "synthetic world: learned user types matched to the planted "
-                                     "ones, fitted λ against the true λ*"),
-    ("tables/user_model_ceiling.*", "synthetic world: PIPE accuracy with φ fitted to the planted "
-                                    "type rewards, and with those rewards themselves (where the "
-                                    "gap to the oracle is lost)"),
+    (
+        "tables/preference_accuracy.*",
+        "preference-prediction accuracy of PIPE, population, "
+        "oracle (and LPP) on held-out pairs (PIPE §3.2)",
+    ),
+    (
+        "tables/user_model_recovery.*",
+        "synthetic world: learned user types matched to the planted "
+        "ones, fitted λ against the true λ*",
+    ),
+    (
+        "tables/user_model_ceiling.*",
+        "synthetic world: PIPE accuracy with φ fitted to the planted "
+        "type rewards, and with those rewards themselves (where the "
+        "gap to the oracle is lost)",
+    ),
     ("tables/*", "result table (csv = full precision; md and tex rounded)"),
-    ("figures/checkpoint_curves.png", "judge scores against training step per method "
-                                      "(PIPE Fig. 2)"),
-    ("figures/samples_user_*.png", "sample grid for one test user per user type: rows = methods, "
-                                   "columns = prompts (PIPE Fig. 3)"),
+    (
+        "figures/checkpoint_curves.png",
+        "judge scores against training step per method (PIPE Fig. 2)",
+    ),
+    (
+        "figures/samples_user_*.png",
+        "sample grid for one test user per user type: rows = methods, "
+        "columns = prompts (PIPE Fig. 3)",
+    ),
     ("figures/*", "figure"),
-    ("samples/*/index.parquet", "index of generated images (method, training seed, step, user, "
-                                "prompt, seed, path)"),
-    ("samples/*", "generated images (PNG), per method and training seed; same sampling seeds "
-                  "across methods and training seeds, so they pair up"),
+    (
+        "samples/*/index.parquet",
+        "index of generated images (method, training seed, step, user, prompt, seed, path)",
+    ),
+    (
+        "samples/*",
+        "generated images (PNG), per method and training seed; same sampling seeds "
+        "across methods and training seeds, so they pair up",
+    ),
     ("scores/external/*", "per-image scores of the paper-scale judges and their environment"),
     ("scores/*", "per-image judge scores (samples index + one column per judge)"),
-    ("adapters/*", "adapter checkpoints (safetensors, adapter weights only; IP-Adapter "
-                   "methods also as ip_adapter.safetensors for diffusers' load_ip_adapter)"),
+    (
+        "adapters/*",
+        "adapter checkpoints (safetensors, adapter weights only; IP-Adapter "
+        "methods also as ip_adapter.safetensors for diffusers' load_ip_adapter)",
+    ),
     ("embeddings/*", "per-user embeddings fed to the adapters"),
     ("user_model/*", "PASTA user-type reward heads, population model, per-user lambda"),
     ("models/*", "models trained inside the workflow (stand-ins at mini/smoke scale)"),
@@ -110,8 +146,17 @@ def headline(run_dir: Path) -> str:
         return "_tables/win_rates.csv is not in this bundle._"
     wins = pd.read_csv(path)
     wins = wins[wins["users"] == "all"]
-    cols = ["method", "opponent", "judge", "n_seeds", "n", "win_rate", "ci_low", "ci_high",
-            "verdict"]
+    cols = [
+        "method",
+        "opponent",
+        "judge",
+        "n_seeds",
+        "n",
+        "win_rate",
+        "ci_low",
+        "ci_high",
+        "verdict",
+    ]
     return wins[cols].round(3).to_markdown(index=False)
 
 
@@ -120,36 +165,60 @@ HEADLINE_NOTE = (
     "comparisons in all); the CI resamples training seeds, users and prompts. verdict: "
     "**shown** = the CI excludes 0.5 in the method's favour, **reversed** = it excludes 0.5 "
     "against the method, **not shown** = the CI contains 0.5 (no claim either way). Per-seed "
-    "win rates: `tables/win_rates_per_seed.md`; training budgets: `tables/budgets.md`.")
+    "win rates: `tables/win_rates_per_seed.md`; training budgets: `tables/budgets.md`."
+)
 
 
-def readme_text(run_dir: Path, config: dict[str, Any], files: list[str], excluded: list[str],
-                exclude: list[str]) -> str:
+def readme_text(
+    run_dir: Path, config: dict[str, Any], files: list[str], excluded: list[str], exclude: list[str]
+) -> str:
     scale = config.get("scale")
     name = config.get("run_name")
-    stand_in = ("" if scale == "paper" else
-                f"\n> **Stand-ins.** Scale `{scale}`: every model here is a small stand-in trained "
-                "inside the workflow on the synthetic world; the `oracle` judge is the users' "
-                "true reward. Numbers show the pipeline works, not the papers' results.\n")
+    stand_in = (
+        ""
+        if scale == "paper"
+        else f"\n> **Stand-ins.** Scale `{scale}`: every model here is a small stand-in trained "
+        "inside the workflow on the synthetic world; the `oracle` judge is the users' "
+        "true reward. Numbers show the pipeline works, not the papers' results.\n"
+    )
     lines = [
-        f"# Artifact bundle: run `{name}` (scale `{scale}`)", "",
+        f"# Artifact bundle: run `{name}` (scale `{scale}`)",
+        "",
         "Written by the `bundle` rule of the prefgen workflow (PIPE and baselines). "
         "`MANIFEST.json` holds the resolved config, the git commit, package versions and the "
         "sha256 of every file listed below; check the bundle with",
-        "", "```bash", f"python -m prefgen.evaluation.manifest verify results/{name}", "```", "",
+        "",
+        "```bash",
+        f"python -m prefgen.evaluation.manifest verify results/{name}",
+        "```",
+        "",
         "`report.html` (from `snakemake --report`, written after this bundle) shows the tables and "
         "figures with their captions; it is not hashed (it embeds the hashed files).",
         stand_in,
-        "## Headline: win rates (all users)", "", headline(run_dir), "", HEADLINE_NOTE, "",
+        "## Headline: win rates (all users)",
+        "",
+        headline(run_dir),
+        "",
+        HEADLINE_NOTE,
+        "",
         "Full table with seen/unseen users: `tables/win_rates.md`. Checkpoints compared: "
-        "`tables/best_checkpoints.md`.", "",
-        "## Files", "", "| path | size | what |", "|---|---|---|",
+        "`tables/best_checkpoints.md`.",
+        "",
+        "## Files",
+        "",
+        "| path | size | what |",
+        "|---|---|---|",
         "| `README.md` | - | this file |",
     ]
     lines += [f"| `{p}` | {s} | {t} |" for p, s, t in file_rows(run_dir, files)]
-    lines += ["", "Not hashed: " + "; ".join(f"`{k}` ({v})" for k, v in NOT_HASHED.items()) + ".",
-              f"Excluded from the manifest by `bundle.exclude` ({len(excluded)} files): "
-              + ", ".join(f"`{p}`" for p in exclude) + ".", ""]
+    lines += [
+        "",
+        "Not hashed: " + "; ".join(f"`{k}` ({v})" for k, v in NOT_HASHED.items()) + ".",
+        f"Excluded from the manifest by `bundle.exclude` ({len(excluded)} files): "
+        + ", ".join(f"`{p}`" for p in exclude)
+        + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -171,5 +240,10 @@ def run(args: argparse.Namespace) -> None:
         tmp.write_text(readme_text(run_dir, config, files, excluded, exclude))
     manifest = build_manifest(run_dir, config, exclude)
     write_json(manifest, args.manifest)
-    log.info("bundle: %d files (%.1f MiB) hashed, %d excluded, in %.1fs", manifest["n_files"],
-             manifest["bytes"] / 2**20, manifest["excluded"]["n_files"], time.time() - t0)
+    log.info(
+        "bundle: %d files (%.1f MiB) hashed, %d excluded, in %.1fs",
+        manifest["n_files"],
+        manifest["bytes"] / 2**20,
+        manifest["excluded"]["n_files"],
+        time.time() - t0,
+    )

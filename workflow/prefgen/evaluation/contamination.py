@@ -90,8 +90,9 @@ class TrainingData:
     def add_items(self, df: pd.DataFrame) -> None:
         self.rows += len(df)
         self.captions |= set(df["caption"].astype(str))
-        self.items |= set(zip(df["user_id"].astype(np.int64).tolist(),
-                              df["image_uid"].astype(str), strict=True))
+        self.items |= set(
+            zip(df["user_id"].astype(np.int64).tolist(), df["image_uid"].astype(str), strict=True)
+        )
         self.labelled_users |= set(df["user_id"].astype(np.int64).tolist())
 
     def labelled_keys_of(self, user: int) -> tuple[set[PairKey], set[ItemKey]]:
@@ -122,8 +123,9 @@ def load_training(sources: list[dict[str, Any]]) -> TrainingData:
         if kind == "split":  # a split table, every row used
             data.add_pairs(read(path, "split"), "image_w_uid", "image_l_uid", labelled)
         elif kind == "adapter_pairs":  # the adapters' filter: held-out users and ties out
-            df = training_pairs(read(path, "split"), read(src["holdout"], "holdout"), path,
-                                src["holdout"])
+            df = training_pairs(
+                read(path, "split"), read(src["holdout"], "holdout"), path, src["holdout"]
+            )
             data.add_pairs(df, "image_w_uid", "image_l_uid", labelled)
         elif kind == "clean_pairs":  # ingest's pairs, minus the prompts the consumer excludes
             df = read(path, "pairs")
@@ -153,8 +155,9 @@ class EvaluationSet:
     support_items: set[ItemKey]
 
 
-def split_set(name: str, path: str, unseen: bool, support: set[PairKey],
-              held_out_captions: bool = False) -> EvaluationSet:
+def split_set(
+    name: str, path: str, unseen: bool, support: set[PairKey], held_out_captions: bool = False
+) -> EvaluationSet:
     df = read(path, name)
     users = set(df["user_id"].astype(np.int64).tolist())
     return EvaluationSet(
@@ -181,11 +184,13 @@ def lpp_set(episodes_path: str, references_path: str, clean_pairs_path: str) -> 
     refs = read(references_path, "LPP references")
     unseen = set(eps.loc[eps["user_group"] == "unseen", "user_id"].astype(np.int64).tolist())
     seen = set(eps.loc[eps["user_group"] != "unseen", "user_id"].astype(np.int64).tolist())
-    ref_items = set(zip(refs["user_id"].astype(np.int64).tolist(), refs["image_uid"].astype(str),
-                        strict=True))
+    ref_items = set(
+        zip(refs["user_id"].astype(np.int64).tolist(), refs["image_uid"].astype(str), strict=True)
+    )
     # a reference's own pairs with other references are the conditioning every method gets
     ref_pairs = {
-        k for k in pair_keys(clean["user_id"], clean["image_0_uid"], clean["image_1_uid"])
+        k
+        for k in pair_keys(clean["user_id"], clean["image_0_uid"], clean["image_1_uid"])
         if (k[0], k[1]) in ref_items and (k[0], k[2]) in ref_items
     }
     return EvaluationSet(
@@ -204,12 +209,14 @@ def generation_set(eval_set_path: str, support: set[PairKey]) -> EvaluationSet:
     es = read(eval_set_path, "evaluation set")
     unseen = set(es.loc[es["user_group"] == "unseen", "user_id"].astype(np.int64).tolist())
     seen = set(es.loc[es["user_group"] != "unseen", "user_id"].astype(np.int64).tolist())
-    return EvaluationSet("generation", set(), set(), set(es["caption"].astype(str)), unseen,
-                         seen, support, set())
+    return EvaluationSet(
+        "generation", set(), set(), set(es["caption"].astype(str)), unseen, seen, support, set()
+    )
 
 
-def audit_row(name: str, consumer: dict[str, Any], data: TrainingData,
-              ev: EvaluationSet) -> dict[str, Any]:
+def audit_row(
+    name: str, consumer: dict[str, Any], data: TrainingData, ev: EvaluationSet
+) -> dict[str, Any]:
     shared = len(data.pairs & ev.pairs) + len(data.items & ev.items)
     prompts = len(data.captions & ev.prompts)
     unseen = 0
@@ -247,12 +254,16 @@ def audit(spec: dict[str, Any]) -> pd.DataFrame:
     """One row per (consumer, evaluation set) of ``spec`` (see the rule's params)."""
     sets = spec["evaluation_sets"]
     support_df = read(sets["support"], "support set")
-    support = pair_keys(support_df["user_id"], support_df["image_w_uid"],
-                        support_df["image_l_uid"])
+    support = pair_keys(support_df["user_id"], support_df["image_w_uid"], support_df["image_l_uid"])
     evaluation = [
         split_set("pipe_test", sets["pipe_test"], unseen=False, support=support),
-        split_set("ppd_test_seen", sets["ppd_test_seen"], unseen=False, support=support,
-                  held_out_captions=True),
+        split_set(
+            "ppd_test_seen",
+            sets["ppd_test_seen"],
+            unseen=False,
+            support=support,
+            held_out_captions=True,
+        ),
         split_set("ppd_test_unseen", sets["ppd_test_unseen"], unseen=True, support=support),
         lpp_set(sets["lpp_episodes"], sets["lpp_references"], sets["clean_pairs"]),
         generation_set(sets["generation"], support),
@@ -287,8 +298,11 @@ CAPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True,
-                        help="JSON: consumers (training files, evaluated_on) and evaluation sets")
+    parser.add_argument(
+        "--spec",
+        required=True,
+        help="JSON: consumers (training files, evaluated_on) and evaluation sets",
+    )
     parser.add_argument("--table", required=True, help="tables/contamination (stem)")
 
 

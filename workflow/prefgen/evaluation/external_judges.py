@@ -60,11 +60,13 @@ class ImageRewardJudge:
     @classmethod
     def load(cls, options: dict[str, Any], device: str) -> ImageRewardJudge:
         RM = _import("ImageReward", "imagereward")
-        return cls(RM.load(options["model"], device=device,
-                           download_root=options.get("download_root")))
+        return cls(
+            RM.load(options["model"], device=device, download_root=options.get("download_root"))
+        )
 
-    def score(self, images: Sequence[Image.Image], captions: Sequence[str],
-              user_ids: np.ndarray) -> np.ndarray:
+    def score(
+        self, images: Sequence[Image.Image], captions: Sequence[str], user_ids: np.ndarray
+    ) -> np.ndarray:
         out = np.empty(len(images), dtype=np.float64)
         for caption, idx in group_by_caption(captions):
             with torch.no_grad():
@@ -90,8 +92,9 @@ class HPSv2Judge:
         # hpsv2 picks its device itself (cuda when available), so `device` is not passed on.
         return cls(_import("hpsv2", "hpsv2"), str(options["version"]))
 
-    def score(self, images: Sequence[Image.Image], captions: Sequence[str],
-              user_ids: np.ndarray) -> np.ndarray:
+    def score(
+        self, images: Sequence[Image.Image], captions: Sequence[str], user_ids: np.ndarray
+    ) -> np.ndarray:
         out = np.empty(len(images), dtype=np.float64)
         for caption, idx in group_by_caption(captions):
             scores = self.hpsv2.score([images[i] for i in idx], caption, hps_version=self.version)
@@ -109,8 +112,14 @@ class AestheticMLP(nn.Module):
     def __init__(self, input_size: int = 768) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            nn.Linear(input_size, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,8 +142,9 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 class AestheticJudge:
     """LAION aesthetic score: the MLP applied to the L2-normalised open_clip image embedding."""
 
-    def __init__(self, clip_model: Any, preprocess: Any, mlp: Any, device: str,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, clip_model: Any, preprocess: Any, mlp: Any, device: str, batch_size: int = 32
+    ) -> None:
         self.clip_model = clip_model.eval()
         self.preprocess = preprocess
         self.mlp = mlp.eval()
@@ -145,7 +155,8 @@ class AestheticJudge:
     def load(cls, options: dict[str, Any], device: str) -> AestheticJudge:
         open_clip = _import("open_clip", "aesthetic")
         model, _, preprocess = open_clip.create_model_and_transforms(
-            options["clip_model"], pretrained=options["clip_pretrained"], device=device)
+            options["clip_model"], pretrained=options["clip_pretrained"], device=device
+        )
         weights = options["mlp_weights"]
         if options.get("mlp_repo"):
             hub = _import("huggingface_hub", "aesthetic")
@@ -155,13 +166,15 @@ class AestheticJudge:
         mlp.load_state_dict(state)
         return cls(model, preprocess, mlp.to(device), device)
 
-    def score(self, images: Sequence[Image.Image], captions: Sequence[str],
-              user_ids: np.ndarray) -> np.ndarray:
+    def score(
+        self, images: Sequence[Image.Image], captions: Sequence[str], user_ids: np.ndarray
+    ) -> np.ndarray:
         out = []
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
-                batch = torch.stack([self.preprocess(im) for im in
-                                     images[start:start + self.batch_size]]).to(self.device)
+                batch = torch.stack(
+                    [self.preprocess(im) for im in images[start : start + self.batch_size]]
+                ).to(self.device)
                 emb = self.clip_model.encode_image(batch).float()
                 emb = emb / emb.norm(dim=-1, keepdim=True)
                 out.append(self.mlp(emb).squeeze(-1).cpu().numpy())
@@ -186,19 +199,31 @@ class PickScoreJudge:
         model = transformers.AutoModel.from_pretrained(options["model"]).to(device)
         return cls(model, processor, device)
 
-    def score(self, images: Sequence[Image.Image], captions: Sequence[str],
-              user_ids: np.ndarray) -> np.ndarray:
+    def score(
+        self, images: Sequence[Image.Image], captions: Sequence[str], user_ids: np.ndarray
+    ) -> np.ndarray:
         out = []
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
                 stop = start + self.batch_size
                 img_in = self.processor(images=list(images[start:stop]), return_tensors="pt")
-                txt_in = self.processor(text=list(captions[start:stop]), padding=True,
-                                        truncation=True, max_length=77, return_tensors="pt")
-                img = _features(self.model.get_image_features(
-                    pixel_values=img_in["pixel_values"].to(self.device)))
-                txt = _features(self.model.get_text_features(
-                    **{k: v.to(self.device) for k, v in txt_in.items()}))
+                txt_in = self.processor(
+                    text=list(captions[start:stop]),
+                    padding=True,
+                    truncation=True,
+                    max_length=77,
+                    return_tensors="pt",
+                )
+                img = _features(
+                    self.model.get_image_features(
+                        pixel_values=img_in["pixel_values"].to(self.device)
+                    )
+                )
+                txt = _features(
+                    self.model.get_text_features(
+                        **{k: v.to(self.device) for k, v in txt_in.items()}
+                    )
+                )
                 img = img / img.norm(dim=-1, keepdim=True)
                 txt = txt / txt.norm(dim=-1, keepdim=True)
                 out.append((self.model.logit_scale.exp() * (img * txt).sum(-1)).cpu().numpy())
@@ -223,24 +248,51 @@ def _builder(cls: Any, name: str) -> Any:
 
 
 EXTERNAL_JUDGES: dict[str, JudgeSpec] = {
-    spec.name: spec for spec in [
-        JudgeSpec("imagereward", "ImageReward (BLIP reward model trained on human rankings)",
-                  environment="judges", personal=False, build=_builder(ImageRewardJudge,
-                                                                       "imagereward")),
-        JudgeSpec("hpsv2", "HPSv2 human preference score (open_clip ViT-H-14)",
-                  environment="judges", personal=False, build=_builder(HPSv2Judge, "hpsv2")),
-        JudgeSpec("aesthetic", "LAION aesthetic predictor (MLP on CLIP ViT-L/14)",
-                  environment="judges", personal=False, build=_builder(AestheticJudge,
-                                                                       "aesthetic")),
-        JudgeSpec("pickscore", "PickScore (CLIP ViT-H-14 fine-tuned on Pick-a-Pic)",
-                  environment="judges", personal=False, build=_builder(PickScoreJudge,
-                                                                       "pickscore")),
+    spec.name: spec
+    for spec in [
+        JudgeSpec(
+            "imagereward",
+            "ImageReward (BLIP reward model trained on human rankings)",
+            environment="judges",
+            personal=False,
+            build=_builder(ImageRewardJudge, "imagereward"),
+        ),
+        JudgeSpec(
+            "hpsv2",
+            "HPSv2 human preference score (open_clip ViT-H-14)",
+            environment="judges",
+            personal=False,
+            build=_builder(HPSv2Judge, "hpsv2"),
+        ),
+        JudgeSpec(
+            "aesthetic",
+            "LAION aesthetic predictor (MLP on CLIP ViT-L/14)",
+            environment="judges",
+            personal=False,
+            build=_builder(AestheticJudge, "aesthetic"),
+        ),
+        JudgeSpec(
+            "pickscore",
+            "PickScore (CLIP ViT-H-14 fine-tuned on Pick-a-Pic)",
+            environment="judges",
+            personal=False,
+            build=_builder(PickScoreJudge, "pickscore"),
+        ),
     ]
 }
 
 #: packages recorded beside the external scores (the judges environment's versions)
-EXTERNAL_PACKAGES = ["image-reward", "hpsv2", "open_clip_torch", "transformers", "timm", "torch",
-                     "torchvision", "huggingface_hub", "openai-clip"]
+EXTERNAL_PACKAGES = [
+    "image-reward",
+    "hpsv2",
+    "open_clip_torch",
+    "transformers",
+    "timm",
+    "torch",
+    "torchvision",
+    "huggingface_hub",
+    "openai-clip",
+]
 
 
 def pip_requirements(env_file: str | Path) -> list[str]:
@@ -271,8 +323,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, ver in check_imports().items():
             print(f"{name}=={ver}")
     else:
-        raise SystemExit("usage: python -m prefgen.evaluation.external_judges "
-                         "{requirements ENV_YAML | check}")
+        raise SystemExit(
+            "usage: python -m prefgen.evaluation.external_judges {requirements ENV_YAML | check}"
+        )
 
 
 if __name__ == "__main__":

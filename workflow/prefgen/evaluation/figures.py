@@ -35,8 +35,13 @@ def save_figure(fig: plt.Figure, path: str | Path) -> None:
     plt.close(fig)
 
 
-def checkpoint_curves(metrics: pd.DataFrame, selected: pd.DataFrame, judges: Sequence[str],
-                      path: str | Path, subtitle: str = "") -> None:
+def checkpoint_curves(
+    metrics: pd.DataFrame,
+    selected: pd.DataFrame,
+    judges: Sequence[str],
+    path: str | Path,
+    subtitle: str = "",
+) -> None:
     """One panel per judge: mean score (± s.e.m.) against training step, one line per method.
 
     Methods with a single checkpoint (``base``) are a dashed horizontal line; the checkpoint
@@ -67,8 +72,15 @@ def checkpoint_curves(metrics: pd.DataFrame, selected: pd.DataFrame, judges: Seq
             ax.fill_between(x, y - e, y + e, color=colours[method], alpha=0.15)
             if method in best:
                 at = m[m["step"] == best[method]]
-                ax.plot(at["step"], at["mean_score"], marker="*", ms=13, color=colours[method],
-                        markeredgecolor="black", zorder=5)
+                ax.plot(
+                    at["step"],
+                    at["mean_score"],
+                    marker="*",
+                    ms=13,
+                    color=colours[method],
+                    markeredgecolor="black",
+                    zorder=5,
+                )
         ax.set_xlim(*span)
         ax.set_title(judge)
         ax.set_xlabel("training step")
@@ -83,21 +95,26 @@ def checkpoint_curves(metrics: pd.DataFrame, selected: pd.DataFrame, judges: Seq
     save_figure(fig, path)
 
 
-def user_types(truth_users: pd.DataFrame | None, type_names: Sequence[str] | None,
-               lambdas: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str], str]:
+def user_types(
+    truth_users: pd.DataFrame | None, type_names: Sequence[str] | None, lambdas: pd.DataFrame | None
+) -> tuple[pd.DataFrame, list[str], str]:
     """``(weights [user_id x K], type names, source)``: planted types when the truth is known,
     else the learned PASTA mixture weights lambda_u (paper scale)."""
     if truth_users is not None:
-        cols = sorted((c for c in truth_users.columns if c.startswith("lambda_true_")),
-                      key=lambda c: int(c.rsplit("_", 1)[1]))
+        cols = sorted(
+            (c for c in truth_users.columns if c.startswith("lambda_true_")),
+            key=lambda c: int(c.rsplit("_", 1)[1]),
+        )
         names = list(type_names) if type_names else [f"type {k}" for k in range(len(cols))]
         w = truth_users.set_index("user_id")[cols]
         w.columns = range(len(cols))
         return w, names, "planted type"
     if lambdas is None:
         raise ValueError("sample grids need either the world's truth or user_model/lambda.parquet")
-    cols = sorted((c for c in lambdas.columns if c.startswith("lambda_") and c[7:].isdigit()),
-                  key=lambda c: int(c[7:]))
+    cols = sorted(
+        (c for c in lambdas.columns if c.startswith("lambda_") and c[7:].isdigit()),
+        key=lambda c: int(c[7:]),
+    )
     w = lambdas.set_index("user_id")[cols]
     w.columns = range(len(cols))
     return w, [f"PASTA type {k}" for k in range(len(cols))], "learned type"
@@ -113,15 +130,24 @@ def pick_grid_user(weights: pd.DataFrame, candidates: Sequence[int], k: int) -> 
     return user, int(np.argmax(w.loc[user].to_numpy())) == k
 
 
-def sample_grid(scores: pd.DataFrame, selected: pd.DataFrame, run_dir: Path, user_id: int,
-                n_prompts: int, annotate: str | None, title: str, path: str | Path) -> None:
+def sample_grid(
+    scores: pd.DataFrame,
+    selected: pd.DataFrame,
+    run_dir: Path,
+    user_id: int,
+    n_prompts: int,
+    annotate: str | None,
+    title: str,
+    path: str | Path,
+) -> None:
     """Rows = methods at their selected checkpoint, columns = prompts, for one user."""
     step = selected.set_index("method")["step"].to_dict()
     methods = ordered_methods(list(step))
-    rows = scores[(scores["user_id"] == user_id)
-                  & (scores["step"] == scores["method"].map(step))]
-    per_method = [set(map(tuple, rows.loc[rows["method"] == m, ["prompt_id", "seed"]]
-                          .to_numpy().tolist())) for m in methods]
+    rows = scores[(scores["user_id"] == user_id) & (scores["step"] == scores["method"].map(step))]
+    per_method = [
+        set(map(tuple, rows.loc[rows["method"] == m, ["prompt_id", "seed"]].to_numpy().tolist()))
+        for m in methods
+    ]
     common = sorted(set.intersection(*per_method)) if per_method else []
     chosen: list[tuple[int, int]] = []
     for prompt_id, seed in common:  # one seed per prompt, the smallest
@@ -134,8 +160,11 @@ def sample_grid(scores: pd.DataFrame, selected: pd.DataFrame, run_dir: Path, use
     # draw, which matters with one grid per user type in every run.
     cell, pad = 128, 14
     key = rows.set_index(["method", "prompt_id", "seed"])
-    mosaic = np.full((len(methods) * (cell + pad) + pad, len(chosen) * (cell + pad) + pad, 3),
-                     255, dtype=np.uint8)
+    mosaic = np.full(
+        (len(methods) * (cell + pad) + pad, len(chosen) * (cell + pad) + pad, 3),
+        255,
+        dtype=np.uint8,
+    )
     cells = {}
     for i, method in enumerate(methods):
         for j, (prompt_id, seed) in enumerate(chosen):
@@ -144,7 +173,7 @@ def sample_grid(scores: pd.DataFrame, selected: pd.DataFrame, run_dir: Path, use
             with Image.open(resolve_image(run_dir, r["path"])) as im:
                 tile = im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
             y, x = pad + i * (cell + pad), pad + j * (cell + pad)
-            mosaic[y:y + cell, x:x + cell] = np.asarray(tile)
+            mosaic[y : y + cell, x : x + cell] = np.asarray(tile)
     width = max(1.55 * len(chosen) + 1.2, 6.0)
     height = 1.55 * len(methods) + 1.6
     fig = plt.figure(figsize=(width, height))
@@ -152,8 +181,11 @@ def sample_grid(scores: pd.DataFrame, selected: pd.DataFrame, run_dir: Path, use
     ax.imshow(mosaic, interpolation="nearest")
     centres_x = [pad + j * (cell + pad) + cell / 2 for j in range(len(chosen))]
     centres_y = [pad + i * (cell + pad) + cell / 2 for i in range(len(methods))]
-    ax.set_xticks(centres_x, ["\n".join(textwrap.wrap(str(cells[0, j]["caption"]), 20))
-                              for j in range(len(chosen))], fontsize=7)
+    ax.set_xticks(
+        centres_x,
+        ["\n".join(textwrap.wrap(str(cells[0, j]["caption"]), 20)) for j in range(len(chosen))],
+        fontsize=7,
+    )
     ax.xaxis.tick_top()
     ax.set_yticks(centres_y, [f"{m}\n(step {step[m]})" for m in methods], fontsize=8)
     ax.tick_params(length=0)
@@ -161,10 +193,21 @@ def sample_grid(scores: pd.DataFrame, selected: pd.DataFrame, run_dir: Path, use
         spine.set_visible(False)
     if annotate is not None:
         for (i, j), r in cells.items():
-            ax.text(centres_x[j], pad + i * (cell + pad) + cell + pad / 2,
-                    f"{annotate} {r[annotate]:.2f}", ha="center", va="center", fontsize=6.5,
-                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
-    fig.text(0.5, 1 - 0.08 / height, "\n".join(textwrap.fill(line, width=int(width * 12))
-                                              for line in title.split("\n")),
-             ha="center", va="top", fontsize=9)
+            ax.text(
+                centres_x[j],
+                pad + i * (cell + pad) + cell + pad / 2,
+                f"{annotate} {r[annotate]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6.5,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},
+            )
+    fig.text(
+        0.5,
+        1 - 0.08 / height,
+        "\n".join(textwrap.fill(line, width=int(width * 12)) for line in title.split("\n")),
+        ha="center",
+        va="top",
+        fontsize=9,
+    )
     save_figure(fig, path)

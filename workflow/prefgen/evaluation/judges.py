@@ -87,12 +87,15 @@ def _oracle(ctx: JudgeContext) -> Judge:
     from prefgen.data.world import load_truth, oracle_reward
 
     if ctx.truth_dir is None:
-        raise ValueError("judge 'oracle' needs the synthetic world's truth (data/truth/); it "
-                         "does not exist for real Pick-a-Pic data: remove 'oracle' from "
-                         "judge.core.judges")
+        raise ValueError(
+            "judge 'oracle' needs the synthetic world's truth (data/truth/); it "
+            "does not exist for real Pick-a-Pic data: remove 'oracle' from "
+            "judge.core.judges"
+        )
     truth = load_truth(ctx.truth_dir)
-    return FunctionJudge(lambda images, captions, users: oracle_reward(images, captions, users,
-                                                                       truth))
+    return FunctionJudge(
+        lambda images, captions, users: oracle_reward(images, captions, users, truth)
+    )
 
 
 def _scorer(ctx: JudgeContext) -> Any:
@@ -119,15 +122,33 @@ def _clip_score(ctx: JudgeContext) -> Judge:
 
 
 CORE_JUDGES: dict[str, JudgeSpec] = {
-    spec.name: spec for spec in [
-        JudgeSpec("oracle", "the user's true reward (synthetic world ground truth)", "core",
-                  personal=True, build=_oracle, synthetic_only=True),
-        JudgeSpec("pipe", "PIPE user model lambda_u . phi(c, x)", "core", personal=True,
-                  build=_pipe),
-        JudgeSpec("population", "population reward model (K=1, PickScore analogue)", "core",
-                  personal=False, build=_population),
-        JudgeSpec("clip_score", "text-image cosine similarity of the run's CLIP", "core",
-                  personal=False, build=_clip_score),
+    spec.name: spec
+    for spec in [
+        JudgeSpec(
+            "oracle",
+            "the user's true reward (synthetic world ground truth)",
+            "core",
+            personal=True,
+            build=_oracle,
+            synthetic_only=True,
+        ),
+        JudgeSpec(
+            "pipe", "PIPE user model lambda_u . phi(c, x)", "core", personal=True, build=_pipe
+        ),
+        JudgeSpec(
+            "population",
+            "population reward model (K=1, PickScore analogue)",
+            "core",
+            personal=False,
+            build=_population,
+        ),
+        JudgeSpec(
+            "clip_score",
+            "text-image cosine similarity of the run's CLIP",
+            "core",
+            personal=False,
+            build=_clip_score,
+        ),
     ]
 }
 
@@ -149,8 +170,10 @@ def build_judges(names: Sequence[str], environment: str, ctx: JudgeContext) -> d
             raise KeyError(f"unknown judge '{name}'; registered: {sorted(reg)}")
         spec = reg[name]
         if spec.environment != environment:
-            raise ValueError(f"judge '{name}' runs in the '{spec.environment}' environment, not "
-                             f"'{environment}': list it under judge.{_section(spec)}.judges")
+            raise ValueError(
+                f"judge '{name}' runs in the '{spec.environment}' environment, not "
+                f"'{environment}': list it under judge.{_section(spec)}.judges"
+            )
         judges[name] = spec.build(ctx)
     return judges
 
@@ -166,6 +189,8 @@ def checked_scores(name: str, scores: Any, n: int) -> np.ndarray:
         raise ValueError(f"judge '{name}' returned {arr.shape[0]} scores for {n} images")
     bad = ~np.isfinite(arr)
     if bad.any():
-        raise ValueError(f"judge '{name}' returned {int(bad.sum())} non-finite scores "
-                         f"(first at batch row {int(np.flatnonzero(bad)[0])})")
+        raise ValueError(
+            f"judge '{name}' returned {int(bad.sum())} non-finite scores "
+            f"(first at batch row {int(np.flatnonzero(bad)[0])})"
+        )
     return arr

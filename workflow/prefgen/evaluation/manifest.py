@@ -35,12 +35,28 @@ MANIFEST_NAME = "MANIFEST.json"
 NOT_HASHED = {
     MANIFEST_NAME: "this file (a file cannot contain its own hash)",
     "report.html": "written by `snakemake --report` after the bundle rule; it embeds the tables "
-                   "and figures hashed here",
+    "and figures hashed here",
 }
 #: the packages whose versions decide the numbers (core environment)
-KEY_PACKAGES = ["prefgen", "torch", "torchvision", "diffusers", "transformers", "tokenizers",
-                "accelerate", "open_clip_torch", "peft", "safetensors", "numpy", "scipy",
-                "pandas", "pyarrow", "pillow", "matplotlib", "snakemake"]
+KEY_PACKAGES = [
+    "prefgen",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "open_clip_torch",
+    "peft",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pyarrow",
+    "pillow",
+    "matplotlib",
+    "snakemake",
+]
 CHUNK = 1 << 20
 
 
@@ -64,18 +80,19 @@ def package_versions(names: Iterable[str] = KEY_PACKAGES) -> dict[str, str]:
 
 def git_info(cwd: str | Path = ".") -> dict[str, Any]:
     """``{"commit": sha | "unknown", "dirty": bool | None}`` for the workflow's work tree."""
+
     def git(*args: str) -> str | None:
         try:
-            proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                                  timeout=30)
+            proc = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
     if not commit:
-        return {"commit": "unknown", "dirty": None,
-                "note": "not a git work tree, or no commit yet"}
+        return {"commit": "unknown", "dirty": None, "note": "not a git work tree, or no commit yet"}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
@@ -103,13 +120,16 @@ def scan(run_dir: str | Path, exclude: Iterable[str]) -> tuple[list[str], list[s
     return included, excluded
 
 
-def build_manifest(run_dir: str | Path, config: dict[str, Any], exclude: list[str],
-                   cwd: str | Path = ".") -> dict[str, Any]:
+def build_manifest(
+    run_dir: str | Path, config: dict[str, Any], exclude: list[str], cwd: str | Path = "."
+) -> dict[str, Any]:
     """The manifest as a dict (``write_json`` it to ``MANIFEST.json``)."""
     run_dir = Path(run_dir)
     included, excluded = scan(run_dir, exclude)
-    files = [{"path": rel, "bytes": (run_dir / rel).stat().st_size,
-              "sha256": sha256_file(run_dir / rel)} for rel in included]
+    files = [
+        {"path": rel, "bytes": (run_dir / rel).stat().st_size, "sha256": sha256_file(run_dir / rel)}
+        for rel in included
+    ]
     return {
         "format": "prefgen-manifest/1",
         "run_name": config.get("run_name"),
@@ -119,10 +139,13 @@ def build_manifest(run_dir: str | Path, config: dict[str, Any], exclude: list[st
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "packages": package_versions(),
-        "excluded": {"patterns": exclude, "n_files": len(excluded),
-                     "bytes": sum((run_dir / rel).stat().st_size for rel in excluded),
-                     "why": "input data (regenerable from the source or the seed) and derived "
-                            "caches: large, and not results"},
+        "excluded": {
+            "patterns": exclude,
+            "n_files": len(excluded),
+            "bytes": sum((run_dir / rel).stat().st_size for rel in excluded),
+            "why": "input data (regenerable from the source or the seed) and derived "
+            "caches: large, and not results",
+        },
         "not_hashed": {**NOT_HASHED, ".*": "hidden files (temporary and Snakemake bookkeeping)"},
         "n_files": len(files),
         "bytes": sum(f["bytes"] for f in files),
@@ -149,8 +172,9 @@ def verify_manifest(run_dir: str | Path) -> list[str]:
         if not file.is_file():
             problems.append(f"missing: {rel}")
         elif file.stat().st_size != entry["bytes"]:
-            problems.append(f"size differs: {rel} ({file.stat().st_size} bytes, manifest "
-                            f"{entry['bytes']})")
+            problems.append(
+                f"size differs: {rel} ({file.stat().st_size} bytes, manifest {entry['bytes']})"
+            )
         elif sha256_file(file) != entry["sha256"]:
             problems.append(f"sha256 differs: {rel}")
     included, _ = scan(run_dir, exclude)

@@ -36,12 +36,22 @@ from prefgen.evaluation.bootstrap import two_way_ci
 
 log = get_logger(__name__)
 
-ABLATION_COLUMNS = ["variant", "metric", "users", "prompts", "n", "mean", "ci_low", "ci_high",
-                    "note"]
+ABLATION_COLUMNS = [
+    "variant",
+    "metric",
+    "users",
+    "prompts",
+    "n",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "note",
+]
 
 
-def cross_user_distances(emb: torch.Tensor, user_ids: np.ndarray, prompt_ids: np.ndarray
-                         ) -> np.ndarray:
+def cross_user_distances(
+    emb: torch.Tensor, user_ids: np.ndarray, prompt_ids: np.ndarray
+) -> np.ndarray:
     """Per image: mean ``1 − cos`` to the images of *other* users for the same prompt.
 
     ``emb`` is ``[N, D]`` (normalised inside). Each (user, prompt) must appear once, and every
@@ -65,20 +75,37 @@ def cross_user_distances(emb: torch.Tensor, user_ids: np.ndarray, prompt_ids: np
     return out
 
 
-def metric_rows(variant: str, metric: str, values: np.ndarray, users: np.ndarray,
-                prompts: np.ndarray, n_boot: int, seed: int, confidence: float,
-                note: str = "") -> dict:
+def metric_rows(
+    variant: str,
+    metric: str,
+    values: np.ndarray,
+    users: np.ndarray,
+    prompts: np.ndarray,
+    n_boot: int,
+    seed: int,
+    confidence: float,
+    note: str = "",
+) -> dict:
     """One table row: mean of ``values`` over (user, prompt) cells with its bootstrap CI."""
     from prefgen.core.seeding import rng
 
-    ci = two_way_ci(values, users, prompts, n_boot, rng(seed, "premier_ablation", variant, metric),
-                    confidence)
-    return {"variant": variant, "metric": metric, "users": ci.n_users, "prompts": ci.n_prompts,
-            "n": ci.n, "mean": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "note": note}
+    ci = two_way_ci(
+        values, users, prompts, n_boot, rng(seed, "premier_ablation", variant, metric), confidence
+    )
+    return {
+        "variant": variant,
+        "metric": metric,
+        "users": ci.n_users,
+        "prompts": ci.n_prompts,
+        "n": ci.n,
+        "mean": ci.estimate,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "note": note,
+    }
 
 
-def direction_distances(cond: Any, user_ids: list[int], text_shape: tuple[int, int]
-                        ) -> np.ndarray:
+def direction_distances(cond: Any, user_ids: list[int], text_shape: tuple[int, int]) -> np.ndarray:
     """Per user: mean root-mean-square distance of its empty-prompt modulation directions
     (shared and distinct, concatenated) to the other users' — what the dispersion loss acts on."""
     tokens, own = cond.user_tokens(user_ids)
@@ -92,8 +119,7 @@ def direction_distances(cond: Any, user_ids: list[int], text_shape: tuple[int, i
     return (d.sum(1) / (len(user_ids) - 1)).numpy()
 
 
-def ablation_grid(eval_set: pd.DataFrame, n_users: int, n_prompts: int, seed: int
-                  ) -> pd.DataFrame:
+def ablation_grid(eval_set: pd.DataFrame, n_users: int, n_prompts: int, seed: int) -> pd.DataFrame:
     """Seen users × prompts of the evaluation set, with ONE seed per prompt shared by all users
     (so images of one prompt differ only through the user: cross-user diversity)."""
     from prefgen.core.seeding import derive_seed, rng
@@ -102,20 +128,32 @@ def ablation_grid(eval_set: pd.DataFrame, n_users: int, n_prompts: int, seed: in
     if len(seen) < 2:
         raise ValueError("premier-ablation: the evaluation set needs at least two seen users")
     users = np.sort(seen[rng(seed, "premier_ablation", "users").permutation(len(seen))[:n_users]])
-    prompts = (eval_set[["prompt_id", "caption"]].drop_duplicates("prompt_id")
-               .sort_values("prompt_id").head(n_prompts))
-    return pd.DataFrame([
-        {"user_id": int(u), "prompt_id": int(pid), "caption": cap,
-         "seed": derive_seed(seed, "premier_ablation", int(pid)) % 2**31}
-        for pid, cap in zip(prompts["prompt_id"], prompts["caption"], strict=True) for u in users
-    ])
+    prompts = (
+        eval_set[["prompt_id", "caption"]]
+        .drop_duplicates("prompt_id")
+        .sort_values("prompt_id")
+        .head(n_prompts)
+    )
+    return pd.DataFrame(
+        [
+            {
+                "user_id": int(u),
+                "prompt_id": int(pid),
+                "caption": cap,
+                "seed": derive_seed(seed, "premier_ablation", int(pid)) % 2**31,
+            }
+            for pid, cap in zip(prompts["prompt_id"], prompts["caption"], strict=True)
+            for u in users
+        ]
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--foundation", required=True, help="pipeline folder or hub id")
     parser.add_argument("--premier", required=True, help="adapters/premier/final.json")
-    parser.add_argument("--no-dispersion", required=True,
-                        help="adapters/premier_no_dispersion/final.json")
+    parser.add_argument(
+        "--no-dispersion", required=True, help="adapters/premier_no_dispersion/final.json"
+    )
     parser.add_argument("--init", required=True, help="embeddings/premier_init.safetensors")
     parser.add_argument("--eval-set", required=True, help="splits/eval_set.parquet")
     parser.add_argument("--run-dir", required=True, help="results/<run_name>/ (user model, CLIP)")
@@ -138,20 +176,25 @@ def run(args: argparse.Namespace) -> None:
     p = args.params
     cfg, seed = p["premier"]["ablation"], int(p["seed"])
     t0 = time.perf_counter()
-    grid = ablation_grid(pd.read_parquet(args.eval_set), int(cfg["users"]), int(cfg["prompts"]),
-                         seed)
+    grid = ablation_grid(
+        pd.read_parquet(args.eval_set), int(cfg["users"]), int(cfg["prompts"]), seed
+    )
     pipe = load_pipeline(args.foundation)
-    finals = {"premier": read_json(args.premier),
-              "premier_no_dispersion": read_json(args.no_dispersion)}
+    finals = {
+        "premier": read_json(args.premier),
+        "premier_no_dispersion": read_json(args.no_dispersion),
+    }
     for name, final in finals.items():
         if not final.get("complete") or final["method_config"].get("conditioning") != "premier":
             raise ValueError(f"{name}: not a complete Premier training run")
-    cond = build_conditioning(pipe.unet, finals["premier"]["method_config"],
-                              UserEmbeddings.load(args.init))
+    cond = build_conditioning(
+        pipe.unet, finals["premier"]["method_config"], UserEmbeddings.load(args.init)
+    )
     cond.eval()
     judge_names = (["oracle"] if args.truth else []) + ["pipe", "clip_score"]
-    ctx = JudgeContext(run_dir=Path(args.run_dir),
-                       truth_dir=Path(args.truth) if args.truth else None)
+    ctx = JudgeContext(
+        run_dir=Path(args.run_dir), truth_dir=Path(args.truth) if args.truth else None
+    )
     judges = build_judges(judge_names, "core", ctx)
     embedder = ctx.cache["user_model"].embedder  # the run's CLIP, loaded by the pipe judge
 
@@ -174,10 +217,10 @@ def run(args: argparse.Namespace) -> None:
         pil = [Image.fromarray(im) for im in images]
         captions = grid["caption"].tolist()
         for name, judge in judges.items():
-            values[(variant, name)] = checked_scores(name, judge.score(pil, captions, users),
-                                                     len(pil))
-        values[(variant, "diversity")] = cross_user_distances(embedder.images(pil), users,
-                                                              prompts)
+            values[(variant, name)] = checked_scores(
+                name, judge.score(pil, captions, users), len(pil)
+            )
+        values[(variant, "diversity")] = cross_user_distances(embedder.images(pil), users, prompts)
         if variant != "base":
             if text_shape is None:
                 from prefgen.generation.models import encode_text
@@ -191,42 +234,78 @@ def run(args: argparse.Namespace) -> None:
     n_boot, conf = int(p["evaluate"]["bootstrap"]), float(p["evaluate"]["confidence"])
     notes = {
         "diversity": "mean pairwise 1-cos of mini-CLIP image embeddings across users, same "
-                     "prompt and seed (LPIPS stand-in: its weights are not available offline)",
+        "prompt and seed (LPIPS stand-in: its weights are not available offline)",
         "clip_score": "text consistency: CLIPScore with the run's CLIP",
         "oracle": "preference alignment: the user's true reward (synthetic world)",
         "pipe": "preference alignment: PIPE user model lambda_u . phi",
         "direction_distance": "mean RMS distance between users' empty-prompt modulation "
-                              "directions (what the dispersion loss separates)",
+        "directions (what the dispersion loss separates)",
     }
     rows = []
     for (variant, metric), v in values.items():
-        rows.append(metric_rows(variant, metric, v, users, prompts, n_boot, seed, conf,
-                                notes[metric]))
+        rows.append(
+            metric_rows(variant, metric, v, users, prompts, n_boot, seed, conf, notes[metric])
+        )
     for metric in notes:
         if ("premier", metric) in values and ("premier_no_dispersion", metric) in values:
             diff = values[("premier", metric)] - values[("premier_no_dispersion", metric)]
-            rows.append(metric_rows("premier - premier_no_dispersion", metric, diff, users,
-                                    prompts, n_boot, seed, conf,
-                                    "paired difference (same users, prompts, seeds)"))
+            rows.append(
+                metric_rows(
+                    "premier - premier_no_dispersion",
+                    metric,
+                    diff,
+                    users,
+                    prompts,
+                    n_boot,
+                    seed,
+                    conf,
+                    "paired difference (same users, prompts, seeds)",
+                )
+            )
     spec = cond.spec
     n_train = len(cond.table.user_ids)
     for label, nbytes, note in (
-        ("premier", bytes_per_user(spec.user_tokens, spec.user_dim),
-         f"training user: [{spec.user_tokens}, {spec.user_dim}] float32 embedding "
-         "(Premier reports 61 KB on FLUX)"),
-        ("premier (new user)", 4 * n_train,
-         f"new user: {n_train} float32 combination weights over the training users"),
+        (
+            "premier",
+            bytes_per_user(spec.user_tokens, spec.user_dim),
+            f"training user: [{spec.user_tokens}, {spec.user_dim}] float32 embedding "
+            "(Premier reports 61 KB on FLUX)",
+        ),
+        (
+            "premier (new user)",
+            4 * n_train,
+            f"new user: {n_train} float32 combination weights over the training users",
+        ),
     ):
-        rows.append({"variant": label, "metric": "bytes_per_user", "users": np.nan,
-                     "prompts": np.nan, "n": np.nan, "mean": float(nbytes), "ci_low": np.nan,
-                     "ci_high": np.nan, "note": note})
+        rows.append(
+            {
+                "variant": label,
+                "metric": "bytes_per_user",
+                "users": np.nan,
+                "prompts": np.nan,
+                "n": np.nan,
+                "mean": float(nbytes),
+                "ci_low": np.nan,
+                "ci_high": np.nan,
+                "note": note,
+            }
+        )
     table = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
     table["scale"] = p["scale"]
-    write_table(table, Path(args.out).with_suffix(""), caption=(
-        "Premier's own metrics with and without the dispersion loss (Premier Tab. 2 / Fig. 8 in "
-        "kind) on seen users x prompts, one seed per prompt shared by all users. Mean with a "
-        "two-way (users x prompts) bootstrap CI. Premier modulates FLUX MM-DiT; here its "
-        "directions are added to the text tokens of each cross-attention layer of our "
-        f"SDXL-architecture {p['scale']} stand-in (docs/decisions.md)."))
-    log.info("premier-ablation: done in %.1f s\n%s", time.perf_counter() - t0,
-             table.drop(columns="note").to_string(index=False))
+    write_table(
+        table,
+        Path(args.out).with_suffix(""),
+        caption=(
+            "Premier's own metrics with and without the dispersion loss (Premier Tab. 2 / Fig. 8 "
+            "in "
+            "kind) on seen users x prompts, one seed per prompt shared by all users. Mean with a "
+            "two-way (users x prompts) bootstrap CI. Premier modulates FLUX MM-DiT; here its "
+            "directions are added to the text tokens of each cross-attention layer of our "
+            f"SDXL-architecture {p['scale']} stand-in (docs/decisions.md)."
+        ),
+    )
+    log.info(
+        "premier-ablation: done in %.1f s\n%s",
+        time.perf_counter() - t0,
+        table.drop(columns="note").to_string(index=False),
+    )

@@ -68,14 +68,17 @@ class ArmEmbeddings(nn.Module):
         return out
 
 
-def history_users(history: pd.DataFrame, need: int, max_users: int, seed: int,
-                  path: str) -> list[int]:
+def history_users(
+    history: pd.DataFrame, need: int, max_users: int, seed: int, path: str
+) -> list[int]:
     counts = history.groupby("user_id").size()
     eligible = np.sort(counts[counts >= need].index.to_numpy(np.int64))
     if len(eligible) < 2:
-        raise ValueError(f"{path}: only {len(eligible)} held-out users have >= {need} liked "
-                         "images (max history + heldout); lower premier.history.lengths or "
-                         "premier.history.heldout")
+        raise ValueError(
+            f"{path}: only {len(eligible)} held-out users have >= {need} liked "
+            "images (max history + heldout); lower premier.history.lengths or "
+            "premier.history.heldout"
+        )
     pick = rng(seed, "premier", "history_users").permutation(len(eligible))[:max_users]
     return sorted(int(u) for u in eligible[pick])
 
@@ -112,51 +115,91 @@ def run_history(args: argparse.Namespace) -> None:
         fit_ids.append(np.full(len(sel), i))
     liked = subset(encoded, np.concatenate(fit_idx), np.concatenate(fit_ids))
     spec = cond.spec
-    free = UserEmbeddingTable(list(range(offset, 2 * offset)), spec.user_tokens, spec.user_dim,
-                              float(p["premier"]["init_std"]),
-                              seed=derive_seed(seed, "premier", "history", "free"))
+    free = UserEmbeddingTable(
+        list(range(offset, 2 * offset)),
+        spec.user_tokens,
+        spec.user_dim,
+        float(p["premier"]["init_std"]),
+        seed=derive_seed(seed, "premier", "history", "free"),
+    )
     combo = CombinationEmbedding(list(range(offset)), cond.table.weight.detach())
     embed = ArmEmbeddings(combo, free, offset)
     time_ids = add_time_ids(pipe, 1)
-    losses = fit_new_users(pipe.unet, noise_scheduler(pipe), cond.modulator, embed, liked,
-                           time_ids, int(cfg["steps"]), float(cfg["lr"]), int(cfg["batch_size"]),
-                           derive_seed(seed, "premier", "history", "fit"))
-    log.info("premier-history: %d users x %d arms fitted jointly (%d rows), loss %.4f -> %.4f",
-             len(users), len(arms), len(liked.user_ids), losses[0], float(np.mean(losses[-10:])))
+    losses = fit_new_users(
+        pipe.unet,
+        noise_scheduler(pipe),
+        cond.modulator,
+        embed,
+        liked,
+        time_ids,
+        int(cfg["steps"]),
+        float(cfg["lr"]),
+        int(cfg["batch_size"]),
+        derive_seed(seed, "premier", "history", "fit"),
+    )
+    log.info(
+        "premier-history: %d users x %d arms fitted jointly (%d rows), loss %.4f -> %.4f",
+        len(users),
+        len(arms),
+        len(liked.user_ids),
+        losses[0],
+        float(np.mean(losses[-10:])),
+    )
 
     # held-out denoising loss: identical noise for the base model and every arm
     held_idx = np.flatnonzero(order < heldout)
     held = subset(encoded, held_idx, user_col[held_idx])
     user_of_row = user_col[held_idx]
     hseed = derive_seed(seed, "premier", "history", "heldout")
-    base_loss = heldout_denoising_loss(pipe.unet, noise_scheduler(pipe), None, held, time_ids,
-                                       hseed)
+    base_loss = heldout_denoising_loss(
+        pipe.unet, noise_scheduler(pipe), None, held, time_ids, hseed
+    )
     records = []
     with torch.no_grad():
         for arm, h in arms:
             ids = torch.tensor([vid[(arm, h, int(u))] for u in user_of_row])
-            loss = heldout_denoising_loss(pipe.unet, noise_scheduler(pipe), embed(ids), held,
-                                          time_ids, hseed)
+            loss = heldout_denoising_loss(
+                pipe.unet, noise_scheduler(pipe), embed(ids), held, time_ids, hseed
+            )
             gain = (base_loss - loss).numpy()
             for u in users:
-                records.append({"arm": arm, "history": h, "user_id": u, "prompt_id": -1,
-                                "metric": "heldout_loss_gain",
-                                "value": float(gain[user_of_row == u].mean())})
+                records.append(
+                    {
+                        "arm": arm,
+                        "history": h,
+                        "user_id": u,
+                        "prompt_id": -1,
+                        "metric": "heldout_loss_gain",
+                        "value": float(gain[user_of_row == u].mean()),
+                    }
+                )
 
     if args.truth and int(cfg["prompts"]) > 0:
         from prefgen.data.world import load_truth, oracle_reward
 
         truth = load_truth(args.truth)
-        prompts = (pd.read_parquet(args.eval_set)[["prompt_id", "caption"]]
-                   .drop_duplicates("prompt_id").sort_values("prompt_id")
-                   .head(int(cfg["prompts"])))
-        grid = pd.DataFrame([{"user_id": u, "prompt_id": int(pid), "caption": cap,
-                              "seed": derive_seed(seed, "premier", "history", u, int(pid)) % 2**31}
-                             for u in users for pid, cap in zip(prompts["prompt_id"],
-                                                                prompts["caption"], strict=True)])
+        prompts = (
+            pd.read_parquet(args.eval_set)[["prompt_id", "caption"]]
+            .drop_duplicates("prompt_id")
+            .sort_values("prompt_id")
+            .head(int(cfg["prompts"]))
+        )
+        grid = pd.DataFrame(
+            [
+                {
+                    "user_id": u,
+                    "prompt_id": int(pid),
+                    "caption": cap,
+                    "seed": derive_seed(seed, "premier", "history", u, int(pid)) % 2**31,
+                }
+                for u in users
+                for pid, cap in zip(prompts["prompt_id"], prompts["caption"], strict=True)
+            ]
+        )
         base_imgs, _ = generate(pipe, grid, p["sample"])
-        base_r = oracle_reward(np.stack(base_imgs), grid["caption"].tolist(),
-                               grid["user_id"].to_numpy(), truth)
+        base_r = oracle_reward(
+            np.stack(base_imgs), grid["caption"].tolist(), grid["user_id"].to_numpy(), truth
+        )
         for arm, h in tqdm(arms, desc="history samples", mininterval=5):
             # the grid's user_id column carries virtual ids, so the sampler's per-batch callback
             # finds each row's tokens; the oracle scores for the real user
@@ -167,12 +210,20 @@ def run_history(args: argparse.Namespace) -> None:
                 return {"cross_attention_kwargs": {USERS_KEY: tok}}, True
 
             imgs, _ = generate(pipe, virtual, p["sample"], extra)
-            r = oracle_reward(np.stack(imgs), grid["caption"].tolist(),
-                              grid["user_id"].to_numpy(), truth)
+            r = oracle_reward(
+                np.stack(imgs), grid["caption"].tolist(), grid["user_id"].to_numpy(), truth
+            )
             for row, v, b in zip(grid.itertuples(), r, base_r, strict=True):
-                records.append({"arm": arm, "history": h, "user_id": row.user_id,
-                                "prompt_id": row.prompt_id, "metric": "oracle_gain_vs_base",
-                                "value": float(v - b)})
+                records.append(
+                    {
+                        "arm": arm,
+                        "history": h,
+                        "user_id": row.user_id,
+                        "prompt_id": row.prompt_id,
+                        "metric": "oracle_gain_vs_base",
+                        "value": float(v - b),
+                    }
+                )
 
     long = pd.DataFrame(records)
     n_boot, conf = int(p["evaluate"]["bootstrap"]), float(p["evaluate"]["confidence"])
@@ -181,24 +232,46 @@ def run_history(args: argparse.Namespace) -> None:
         wide = g.pivot_table(index=["user_id", "prompt_id"], columns="arm", values="value")
         wide["combination_minus_free"] = wide["combination"] - wide["free"]
         for arm in ("combination", "free", "combination_minus_free"):
-            ci = two_way_ci(wide[arm].to_numpy(), wide.index.get_level_values(0).to_numpy(),
-                            wide.index.get_level_values(1).to_numpy(), n_boot,
-                            rng(seed, "premier", "history", metric, h, arm), conf)
-            rows.append({"arm": arm, "history": h, "metric": metric, "users": ci.n_users,
-                         "n": ci.n, "mean": ci.estimate, "ci_low": ci.low, "ci_high": ci.high})
+            ci = two_way_ci(
+                wide[arm].to_numpy(),
+                wide.index.get_level_values(0).to_numpy(),
+                wide.index.get_level_values(1).to_numpy(),
+                n_boot,
+                rng(seed, "premier", "history", metric, h, arm),
+                conf,
+            )
+            rows.append(
+                {
+                    "arm": arm,
+                    "history": h,
+                    "metric": metric,
+                    "users": ci.n_users,
+                    "n": ci.n,
+                    "mean": ci.estimate,
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                }
+            )
     table = pd.DataFrame(rows)
     table["scale"] = p["scale"]
-    write_table(table, Path(args.out).with_suffix(""), caption=(
-        "Premier stage 2 (Fig. 6/7 in kind): new users as combination weights over training "
-        "users vs a free embedding fitted from scratch, by history length. heldout_loss_gain = "
-        "base denoising loss - the arm's, on liked images not used for fitting (higher = "
-        "better); oracle_gain_vs_base = true reward of samples minus the base model's (same "
-        "seeds). Mean with two-way bootstrap CI. Premier's FLUX MM-DiT modulation is applied to "
-        f"the text tokens of our SDXL-architecture {p['scale']} stand-in (docs/decisions.md)."))
-    log.info("premier-history: done in %.1f s\n%s", time.perf_counter() - t0,
-             table.to_string(index=False))
-
-
+    write_table(
+        table,
+        Path(args.out).with_suffix(""),
+        caption=(
+            "Premier stage 2 (Fig. 6/7 in kind): new users as combination weights over training "
+            "users vs a free embedding fitted from scratch, by history length. heldout_loss_gain = "
+            "base denoising loss - the arm's, on liked images not used for fitting (higher = "
+            "better); oracle_gain_vs_base = true reward of samples minus the base model's (same "
+            "seeds). Mean with two-way bootstrap CI. Premier's FLUX MM-DiT modulation is applied "
+            "to "
+            f"the text tokens of our SDXL-architecture {p['scale']} stand-in (docs/decisions.md)."
+        ),
+    )
+    log.info(
+        "premier-history: done in %.1f s\n%s",
+        time.perf_counter() - t0,
+        table.to_string(index=False),
+    )
 
 
 def run(args: argparse.Namespace) -> None:

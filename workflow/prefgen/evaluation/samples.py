@@ -28,8 +28,9 @@ def resolve_image(run_dir: str | Path, path: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    raise FileNotFoundError(f"sample image '{path}' not found (looked at "
-                            f"{', '.join(str(c) for c in candidates)})")
+    raise FileNotFoundError(
+        f"sample image '{path}' not found (looked at {', '.join(str(c) for c in candidates)})"
+    )
 
 
 def read_index(path: str | Path, run_dir: str | Path) -> pd.DataFrame:
@@ -55,18 +56,24 @@ def read_index(path: str | Path, run_dir: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: expected one method per index, found {sorted(methods)}")
     train_seeds = df["train_seed"].unique()
     if len(train_seeds) != 1:
-        raise ValueError(f"{path}: expected one training seed per index, found "
-                         f"{sorted(int(s) for s in train_seeds)}")
+        raise ValueError(
+            f"{path}: expected one training seed per index, found "
+            f"{sorted(int(s) for s in train_seeds)}"
+        )
     bad_group = ~df["user_group"].isin(["seen", "unseen"])
     if bad_group.any():
         row = int(np.flatnonzero(bad_group)[0])
-        raise ValueError(f"{path}: row {row}: user_group '{df['user_group'].iloc[row]}' is not "
-                         "'seen' or 'unseen'")
+        raise ValueError(
+            f"{path}: row {row}: user_group '{df['user_group'].iloc[row]}' is not "
+            "'seen' or 'unseen'"
+        )
     dup = df.duplicated(["step", *PAIR_KEYS])
     if dup.any():
         row = int(np.flatnonzero(dup)[0])
-        raise ValueError(f"{path}: row {row}: duplicate (step, user_id, prompt_id, seed) "
-                         f"{df.loc[df.index[row], ['step', *PAIR_KEYS]].to_dict()}")
+        raise ValueError(
+            f"{path}: row {row}: duplicate (step, user_id, prompt_id, seed) "
+            f"{df.loc[df.index[row], ['step', *PAIR_KEYS]].to_dict()}"
+        )
     for i, p in enumerate(df["path"]):
         try:
             resolve_image(run_dir, p)

@@ -39,10 +39,14 @@ def default_scorers(run_dir: Path) -> list[str]:
     return ["pipe", "population", *(["oracle"] if (run_dir / "data" / "truth").is_dir() else [])]
 
 
-def score_images(run_dir: str | Path, images: Sequence[str | Path | Image.Image],
-                 captions: Sequence[str], user_ids: Sequence[int],
-                 scorers: Sequence[str] | None = None,
-                 new_users: dict[int, Sequence[float]] | None = None) -> pd.DataFrame:
+def score_images(
+    run_dir: str | Path,
+    images: Sequence[str | Path | Image.Image],
+    captions: Sequence[str],
+    user_ids: Sequence[int],
+    scorers: Sequence[str] | None = None,
+    new_users: dict[int, Sequence[float]] | None = None,
+) -> pd.DataFrame:
     """One row per image: ``user_id``, ``caption`` and one float column per scorer.
 
     ``new_users`` maps users onboarded from pairs (``prefgen generate --pairs``) to their λ,
@@ -53,14 +57,18 @@ def score_images(run_dir: str | Path, images: Sequence[str | Path | Image.Image]
 
     run_dir = Path(run_dir)
     if not (run_dir / "user_model" / "lambda.parquet").exists():
-        raise ConfigError(f"{run_dir}: no user_model/lambda.parquet; expected a finished run "
-                          "folder results/<run_name>/")
+        raise ConfigError(
+            f"{run_dir}: no user_model/lambda.parquet; expected a finished run "
+            "folder results/<run_name>/"
+        )
     n = len(images)
     if n == 0:
         raise ValueError("no image given")
     if len(captions) != n or len(user_ids) != n:
-        raise ValueError(f"{n} images, {len(captions)} captions and {len(user_ids)} user ids: "
-                         "give one caption and one user per image")
+        raise ValueError(
+            f"{n} images, {len(captions)} captions and {len(user_ids)} user ids: "
+            "give one caption and one user per image"
+        )
     names = list(scorers) if scorers else default_scorers(run_dir)
     if new_users and not scorers:
         names = [s for s in names if s != "oracle"]
@@ -69,8 +77,10 @@ def score_images(run_dir: str | Path, images: Sequence[str | Path | Image.Image]
         raise ValueError(f"unknown scorer(s) {unknown}; choose from {list(SCORERS)}")
     truth = run_dir / "data" / "truth"
     if "oracle" in names and not truth.is_dir():
-        raise ValueError(f"scorer 'oracle' needs the synthetic world's truth ({truth}); this run "
-                         "has none (real Pick-a-Pic data has no true reward)")
+        raise ValueError(
+            f"scorer 'oracle' needs the synthetic world's truth ({truth}); this run "
+            "has none (real Pick-a-Pic data has no true reward)"
+        )
     ctx = JudgeContext(run_dir=run_dir, truth_dir=truth if truth.is_dir() else None)
     judges = build_judges(names, "core", ctx)
     if new_users and "pipe" in names:
@@ -82,14 +92,15 @@ def score_images(run_dir: str | Path, images: Sequence[str | Path | Image.Image]
     users = np.asarray(user_ids, dtype=np.int64)
     scores = {name: np.empty(n, dtype=np.float64) for name in names}
     for start in range(0, n, batch_size):
-        batch = [load_rgb(im) for im in images[start:start + batch_size]]
+        batch = [load_rgb(im) for im in images[start : start + batch_size]]
         pixels: list[Image.Image] | np.ndarray = batch
         if len({im.size for im in batch}) == 1:  # the judge rule's vectorised path
             pixels = np.stack([np.asarray(im, dtype=np.uint8) for im in batch])
-        caps = [str(c) for c in captions[start:start + batch_size]]
+        caps = [str(c) for c in captions[start : start + batch_size]]
         for name, judge in judges.items():
-            scores[name][start:start + len(batch)] = checked_scores(
-                name, judge.score(pixels, caps, users[start:start + len(batch)]), len(batch))
+            scores[name][start : start + len(batch)] = checked_scores(
+                name, judge.score(pixels, caps, users[start : start + len(batch)]), len(batch)
+            )
     out = pd.DataFrame({"user_id": users, "caption": [str(c) for c in captions]})
     for name in names:
         out[name] = scores[name]
@@ -104,10 +115,13 @@ def add_users(scorer: object, new_users: dict[int, Sequence[float]]) -> None:
         if len(lam) != len(cols):
             raise ValueError(f"user {user}: λ has {len(lam)} entries, the run's model {len(cols)}")
         if int(user) in table.index:
-            raise ValueError(f"user {user} is one of the run's fitted users; an onboarded user "
-                             "needs a new id")
-    rows = pd.DataFrame([dict(zip(cols, lam, strict=True)) for lam in new_users.values()],
-                        index=pd.Index([int(u) for u in new_users], name=table.index.name))
+            raise ValueError(
+                f"user {user} is one of the run's fitted users; an onboarded user needs a new id"
+            )
+    rows = pd.DataFrame(
+        [dict(zip(cols, lam, strict=True)) for lam in new_users.values()],
+        index=pd.Index([int(u) for u in new_users], name=table.index.name),
+    )
     scorer.lambdas = pd.concat([table, rows])
 
 
@@ -123,15 +137,18 @@ def load_rgb(image: str | Path | Image.Image) -> Image.Image:
         with Image.open(path) as im:
             width, height = im.size
             if width * height > MAX_IMAGE_PIXELS:  # from the header, before decoding
-                raise ValueError(f"image '{path}': header claims {width} x {height} pixels, "
-                                 f"more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}; not decoded")
+                raise ValueError(
+                    f"image '{path}': header claims {width} x {height} pixels, "
+                    f"more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}; not decoded"
+                )
             return im.convert("RGB")
     except (OSError, Image.DecompressionBombError) as exc:  # PIL's errors for bad files
         raise ValueError(f"image '{path}': not a decodable image ({exc})") from exc
 
 
-def from_generated(record_path: str | Path
-                   ) -> tuple[list[Path], list[str], list[int], dict[int, list[float]]]:
+def from_generated(
+    record_path: str | Path,
+) -> tuple[list[Path], list[str], list[int], dict[int, list[float]]]:
     """Images, prompts, user and (if onboarded from pairs) the user's λ of a ``generate.json``
     written by ``prefgen generate``."""
     record_path = Path(record_path)
@@ -141,8 +158,10 @@ def from_generated(record_path: str | Path
     entries = record.get("images") or []
     missing = [i for i, e in enumerate(entries) if "file" not in e or "prompt" not in e]
     if not entries or missing:
-        raise ValueError(f"{record_path}: expected 'images' entries with 'file' and 'prompt' "
-                         f"(bad entries: {missing[:5]})")
+        raise ValueError(
+            f"{record_path}: expected 'images' entries with 'file' and 'prompt' "
+            f"(bad entries: {missing[:5]})"
+        )
     paths = [record_path.parent / e["file"] for e in entries]
     user = int(record["user_id"])
     new = {user: record["onboarded"]["lambda"]} if record.get("onboarded") else {}
@@ -152,14 +171,25 @@ def from_generated(record_path: str | Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="the run folder, results/<run_name>/")
     parser.add_argument("--image", action="append", default=[], help="an image; repeat")
-    parser.add_argument("--caption", action="append", default=[],
-                        help="the prompt of each image, or one for all images")
+    parser.add_argument(
+        "--caption",
+        action="append",
+        default=[],
+        help="the prompt of each image, or one for all images",
+    )
     parser.add_argument("--user", type=int, default=None, help="the user the images are for")
-    parser.add_argument("--generated", default=None,
-                        help="generate.json of `prefgen generate`: its images, prompts and user")
-    parser.add_argument("--scorer", action="append", default=None, choices=SCORERS,
-                        help="repeat for several (default: pipe, population and, on the "
-                             "synthetic world, oracle)")
+    parser.add_argument(
+        "--generated",
+        default=None,
+        help="generate.json of `prefgen generate`: its images, prompts and user",
+    )
+    parser.add_argument(
+        "--scorer",
+        action="append",
+        default=None,
+        choices=SCORERS,
+        help="repeat for several (default: pipe, population and, on the synthetic world, oracle)",
+    )
     parser.add_argument("--out", default=None, help="CSV to write (default: print it)")
 
 

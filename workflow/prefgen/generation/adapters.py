@@ -66,9 +66,12 @@ class UserBatch:
 
     def repeat(self, n: int) -> UserBatch:
         """The batch stacked ``n`` times (winners and losers share their user and caption)."""
-        return UserBatch(*(t.repeat(n, *([1] * (t.dim() - 1))) if t is not None else None
-                           for t in (self.user_ids, self.prompt_embeds, self.pooled,
-                                     self.time_ids, self.rand)))
+        return UserBatch(
+            *(
+                t.repeat(n, *([1] * (t.dim() - 1))) if t is not None else None
+                for t in (self.user_ids, self.prompt_embeds, self.pooled, self.time_ids, self.rand)
+            )
+        )
 
 
 class UserEmbeddings:
@@ -79,8 +82,10 @@ class UserEmbeddings:
 
     def __init__(self, user_ids: torch.Tensor, emb: torch.Tensor, source: str = "<memory>"):
         if user_ids.ndim != 1 or emb.ndim != 2 or len(user_ids) != len(emb):
-            raise ValueError(f"{source}: expected user_ids [U] and emb [U, D], got "
-                             f"{tuple(user_ids.shape)} and {tuple(emb.shape)}")
+            raise ValueError(
+                f"{source}: expected user_ids [U] and emb [U, D], got "
+                f"{tuple(user_ids.shape)} and {tuple(emb.shape)}"
+            )
         if len(torch.unique(user_ids)) != len(user_ids):
             raise ValueError(f"{source}: duplicate user_ids")
         if not torch.isfinite(emb).all():
@@ -110,8 +115,9 @@ class UserEmbeddings:
         ids = [int(u) for u in (user_ids.tolist() if hasattr(user_ids, "tolist") else user_ids)]
         missing = [u for u in ids if u not in self._row]
         if missing:
-            raise KeyError(f"{self.source}: no embedding for user_id(s) "
-                           f"{sorted(set(missing))[:10]}")
+            raise KeyError(
+                f"{self.source}: no embedding for user_id(s) {sorted(set(missing))[:10]}"
+            )
         return self.emb[[self._row[u] for u in ids]]
 
 
@@ -144,8 +150,9 @@ class Conditioning(nn.Module, metaclass=abc.ABCMeta):
         return {}
 
     @abc.abstractmethod
-    def pipeline_inputs(self, user_id: int, users: UserEmbeddings | None,
-                        guidance: bool) -> tuple[dict[str, Any], bool]:
+    def pipeline_inputs(
+        self, user_id: int, users: UserEmbeddings | None, guidance: bool
+    ) -> tuple[dict[str, Any], bool]:
         """Extra ``StableDiffusionXLPipeline.__call__`` kwargs for one user's batch, and whether
         that user's own embedding was used (the sampler calls the pipeline once per user)."""
 
@@ -156,15 +163,24 @@ class Conditioning(nn.Module, metaclass=abc.ABCMeta):
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"adapter checkpoint does not match the method: missing {missing}, "
-                             f"unexpected {unexpected}")
+            raise ValueError(
+                f"adapter checkpoint does not match the method: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
 
 
 class IPAdapterConditioning(Conditioning):
     """Decoupled cross-attention on user tokens (IP-Adapter), for ``pipe``, ``ppd`` and ``dpo``."""
 
-    def __init__(self, unet: Any, user_dim: int, num_tokens: int, user_dropout: float = 0.0,
-                 constant: bool = False, scale: float = 1.0):
+    def __init__(
+        self,
+        unet: Any,
+        user_dim: int,
+        num_tokens: int,
+        user_dropout: float = 0.0,
+        constant: bool = False,
+        scale: float = 1.0,
+    ):
         from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
         from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
 
@@ -175,10 +191,13 @@ class IPAdapterConditioning(Conditioning):
         self.user_dropout = float(user_dropout)
         self.scale = float(scale)
         cross_dim = int(unet.config.cross_attention_dim)
-        self.proj = ImageProjection(image_embed_dim=self.user_dim, cross_attention_dim=cross_dim,
-                                    num_image_text_embeds=self.num_tokens)
+        self.proj = ImageProjection(
+            image_embed_dim=self.user_dim,
+            cross_attention_dim=cross_dim,
+            num_image_text_embeds=self.num_tokens,
+        )
         if constant:
-            self.constant = nn.Parameter(torch.randn(1, self.user_dim) / self.user_dim ** 0.5)
+            self.constant = nn.Parameter(torch.randn(1, self.user_dim) / self.user_dim**0.5)
         processors: dict[str, Any] = {}
         ip_layers = []
         for name, proc in sorted(unet.attn_processors.items()):
@@ -186,9 +205,12 @@ class IPAdapterConditioning(Conditioning):
             if not attn.is_cross_attention:
                 processors[name] = proc
                 continue
-            ip = IPAdapterAttnProcessor2_0(hidden_size=attn.to_k.out_features,
-                                           cross_attention_dim=attn.to_k.in_features,
-                                           num_tokens=self.num_tokens, scale=self.scale)
+            ip = IPAdapterAttnProcessor2_0(
+                hidden_size=attn.to_k.out_features,
+                cross_attention_dim=attn.to_k.in_features,
+                num_tokens=self.num_tokens,
+                scale=self.scale,
+            )
             with torch.no_grad():
                 ip.to_k_ip[0].weight.copy_(attn.to_k.weight)
                 ip.to_v_ip[0].weight.zero_()
@@ -200,24 +222,34 @@ class IPAdapterConditioning(Conditioning):
         self.ip_layers = nn.ModuleList(ip_layers)
         # ip_layers follow the sorted processor names; diffusers' loader numbers the
         # cross-attention processors in the UNet's own order (diffusers_state_dict)
-        sorted_cross = [n for n, _ in sorted(unet.attn_processors.items())
-                        if isinstance(processors[n], IPAdapterAttnProcessor2_0)]
-        self._diffusers_order = [sorted_cross.index(n) for n in unet.attn_processors
-                                 if n in sorted_cross]
+        sorted_cross = [
+            n
+            for n, _ in sorted(unet.attn_processors.items())
+            if isinstance(processors[n], IPAdapterAttnProcessor2_0)
+        ]
+        self._diffusers_order = [
+            sorted_cross.index(n) for n in unet.attn_processors if n in sorted_cross
+        ]
         unet.set_attn_processor(processors)
         unet.encoder_hid_proj = MultiIPAdapterImageProjection([self.proj])
         unet.config.encoder_hid_dim_type = "ip_image_proj"  # as diffusers' load_ip_adapter does
         self.proj.to(device=unet.device)
 
     @classmethod
-    def from_config(cls, unet: Any, method_cfg: dict[str, Any],
-                    users: UserEmbeddings | None) -> IPAdapterConditioning:
+    def from_config(
+        cls, unet: Any, method_cfg: dict[str, Any], users: UserEmbeddings | None
+    ) -> IPAdapterConditioning:
         constant = method_cfg.get("embedding") is None
         if not constant and users is None:
             raise ValueError("method needs a user embedding file but none was given")
         dim = int(method_cfg.get("constant_dim", 32)) if constant else users.dim
-        return cls(unet, user_dim=dim, num_tokens=int(method_cfg["num_tokens"]),
-                   user_dropout=float(method_cfg.get("user_dropout", 0.0)), constant=constant)
+        return cls(
+            unet,
+            user_dim=dim,
+            num_tokens=int(method_cfg["num_tokens"]),
+            user_dropout=float(method_cfg.get("user_dropout", 0.0)),
+            constant=constant,
+        )
 
     def set_scale(self, scale: float) -> None:
         for ip in self.ip_layers:
@@ -251,12 +283,16 @@ class IPAdapterConditioning(Conditioning):
             vec = vec * keep[:, None]
         return {
             "encoder_hidden_states": batch.prompt_embeds,
-            "added_cond_kwargs": {"text_embeds": batch.pooled, "time_ids": batch.time_ids,
-                                  "image_embeds": [vec[:, None, :]]},
+            "added_cond_kwargs": {
+                "text_embeds": batch.pooled,
+                "time_ids": batch.time_ids,
+                "image_embeds": [vec[:, None, :]],
+            },
         }
 
-    def pipeline_inputs(self, user_id: int, users: UserEmbeddings | None,
-                        guidance: bool) -> tuple[dict[str, Any], bool]:
+    def pipeline_inputs(
+        self, user_id: int, users: UserEmbeddings | None, guidance: bool
+    ) -> tuple[dict[str, Any], bool]:
         """``ip_adapter_image_embeds`` for one user (``[2, 1, D]`` under CFG: negative, positive).
 
         The SDXL pipeline repeats one IP embedding over its whole batch, so the sampler calls
@@ -276,7 +312,6 @@ class IPAdapterConditioning(Conditioning):
                 vec = users.lookup([user_id]) if own else torch.zeros(1, self.user_dim)
             vec = vec.to(self.proj.image_embeds.weight)[:, None, :]
         return {"ip_adapter_image_embeds": [torch.cat([vec, vec]) if guidance else vec]}, own
-
 
     @property
     def diffusers_exportable(self) -> bool:
@@ -301,19 +336,23 @@ class IPAdapterConditioning(Conditioning):
         is that method's ``ip_adapter_image_embeds``.
         """
         if not self.diffusers_exportable:
-            raise ValueError(f"num_tokens={self.num_tokens}: diffusers' load_ip_adapter reads a "
-                             f"'proj.weight' image projection as {DIFFUSERS_IP_TOKENS} tokens; "
-                             f"only token counts dividing {DIFFUSERS_IP_TOKENS} can be written "
-                             "exactly in its format")
+            raise ValueError(
+                f"num_tokens={self.num_tokens}: diffusers' load_ip_adapter reads a "
+                f"'proj.weight' image projection as {DIFFUSERS_IP_TOKENS} tokens; "
+                f"only token counts dividing {DIFFUSERS_IP_TOKENS} can be written "
+                "exactly in its format"
+            )
         repeat = DIFFUSERS_IP_TOKENS // self.num_tokens
         weight = self.proj.image_embeds.weight.detach()
         bias = self.proj.image_embeds.bias.detach()
         cross = weight.shape[0] // self.num_tokens
         out = {
             "image_proj.proj.weight": weight.reshape(self.num_tokens, cross, -1)
-            .repeat_interleave(repeat, dim=0).reshape(DIFFUSERS_IP_TOKENS * cross, -1),
+            .repeat_interleave(repeat, dim=0)
+            .reshape(DIFFUSERS_IP_TOKENS * cross, -1),
             "image_proj.proj.bias": bias.reshape(self.num_tokens, cross)
-            .repeat_interleave(repeat, dim=0).reshape(-1),
+            .repeat_interleave(repeat, dim=0)
+            .reshape(-1),
             "image_proj.norm.weight": self.proj.norm.weight.detach(),
             "image_proj.norm.bias": self.proj.norm.bias.detach(),
         }
@@ -333,8 +372,9 @@ def conditioning_class(name: str) -> type[Conditioning]:
     return getattr(importlib.import_module(module), cls)
 
 
-def build_conditioning(unet: Any, method_cfg: dict[str, Any],
-                       users: UserEmbeddings | None) -> Conditioning:
+def build_conditioning(
+    unet: Any, method_cfg: dict[str, Any], users: UserEmbeddings | None
+) -> Conditioning:
     """Install the method's conditioning on ``unet`` (frozen) and return it (trainable)."""
     unet.requires_grad_(False)
     cond = conditioning_class(method_cfg["conditioning"]).from_config(unet, method_cfg, users)

@@ -55,15 +55,18 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
-def diffusion_dpo_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor,
-                       beta: float) -> DPOTerms:
+def diffusion_dpo_loss(
+    model_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor, beta: float
+) -> DPOTerms:
     """Diffusion-DPO on a batch of pairs (see the module docstring for the convention).
 
     ``ref_pred`` is treated as a constant (detached): the reference never receives gradients.
     """
     if model_pred.shape != target.shape or ref_pred.shape != target.shape:
-        raise ValueError(f"diffusion_dpo_loss: shapes differ: model {tuple(model_pred.shape)}, "
-                         f"ref {tuple(ref_pred.shape)}, target {tuple(target.shape)}")
+        raise ValueError(
+            f"diffusion_dpo_loss: shapes differ: model {tuple(model_pred.shape)}, "
+            f"ref {tuple(ref_pred.shape)}, target {tuple(target.shape)}"
+        )
     if target.shape[0] % 2:
         raise ValueError(f"diffusion_dpo_loss: batch {target.shape[0]} is not winners+losers")
     model_losses = per_sample_mse(model_pred, target)
@@ -73,6 +76,12 @@ def diffusion_dpo_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target:
     inside = -0.5 * float(beta) * ((model_w - model_l) - (ref_w - ref_l))
     loss = -F.logsigmoid(inside).mean()
     acc = ((inside > 0).float() + 0.5 * (inside == 0).float()).mean().detach()
-    return DPOTerms(loss=loss, inside=inside.detach(), implicit_acc=acc,
-                    model_loss_w=model_w.mean().detach(), model_loss_l=model_l.mean().detach(),
-                    ref_loss_w=ref_w.mean().detach(), ref_loss_l=ref_l.mean().detach())
+    return DPOTerms(
+        loss=loss,
+        inside=inside.detach(),
+        implicit_acc=acc,
+        model_loss_w=model_w.mean().detach(),
+        model_loss_l=model_l.mean().detach(),
+        ref_loss_w=ref_w.mean().detach(),
+        ref_loss_l=ref_l.mean().detach(),
+    )

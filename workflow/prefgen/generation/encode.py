@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @torch.no_grad()
-def encode_images(vae: torch.nn.Module, pixels_uint8, batch_size: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_images(
+    vae: torch.nn.Module, pixels_uint8, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every image, times the VAE scaling factor."""
     scale = float(vae.config.scaling_factor)
     means, stds = [], []
@@ -60,20 +61,32 @@ def run(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(max(1, args.threads))
     batch_size = int(args.params["encode"]["batch_size"])
-    pairs = training_pairs(pd.read_parquet(args.pairs), pd.read_parquet(args.holdout),
-                           args.pairs, args.holdout)
+    pairs = training_pairs(
+        pd.read_parquet(args.pairs), pd.read_parquet(args.holdout), args.pairs, args.holdout
+    )
     uids = sorted(set(pairs["image_w_uid"]) | set(pairs["image_l_uid"]))
     captions = sorted(set(pairs["caption"]))
     pipe = load_pipeline(args.foundation)
     size = image_size(pipe)
-    log.info("encode: %d pairs -> %d images at %d px, %d captions", len(pairs), len(uids), size,
-             len(captions))
+    log.info(
+        "encode: %d pairs -> %d images at %d px, %d captions",
+        len(pairs),
+        len(uids),
+        size,
+        len(captions),
+    )
     mean, std = encode_images(pipe.vae, load_images(args.images, uids, size), batch_size)
     text = encode_text(pipe, captions, batch_size)
-    save_tensors({"latent_mean": mean, "latent_std": std, **text}, args.out,
-                 metadata={"scaling_factor": str(pipe.vae.config.scaling_factor),
-                           "foundation": str(args.foundation)})
+    save_tensors(
+        {"latent_mean": mean, "latent_std": std, **text},
+        args.out,
+        metadata={
+            "scaling_factor": str(pipe.vae.config.scaling_factor),
+            "foundation": str(args.foundation),
+        },
+    )
     write_parquet(pd.DataFrame({"image_uid": uids, "row": range(len(uids))}), args.image_index)
-    write_parquet(pd.DataFrame({"caption": captions, "row": range(len(captions))}),
-                  args.caption_index)
+    write_parquet(
+        pd.DataFrame({"caption": captions, "row": range(len(captions))}), args.caption_index
+    )
     log.info("wrote %s (%.1f MB)", args.out, Path(args.out).stat().st_size / 2**20)

@@ -53,14 +53,22 @@ def image_captions(pairs: pd.DataFrame, images: pd.DataFrame, pairs_path: str) -
     for col in ("caption", "image_w_uid", "image_l_uid"):
         if col not in pairs.columns:
             raise ValueError(f"{pairs_path}: missing column '{col}' (split table schema)")
-    rows = pd.concat([
-        pairs[["image_w_uid", "caption"]].rename(columns={"image_w_uid": "image_uid"}),
-        pairs[["image_l_uid", "caption"]].rename(columns={"image_l_uid": "image_uid"}),
-    ]).drop_duplicates("image_uid").sort_values("image_uid", kind="stable")
+    rows = (
+        pd.concat(
+            [
+                pairs[["image_w_uid", "caption"]].rename(columns={"image_w_uid": "image_uid"}),
+                pairs[["image_l_uid", "caption"]].rename(columns={"image_l_uid": "image_uid"}),
+            ]
+        )
+        .drop_duplicates("image_uid")
+        .sort_values("image_uid", kind="stable")
+    )
     missing = set(rows["image_uid"]) - set(images["image_uid"])
     if missing:
-        raise ValueError(f"{pairs_path}: {len(missing)} image uids not in the image table, "
-                         f"e.g. {sorted(missing)[:3]}")
+        raise ValueError(
+            f"{pairs_path}: {len(missing)} image uids not in the image table, "
+            f"e.g. {sorted(missing)[:3]}"
+        )
     return rows.reset_index(drop=True)
 
 
@@ -97,8 +105,9 @@ def train_vae(vae: Any, pixels: torch.Tensor, cfg: dict[str, Any], seed: int) ->
     whiten = colour_whitening(pixels) if cfg["loss_colour_space"] == "whitened" else None
     gen = torch.Generator().manual_seed(derive_seed(seed, "foundation", "vae"))
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg["lr"], weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["steps"],
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg["lr"], total_steps=cfg["steps"], pct_start=0.1
+    )
     vae.train()
     losses = []
     for _ in tqdm(range(cfg["steps"]), desc="vae", mininterval=5):
@@ -129,8 +138,9 @@ def train_vae(vae: Any, pixels: torch.Tensor, cfg: dict[str, Any], seed: int) ->
 
 
 @torch.no_grad()
-def encode_latents(vae: Any, pixels: torch.Tensor, batch_size: int = 256
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latents(
+    vae: Any, pixels: torch.Tensor, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE posterior mean and std (unscaled) for every image."""
     means, stds = [], []
     for start in range(0, len(pixels), batch_size):
@@ -140,9 +150,15 @@ def encode_latents(vae: Any, pixels: torch.Tensor, batch_size: int = 256
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(pipe: Any, latent_mean: torch.Tensor, latent_std: torch.Tensor,
-               prompt_embeds: torch.Tensor, pooled: torch.Tensor, cfg: dict[str, Any],
-               seed: int) -> list[float]:
+def train_unet(
+    pipe: Any,
+    latent_mean: torch.Tensor,
+    latent_std: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    pooled: torch.Tensor,
+    cfg: dict[str, Any],
+    seed: int,
+) -> list[float]:
     """Epsilon-prediction training on (latent, caption state) rows; returns the loss curve.
 
     ``latent_*`` are already multiplied by the VAE scaling factor; each step draws a latent
@@ -157,8 +173,9 @@ def train_unet(pipe: Any, latent_mean: torch.Tensor, latent_std: torch.Tensor,
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     gen = torch.Generator().manual_seed(derive_seed(seed, "foundation", "unet"))
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["steps"],
-                                                pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg["lr"], total_steps=cfg["steps"], pct_start=0.05
+    )
     bs = cfg["batch_size"]
     time_ids = add_time_ids(pipe, bs)
     unet.train()
@@ -171,8 +188,12 @@ def train_unet(pipe: Any, latent_mean: torch.Tensor, latent_std: torch.Tensor,
         keep = (torch.rand(bs, generator=gen) >= cfg["caption_dropout"]).float()
         text = prompt_embeds[idx] * keep[:, None, None]
         pool = pooled[idx] * keep[:, None]
-        pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=text,
-                    added_cond_kwargs={"text_embeds": pool, "time_ids": time_ids}).sample
+        pred = unet(
+            noise_sched.add_noise(x0, noise, t),
+            t,
+            encoder_hidden_states=text,
+            added_cond_kwargs={"text_embeds": pool, "time_ids": time_ids},
+        ).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,8 +206,9 @@ def train_unet(pipe: Any, latent_mean: torch.Tensor, latent_std: torch.Tensor,
     return losses
 
 
-def train_foundation(images: np.ndarray, captions: list[str], cfg: dict[str, Any], seed: int
-                     ) -> tuple[Any, dict[str, Any]]:
+def train_foundation(
+    images: np.ndarray, captions: list[str], cfg: dict[str, Any], seed: int
+) -> tuple[Any, dict[str, Any]]:
     """Build and train the tiny pipeline on uint8 images [N,H,W,3] and their captions."""
     from prefgen.generation.models import build_tiny_sdxl, encode_text
 
@@ -204,8 +226,12 @@ def train_foundation(images: np.ndarray, captions: list[str], cfg: dict[str, Any
     mean, std = encode_latents(pipe.vae, pixels)
     scaling = float(1.0 / mean.std())
     pipe.vae.register_to_config(scaling_factor=scaling)
-    log.info("VAE: %d steps, final loss %.4f, latent scaling factor %.4f",
-             len(vae_losses), float(np.mean(vae_losses[-20:])), scaling)
+    log.info(
+        "VAE: %d steps, final loss %.4f, latent scaling factor %.4f",
+        len(vae_losses),
+        float(np.mean(vae_losses[-20:])),
+        scaling,
+    )
 
     t0 = time.perf_counter()
     unique = sorted(set(captions))
@@ -215,23 +241,38 @@ def train_foundation(images: np.ndarray, captions: list[str], cfg: dict[str, Any
     timings["text_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    unet_losses = train_unet(pipe, mean * scaling, std * scaling, states["prompt_embeds"][rows],
-                             states["pooled"][rows], cfg["unet"], seed)
+    unet_losses = train_unet(
+        pipe,
+        mean * scaling,
+        std * scaling,
+        states["prompt_embeds"][rows],
+        states["pooled"][rows],
+        cfg["unet"],
+        seed,
+    )
     timings["unet_s"] = time.perf_counter() - t0
-    log.info("UNet: %d steps, final loss %.4f (%.0f s)", len(unet_losses),
-             float(np.mean(unet_losses[-20:])), timings["unet_s"])
+    log.info(
+        "UNet: %d steps, final loss %.4f (%.0f s)",
+        len(unet_losses),
+        float(np.mean(unet_losses[-20:])),
+        timings["unet_s"],
+    )
     info = {
         "stand_in": "tiny SDXL-architecture model trained from scratch on the synthetic world "
-                    "(stand-in for stabilityai/stable-diffusion-xl-base-1.0)",
+        "(stand-in for stabilityai/stable-diffusion-xl-base-1.0)",
         "text_encoders": "frozen at random initialisation (not trained)",
-        "n_images": len(images), "n_captions": len(unique), "resolution": resolution,
+        "n_images": len(images),
+        "n_captions": len(unique),
+        "resolution": resolution,
         "vae_scaling_factor": scaling,
         "vae_initial_loss": float(np.mean(vae_losses[:10])),
         "vae_final_loss": float(np.mean(vae_losses[-10:])),
         "unet_initial_loss": float(np.mean(unet_losses[:10])),
         "unet_final_loss": float(np.mean(unet_losses[-10:])),
-        "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
-                       for name in ("vae", "unet", "text_encoder", "text_encoder_2")},
+        "parameters": {
+            name: sum(p.numel() for p in getattr(pipe, name).parameters())
+            for name in ("vae", "unet", "text_encoder", "text_encoder_2")
+        },
         "timings": timings,
     }
     return pipe, info
@@ -244,11 +285,14 @@ def run(args: argparse.Namespace) -> None:
     p = args.params
     cfg, seed = p["foundation"], int(p["seed"])
     if cfg.get("pretrained"):
-        raise ValueError("foundation.pretrained is set: the foundation rule only trains the "
-                         "stand-in; the other rules load the pretrained id directly")
+        raise ValueError(
+            "foundation.pretrained is set: the foundation rule only trains the "
+            "stand-in; the other rules load the pretrained id directly"
+        )
     torch.set_num_threads(max(1, args.threads))
-    rows = image_captions(pd.read_parquet(args.pairs),
-                          pd.read_parquet(args.images, columns=["image_uid"]), args.pairs)
+    rows = image_captions(
+        pd.read_parquet(args.pairs), pd.read_parquet(args.images, columns=["image_uid"]), args.pairs
+    )
     pixels = load_images(args.images, rows["image_uid"].tolist(), int(cfg["resolution"]))
     captions = rows["caption"].tolist()
     log.info("foundation: %d images, %d captions", len(rows), rows["caption"].nunique())

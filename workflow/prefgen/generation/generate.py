@@ -69,8 +69,10 @@ class TrainedRun:
             raise ConfigError(f"{root}: no such run folder (expected results/<run_name>/)")
         manifest = root / MANIFEST
         if not manifest.exists():
-            raise ConfigError(f"{manifest}: missing; it is written by the workflow's last rule "
-                              "(bundle): finish the run with `snakemake all` first")
+            raise ConfigError(
+                f"{manifest}: missing; it is written by the workflow's last rule "
+                "(bundle): finish the run with `snakemake all` first"
+            )
         config = read_json(manifest).get("config")
         if not isinstance(config, dict) or "sample" not in config:
             raise ConfigError(f"{manifest}: no resolved 'config' with a 'sample' section")
@@ -79,8 +81,9 @@ class TrainedRun:
             raise ConfigError(f"{best_path}: missing (written by the evaluate rule)")
         best = pd.read_csv(best_path)
         if not {"method", "step"} <= set(best.columns):
-            raise ConfigError(f"{best_path}: expected columns 'method' and 'step', got "
-                              f"{list(best.columns)}")
+            raise ConfigError(
+                f"{best_path}: expected columns 'method' and 'step', got {list(best.columns)}"
+            )
         return cls(root, config, best)
 
     def train_seeds(self) -> list[int]:
@@ -92,8 +95,7 @@ class TrainedRun:
         if train_seed is None:
             return seeds[0]
         if int(train_seed) not in seeds:
-            raise ConfigError(f"train seed {train_seed}: not one of the run's train.seeds "
-                              f"{seeds}")
+            raise ConfigError(f"train seed {train_seed}: not one of the run's train.seeds {seeds}")
         return int(train_seed)
 
     def methods(self) -> list[str]:
@@ -112,13 +114,17 @@ class TrainedRun:
         """``(adapter final.json, embeddings file)`` the sample rule reads for ``method`` and
         training seed ``train_seed``."""
         if method not in self.methods():
-            raise ConfigError(f"method '{method}': not trained in {self.root} (methods: "
-                              f"{', '.join(self.methods())})")
+            raise ConfigError(
+                f"method '{method}': not trained in {self.root} (methods: "
+                f"{', '.join(self.methods())})"
+            )
         if method == "base":
             return None, None
         if method == "premier":
-            return (self.root / "adapters" / PREMIER_ADAPTER / f"seed{train_seed}" / "final.json",
-                    self.root / "embeddings" / PREMIER_EMBEDDINGS / f"seed{train_seed}.safetensors")
+            return (
+                self.root / "adapters" / PREMIER_ADAPTER / f"seed{train_seed}" / "final.json",
+                self.root / "embeddings" / PREMIER_EMBEDDINGS / f"seed{train_seed}.safetensors",
+            )
         name = self.config["train"]["methods"][method].get("embedding")
         emb = self.root / "embeddings" / f"{name}.safetensors" if name else None
         return self.root / "adapters" / method / f"seed{train_seed}" / "final.json", emb
@@ -132,8 +138,10 @@ class TrainedRun:
         if "train_seed" in rows.columns:
             rows = rows[rows["train_seed"] == train_seed]
         if rows.empty:
-            raise ConfigError(f"{self.root / BEST}: no row for method '{method}' (it has "
-                              f"{sorted(self.best['method'])}); pass a step explicitly")
+            raise ConfigError(
+                f"{self.root / BEST}: no row for method '{method}' (it has "
+                f"{sorted(self.best['method'])}); pass a step explicitly"
+            )
         return int(rows["step"].iloc[0])
 
 
@@ -148,16 +156,25 @@ def pair_up(prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]
     elif len(prompts) == 1:
         prompts = prompts * len(seeds)
     if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts and {len(seeds)} seeds: give one seed per "
-                         "prompt, a single seed for all prompts, or a single prompt")
+        raise ValueError(
+            f"{len(prompts)} prompts and {len(seeds)} seeds: give one seed per "
+            "prompt, a single seed for all prompts, or a single prompt"
+        )
     return list(prompts), [int(s) for s in seeds]
 
 
-def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds: list[int],
-                    user_id: int | None = None, step: int | None = None,
-                    allow_dropped_user: bool = False, device: str | None = None,
-                    pairs: str | Path | None = None, train_seed: int | None = None
-                    ) -> tuple[list[np.ndarray], dict[str, Any]]:
+def generate_images(
+    run_dir: str | Path,
+    method: str,
+    prompts: list[str],
+    seeds: list[int],
+    user_id: int | None = None,
+    step: int | None = None,
+    allow_dropped_user: bool = False,
+    device: str | None = None,
+    pairs: str | Path | None = None,
+    train_seed: int | None = None,
+) -> tuple[list[np.ndarray], dict[str, Any]]:
     """uint8 ``[H, W, 3]`` images, one per (prompt, seed), and a record of what was used.
 
     With ``pairs`` (a Pick-a-Pic parquet of a new user's choices) the user joins first
@@ -170,9 +187,11 @@ def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds:
     run = TrainedRun.open(run_dir)
     prompts, seeds = pair_up(prompts, seeds)
     if pairs is not None and method not in ONBOARD_METHODS:
-        raise ValueError(f"method '{method}' cannot onboard a user from pairs (only "
-                         f"{', '.join(ONBOARD_METHODS)}: its user is λ fitted on the pairs with "
-                         "the type rewards frozen); draw an existing user instead")
+        raise ValueError(
+            f"method '{method}' cannot onboard a user from pairs (only "
+            f"{', '.join(ONBOARD_METHODS)}: its user is λ fitted on the pairs with "
+            "the type rewards frozen); draw an existing user instead"
+        )
     onboarded = None
     if pairs is not None:
         user_id = -1 if user_id is None else int(user_id)
@@ -184,10 +203,16 @@ def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds:
     dtype = getattr(torch, cfg["dtype"])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(run.foundation(), dtype=dtype).to(device)
-    sampler = load_method(pipe, method, str(adapter) if adapter else None,
-                          str(embeddings) if embeddings else None,
-                          [step] if method != "base" else "all", device, dtype)
-    (step, ckpt), = sampler.checkpoints
+    sampler = load_method(
+        pipe,
+        method,
+        str(adapter) if adapter else None,
+        str(embeddings) if embeddings else None,
+        [step] if method != "base" else "all",
+        device,
+        dtype,
+    )
+    ((step, ckpt),) = sampler.checkpoints
     if onboarded is not None:
         sampler.users = new_users
         embeddings = Path(pairs)
@@ -199,29 +224,34 @@ def generate_images(run_dir: str | Path, method: str, prompts: list[str], seeds:
     if extra is not None:
         _, own = extra(user, False)
         if per_user and not own and not allow_dropped_user:
-            raise ValueError(f"user {user} has no '{method}' embedding in {embeddings}: the "
-                             "model would draw with the dropped-user input (no "
-                             "personalization); allow it explicitly with --allow-dropped-user "
-                             "(allow_dropped_user=True)")
+            raise ValueError(
+                f"user {user} has no '{method}' embedding in {embeddings}: the "
+                "model would draw with the dropped-user input (no "
+                "personalization); allow it explicitly with --allow-dropped-user "
+                "(allow_dropped_user=True)"
+            )
     rows = pd.DataFrame({"user_id": user, "caption": prompts, "seed": seeds})
     images, _ = generate(pipe, rows, cfg, extra, per_user)
     record = {
-        "run": str(run.root), "method": method,
-        "train_seed": None if method == "base" else train_seed, "step": step, "user_id": user_id,
+        "run": str(run.root),
+        "method": method,
+        "train_seed": None if method == "base" else train_seed,
+        "step": step,
+        "user_id": user_id,
         "own_embedding": bool(own),
         "foundation": run.foundation(),
         "adapter": str(ckpt) if ckpt is not None else None,
         "embeddings": str(embeddings) if embeddings else None,
         "onboarded": onboarded,
-        "sample": {k: cfg[k] for k in ("num_inference_steps", "guidance_scale", "batch_size",
-                                       "dtype")},
+        "sample": {
+            k: cfg[k] for k in ("num_inference_steps", "guidance_scale", "batch_size", "dtype")
+        },
         "images": [{"prompt": p, "seed": s} for p, s in zip(prompts, seeds, strict=True)],
     }
     return images, record
 
 
-def write_images(images: list[np.ndarray], record: dict[str, Any], out: str | Path
-                 ) -> list[Path]:
+def write_images(images: list[np.ndarray], record: dict[str, Any], out: str | Path) -> list[Path]:
     """PNGs and ``generate.json`` into ``out``; returns the PNG paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,37 +268,81 @@ def write_images(images: list[np.ndarray], record: dict[str, Any], out: str | Pa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="the run folder, results/<run_name>/")
-    parser.add_argument("--method", required=True,
-                        help="base, premier or a trained adapter method (pipe, ppd, dpo, ...)")
-    parser.add_argument("--user", type=int, default=None,
-                        help="user id (methods with per-user inputs: pipe, ppd, premier)")
-    parser.add_argument("--prompt", action="append", required=True,
-                        help="a prompt; repeat for several")
-    parser.add_argument("--seed", type=int, action="append", default=None,
-                        help="a seed per prompt, or one for all (default 0); repeat for several")
-    parser.add_argument("--step", type=int, default=None,
-                        help="checkpoint step (default: the one in tables/best_checkpoints.csv)")
-    parser.add_argument("--train-seed", type=int, default=None,
-                        help="which training replicate (train.seeds; default: the first)")
-    parser.add_argument("--pairs", default=None,
-                        help="a new user's Pick-a-Pic pairs (parquet): onboard them (pipe only) "
-                             "and draw for them (as --user, default -1)")
-    parser.add_argument("--allow-dropped-user", action="store_true",
-                        help="draw a user without an embedding with the dropped-user input")
+    parser.add_argument(
+        "--method",
+        required=True,
+        help="base, premier or a trained adapter method (pipe, ppd, dpo, ...)",
+    )
+    parser.add_argument(
+        "--user",
+        type=int,
+        default=None,
+        help="user id (methods with per-user inputs: pipe, ppd, premier)",
+    )
+    parser.add_argument(
+        "--prompt", action="append", required=True, help="a prompt; repeat for several"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        default=None,
+        help="a seed per prompt, or one for all (default 0); repeat for several",
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: the one in tables/best_checkpoints.csv)",
+    )
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="which training replicate (train.seeds; default: the first)",
+    )
+    parser.add_argument(
+        "--pairs",
+        default=None,
+        help="a new user's Pick-a-Pic pairs (parquet): onboard them (pipe only) "
+        "and draw for them (as --user, default -1)",
+    )
+    parser.add_argument(
+        "--allow-dropped-user",
+        action="store_true",
+        help="draw a user without an embedding with the dropped-user input",
+    )
     parser.add_argument("--out", required=True, help="folder for the PNGs and generate.json")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (the sample rule uses 1; other counts may change the "
-                             "last bits of the pixels)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (the sample rule uses 1; other counts may change the "
+        "last bits of the pixels)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, args.threads))
-    images, record = generate_images(args.run, args.method, args.prompt, args.seed or [0],
-                                     user_id=args.user, step=args.step,
-                                     allow_dropped_user=args.allow_dropped_user,
-                                     pairs=args.pairs, train_seed=args.train_seed)
+    images, record = generate_images(
+        args.run,
+        args.method,
+        args.prompt,
+        args.seed or [0],
+        user_id=args.user,
+        step=args.step,
+        allow_dropped_user=args.allow_dropped_user,
+        pairs=args.pairs,
+        train_seed=args.train_seed,
+    )
     paths = write_images(images, record, args.out)
     for path in paths:
         print(path)
-    print(json.dumps({k: record[k] for k in ("method", "train_seed", "step", "user_id",
-                                             "own_embedding", "adapter")}))
+    print(
+        json.dumps(
+            {
+                k: record[k]
+                for k in ("method", "train_seed", "step", "user_id", "own_embedding", "adapter")
+            }
+        )
+    )

@@ -22,8 +22,9 @@ def load_images(images_parquet: str | Path, uids: Sequence[str], size: int) -> n
     out = np.empty((len(uids), size, size, 3), dtype=np.uint8)
     for i, pixels in enumerate(read_jpegs(images_parquet, uids)):
         if pixels.shape[:2] != (size, size):
-            pixels = np.asarray(Image.fromarray(pixels).resize((size, size),
-                                                               Image.Resampling.BICUBIC))
+            pixels = np.asarray(
+                Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
+            )
         out[i] = pixels
     return out
 

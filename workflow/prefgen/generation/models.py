@@ -51,8 +51,9 @@ def clip_tokenizer(max_length: int) -> Any:
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, merges=merges,
-                         model_max_length=max_length)
+    return CLIPTokenizer(
+        vocab={tok: i for i, tok in enumerate(vocab)}, merges=merges, model_max_length=max_length
+    )
 
 
 def build_tiny_sdxl(cfg: dict[str, Any], resolution: int, seed: int) -> Any:
@@ -73,10 +74,17 @@ def build_tiny_sdxl(cfg: dict[str, Any], resolution: int, seed: int) -> Any:
     torch.manual_seed(seed)
     te = cfg["text_encoder"]
     text_cfg = CLIPTextConfig(
-        vocab_size=49408, hidden_size=te["hidden_size"], intermediate_size=4 * te["hidden_size"],
-        num_hidden_layers=te["layers"], num_attention_heads=te["heads"],
-        max_position_embeddings=te["max_length"], projection_dim=te["hidden_size"],
-        hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        vocab_size=49408,
+        hidden_size=te["hidden_size"],
+        intermediate_size=4 * te["hidden_size"],
+        num_hidden_layers=te["layers"],
+        num_attention_heads=te["heads"],
+        max_position_embeddings=te["max_length"],
+        projection_dim=te["hidden_size"],
+        hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
     )
     text_encoder = CLIPTextModel(text_cfg)
     text_encoder_2 = CLIPTextModelWithProjection(text_cfg)
@@ -84,31 +92,44 @@ def build_tiny_sdxl(cfg: dict[str, Any], resolution: int, seed: int) -> Any:
     v = cfg["vae"]
     n_vae = len(v["block_out_channels"])
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=v["latent_channels"],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=v["latent_channels"],
         down_block_types=["DownEncoderBlock2D"] * n_vae,
         up_block_types=["UpDecoderBlock2D"] * n_vae,
-        block_out_channels=v["block_out_channels"], layers_per_block=v["layers_per_block"],
-        norm_num_groups=v["norm_num_groups"], sample_size=resolution,
+        block_out_channels=v["block_out_channels"],
+        layers_per_block=v["layers_per_block"],
+        norm_num_groups=v["norm_num_groups"],
+        sample_size=resolution,
     )
     u = cfg["unet"]
     n_unet = len(u["block_out_channels"])
     time_dim = u["addition_time_embed_dim"]
     unet = UNet2DConditionModel(
         sample_size=resolution // 2 ** (n_vae - 1),
-        in_channels=v["latent_channels"], out_channels=v["latent_channels"],
+        in_channels=v["latent_channels"],
+        out_channels=v["latent_channels"],
         down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n_unet - 1),
         up_block_types=["CrossAttnUpBlock2D"] * (n_unet - 1) + ["UpBlock2D"],
-        block_out_channels=u["block_out_channels"], layers_per_block=u["layers_per_block"],
-        attention_head_dim=u["attention_head_dim"], norm_num_groups=u["norm_num_groups"],
-        cross_attention_dim=2 * te["hidden_size"], use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        block_out_channels=u["block_out_channels"],
+        layers_per_block=u["layers_per_block"],
+        attention_head_dim=u["attention_head_dim"],
+        norm_num_groups=u["norm_num_groups"],
+        cross_attention_dim=2 * te["hidden_size"],
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=te["hidden_size"] + 6 * time_dim,
         transformer_layers_per_block=1,
     )
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-        tokenizer=clip_tokenizer(te["max_length"]), tokenizer_2=clip_tokenizer(te["max_length"]),
-        unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=clip_tokenizer(te["max_length"]),
+        tokenizer_2=clip_tokenizer(te["max_length"]),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
         force_zeros_for_empty_prompt=True,
     )
 
@@ -166,9 +187,12 @@ def encode_text(pipe: Any, captions: list[str], batch_size: int = 256) -> dict[s
     embeds, pooled = [], []
     for start in range(0, len(captions), batch_size):
         chunk = captions[start : start + batch_size]
-        e, _, p, _ = pipe.encode_prompt(prompt=chunk, device=pipe.device,
-                                        num_images_per_prompt=1,
-                                        do_classifier_free_guidance=False)
+        e, _, p, _ = pipe.encode_prompt(
+            prompt=chunk,
+            device=pipe.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+        )
         embeds.append(e.float().cpu())
         pooled.append(p.float().cpu())
     return {"prompt_embeds": torch.cat(embeds), "pooled": torch.cat(pooled)}

@@ -68,8 +68,9 @@ class _CrossBlock(nn.Module):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(user_dim)
-        self.attn = nn.MultiheadAttention(dim, heads, kdim=user_dim, vdim=user_dim,
-                                          batch_first=True)
+        self.attn = nn.MultiheadAttention(
+            dim, heads, kdim=user_dim, vdim=user_dim, batch_first=True
+        )
         self.norm_ff = nn.LayerNorm(dim)
         self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
@@ -152,16 +153,23 @@ class PremierAttnProcessor:
         self.state = state
         self.block = block
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor,
-                 encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         delta = self.state.delta(self.block)
         if delta is not None and encoder_hidden_states is not None:
             if delta.shape != encoder_hidden_states.shape:
-                raise ValueError(f"Premier direction {tuple(delta.shape)} does not match the "
-                                 f"text states {tuple(encoder_hidden_states.shape)} "
-                                 f"(cross-attention layer {self.block})")
+                raise ValueError(
+                    f"Premier direction {tuple(delta.shape)} does not match the "
+                    f"text states {tuple(encoder_hidden_states.shape)} "
+                    f"(cross-attention layer {self.block})"
+                )
             encoder_hidden_states = encoder_hidden_states + delta.to(encoder_hidden_states.dtype)
         return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
 
@@ -186,8 +194,10 @@ class PremierController:
     def __init__(self, unet: nn.Module, modulator: PremierModulator) -> None:
         names = cross_attention_names(unet)
         if len(names) != modulator.spec.num_blocks:
-            raise ValueError(f"modulator has {modulator.spec.num_blocks} block-distinct outputs "
-                             f"but the UNet has {len(names)} cross-attention layers")
+            raise ValueError(
+                f"modulator has {modulator.spec.num_blocks} block-distinct outputs "
+                f"but the UNet has {len(names)} cross-attention layers"
+            )
         self.unet = unet
         self.modulator = modulator
         self.state = PremierState()
@@ -204,8 +214,9 @@ class PremierController:
         self._hook.remove()
         self.unet.set_attn_processor(self._original)
 
-    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-                  ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def _pre_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         st = self.state
         st.shared = st.distinct = None
         extra = kwargs.get("cross_attention_kwargs")
@@ -223,8 +234,9 @@ class PremierController:
             users = users.expand(text.shape[0], *users.shape[1:])
             mask = None if mask is None else mask.expand(text.shape[0])
         if users.shape[0] != text.shape[0]:
-            raise ValueError(f"{USERS_KEY} has {users.shape[0]} rows for a UNet batch of "
-                             f"{text.shape[0]}")
+            raise ValueError(
+                f"{USERS_KEY} has {users.shape[0]} rows for a UNet batch of {text.shape[0]}"
+            )
         shared, distinct = self.modulator(text, users.to(text.device))
         if mask is not None:
             keep = mask.to(device=text.device, dtype=shared.dtype)
@@ -256,9 +268,12 @@ def dispersion_loss(directions: torch.Tensor, temperature: float = 1.0) -> torch
     return torch.logsumexp(logits, dim=0) - math.log(logits.numel())
 
 
-def premier_dispersion(modulator: PremierModulator, empty_text: torch.Tensor,
-                       user_tokens: torch.Tensor, temperature: float
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def premier_dispersion(
+    modulator: PremierModulator,
+    empty_text: torch.Tensor,
+    user_tokens: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The two adapters' dispersion losses (computed separately, Premier §4.2) on ``empty_text``.
 
     ``empty_text`` is the text states of the empty prompt ``[1, L, C]``; ``user_tokens`` holds
@@ -269,10 +284,16 @@ def premier_dispersion(modulator: PremierModulator, empty_text: torch.Tensor,
     return dispersion_loss(shared, temperature), dispersion_loss(distinct, temperature)
 
 
-def denoising_loss(unet: nn.Module, scheduler: Any, latents: torch.Tensor,
-                   text_states: torch.Tensor, added_cond: dict[str, torch.Tensor],
-                   noise: torch.Tensor, timesteps: torch.Tensor,
-                   user_tokens: torch.Tensor | None) -> torch.Tensor:
+def denoising_loss(
+    unet: nn.Module,
+    scheduler: Any,
+    latents: torch.Tensor,
+    text_states: torch.Tensor,
+    added_cond: dict[str, torch.Tensor],
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    user_tokens: torch.Tensor | None,
+) -> torch.Tensor:
     """The base model's own training loss (MSE to ε or v, per the scheduler), per example ``[B]``.
 
     Premier trains on a user's preference history with the generative loss (flow matching on
@@ -281,8 +302,13 @@ def denoising_loss(unet: nn.Module, scheduler: Any, latents: torch.Tensor,
     """
     noisy = scheduler.add_noise(latents, noise, timesteps)
     extra = None if user_tokens is None else {USERS_KEY: user_tokens}
-    pred = unet(noisy, timesteps, encoder_hidden_states=text_states, added_cond_kwargs=added_cond,
-                cross_attention_kwargs=extra).sample
+    pred = unet(
+        noisy,
+        timesteps,
+        encoder_hidden_states=text_states,
+        added_cond_kwargs=added_cond,
+        cross_attention_kwargs=extra,
+    ).sample
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise
@@ -307,9 +333,11 @@ def read_options(path: str) -> dict[str, Any]:
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     if OPTIONS_KEY not in meta:
-        raise ValueError(f"{path}: no '{OPTIONS_KEY}' metadata; the Premier conditioning "
-                         "reads its options from embeddings/premier_init*.safetensors "
-                         "(rule premier_init)")
+        raise ValueError(
+            f"{path}: no '{OPTIONS_KEY}' metadata; the Premier conditioning "
+            "reads its options from embeddings/premier_init*.safetensors "
+            "(rule premier_init)"
+        )
     return json.loads(meta[OPTIONS_KEY])
 
 
@@ -329,20 +357,25 @@ class PremierConditioning(Conditioning):
     user_input = "embedding"
     objective = "denoise"
 
-    def __init__(self, unet: Any, options: dict[str, Any], user_ids: torch.Tensor,
-                 tokens: torch.Tensor) -> None:
+    def __init__(
+        self, unet: Any, options: dict[str, Any], user_ids: torch.Tensor, tokens: torch.Tensor
+    ) -> None:
         super().__init__()
         spec = PremierSpec(
             text_dim=int(unet.config.cross_attention_dim),
             num_blocks=len(cross_attention_names(unet)),
-            user_tokens=int(options["user_tokens"]), user_dim=int(options["user_dim"]),
-            adapter_dim=int(options["adapter_dim"]), adapter_layers=int(options["adapter_layers"]),
+            user_tokens=int(options["user_tokens"]),
+            user_dim=int(options["user_dim"]),
+            adapter_dim=int(options["adapter_dim"]),
+            adapter_layers=int(options["adapter_layers"]),
             adapter_heads=int(options["adapter_heads"]),
             out_init_std=float(options["out_init_std"]),
         )
         if tokens.shape[1:] != (spec.user_tokens, spec.user_dim):
-            raise ValueError(f"initial embeddings {tuple(tokens.shape)} do not match "
-                             f"[U, {spec.user_tokens}, {spec.user_dim}]")
+            raise ValueError(
+                f"initial embeddings {tuple(tokens.shape)} do not match "
+                f"[U, {spec.user_tokens}, {spec.user_dim}]"
+            )
         disp = options["dispersion"]
         self.weight_shared = float(disp["weight_shared"])
         self.weight_distinct = float(disp["weight_distinct"])
@@ -354,19 +387,25 @@ class PremierConditioning(Conditioning):
         self.new_user_weights = torch.zeros(0, len(user_ids))
 
     @classmethod
-    def from_config(cls, unet: Any, method_cfg: dict[str, Any],
-                    users: UserEmbeddings | None) -> PremierConditioning:
+    def from_config(
+        cls, unet: Any, method_cfg: dict[str, Any], users: UserEmbeddings | None
+    ) -> PremierConditioning:
         if users is None or users.source == "<memory>":
-            raise ValueError("conditioning 'premier' needs its init file as the method's "
-                             "embedding (embedding: premier_init)")
+            raise ValueError(
+                "conditioning 'premier' needs its init file as the method's "
+                "embedding (embedding: premier_init)"
+            )
         options = read_options(users.source)
         t, d = int(options["user_tokens"]), int(options["user_dim"])
         if int(method_cfg["num_tokens"]) != t:
-            raise ValueError(f"num_tokens {method_cfg['num_tokens']} != the init file's "
-                             f"user_tokens {t} ({users.source})")
+            raise ValueError(
+                f"num_tokens {method_cfg['num_tokens']} != the init file's "
+                f"user_tokens {t} ({users.source})"
+            )
         if users.dim != t * d:
-            raise ValueError(f"{users.source}: emb width {users.dim} != user_tokens x user_dim "
-                             f"= {t * d}")
+            raise ValueError(
+                f"{users.source}: emb width {users.dim} != user_tokens x user_dim = {t * d}"
+            )
         return cls(unet, options, users.user_ids, users.emb.view(-1, t, d))
 
     @property
@@ -383,9 +422,11 @@ class PremierConditioning(Conditioning):
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        raise RuntimeError("Premier trains with the denoising objective (objective='denoise') "
-                           "and has no reference model; this trainer ignored "
-                           "Conditioning.objective and tried to run Diffusion-DPO")
+        raise RuntimeError(
+            "Premier trains with the denoising objective (objective='denoise') "
+            "and has no reference model; this trainer ignored "
+            "Conditioning.objective and tried to run Diffusion-DPO"
+        )
         yield  # pragma: no cover
 
     def extra_losses(self, batch: UserBatch) -> dict[str, torch.Tensor]:
@@ -395,11 +436,17 @@ class PremierConditioning(Conditioning):
             return {}
         # SDXL's empty prompt is all-zero text states (force_zeros_for_empty_prompt): the
         # unconditional input the foundation was trained with.
-        empty = torch.zeros(1, *batch.prompt_embeds.shape[1:], device=batch.prompt_embeds.device,
-                            dtype=self.table.weight.dtype)
+        empty = torch.zeros(
+            1,
+            *batch.prompt_embeds.shape[1:],
+            device=batch.prompt_embeds.device,
+            dtype=self.table.weight.dtype,
+        )
         d_s, d_d = premier_dispersion(self.modulator, empty, self.table(users), self.temperature)
-        return {"disp_shared": self.weight_shared * d_s,
-                "disp_distinct": self.weight_distinct * d_d}
+        return {
+            "disp_shared": self.weight_shared * d_s,
+            "disp_distinct": self.weight_distinct * d_d,
+        }
 
     # checkpoints (new users ride along with a stage-2 checkpoint, outside the module state)
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
@@ -419,8 +466,10 @@ class PremierConditioning(Conditioning):
     def set_new_users(self, user_ids: torch.Tensor, weights: torch.Tensor) -> None:
         """Users outside training, as combination weights ``[N, K]`` over the table's users."""
         if weights.shape != (len(user_ids), len(self.table.user_ids)):
-            raise ValueError(f"new-user weights {tuple(weights.shape)} != [{len(user_ids)}, "
-                             f"{len(self.table.user_ids)}]")
+            raise ValueError(
+                f"new-user weights {tuple(weights.shape)} != [{len(user_ids)}, "
+                f"{len(self.table.user_ids)}]"
+            )
         clash = set(user_ids.tolist()) & set(self.table.user_ids.tolist())
         if clash:
             raise ValueError(f"new users {sorted(clash)[:5]} are training users")
@@ -446,8 +495,9 @@ class PremierConditioning(Conditioning):
                 own[i] = True
         return out, own
 
-    def pipeline_inputs(self, user_id: int, users: UserEmbeddings | None,
-                        guidance: bool) -> tuple[dict[str, Any], bool]:
+    def pipeline_inputs(
+        self, user_id: int, users: UserEmbeddings | None, guidance: bool
+    ) -> tuple[dict[str, Any], bool]:
         """``cross_attention_kwargs`` with one user's tokens ``[1, T, D]`` for a whole pipeline
         call: the controller gives every row and both CFG branches that user, as for every
         other method, so guidance acts on the text only. A user with no embedding (neither
@@ -477,8 +527,9 @@ class LikedImages:
             raise ValueError("LikedImages: no liked images")
         for name in ("latents", "prompt_embeds", "pooled"):
             if getattr(self, name).shape[0] != n:
-                raise ValueError(f"LikedImages.{name} has {getattr(self, name).shape[0]} rows, "
-                                 f"user_ids has {n}")
+                raise ValueError(
+                    f"LikedImages.{name} has {getattr(self, name).shape[0]} rows, user_ids has {n}"
+                )
         groups: dict[int, list[int]] = {}
         for i, u in enumerate(self.user_ids.tolist()):
             groups.setdefault(int(u), []).append(i)
@@ -503,16 +554,26 @@ class LikedImages:
         return torch.cat(rows)
 
 
-def _noise_and_timesteps(latents: torch.Tensor, scheduler: Any, gen: torch.Generator
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def _noise_and_timesteps(
+    latents: torch.Tensor, scheduler: Any, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
     return noise, t.to(latents.device)
 
 
-def fit_new_users(unet: nn.Module, scheduler: Any, modulator: PremierModulator,
-                  embed: nn.Module, liked: LikedImages, time_ids: torch.Tensor, steps: int,
-                  lr: float, batch_size: int, seed: int) -> list[float]:
+def fit_new_users(
+    unet: nn.Module,
+    scheduler: Any,
+    modulator: PremierModulator,
+    embed: nn.Module,
+    liked: LikedImages,
+    time_ids: torch.Tensor,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> list[float]:
     """Stage 2 (Premier §4.2–4.3): fit only ``embed``'s parameters with the denoising loss.
 
     The UNet and both preference adapters are frozen here (``requires_grad`` off for the
@@ -534,10 +595,17 @@ def fit_new_users(unet: nn.Module, scheduler: Any, modulator: PremierModulator,
             rows = liked.sample(gen, batch_size)
             latents = liked.latents[rows]
             noise, t = _noise_and_timesteps(latents, scheduler, gen)
-            added = {"text_embeds": liked.pooled[rows],
-                     "time_ids": time_ids.expand(len(rows), -1)}
-            loss = denoising_loss(unet, scheduler, latents, liked.prompt_embeds[rows], added,
-                                  noise, t, embed(liked.user_ids[rows])).mean()
+            added = {"text_embeds": liked.pooled[rows], "time_ids": time_ids.expand(len(rows), -1)}
+            loss = denoising_loss(
+                unet,
+                scheduler,
+                latents,
+                liked.prompt_embeds[rows],
+                added,
+                noise,
+                t,
+                embed(liked.user_ids[rows]),
+            ).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -549,9 +617,15 @@ def fit_new_users(unet: nn.Module, scheduler: Any, modulator: PremierModulator,
 
 
 @torch.no_grad()
-def heldout_denoising_loss(unet: nn.Module, scheduler: Any, user_tokens: torch.Tensor | None,
-                           liked: LikedImages, time_ids: torch.Tensor, seed: int,
-                           repeats: int = 4) -> torch.Tensor:
+def heldout_denoising_loss(
+    unet: nn.Module,
+    scheduler: Any,
+    user_tokens: torch.Tensor | None,
+    liked: LikedImages,
+    time_ids: torch.Tensor,
+    seed: int,
+    repeats: int = 4,
+) -> torch.Tensor:
     """Per-row denoising loss ``[N]`` on images not used for fitting, with fixed noise and
     timesteps (same ``seed`` → same draws for every arm, so arms are compared on identical
     noise). ``user_tokens`` is ``[N, T, D]`` aligned with ``liked``'s rows, or None (base)."""
@@ -560,6 +634,7 @@ def heldout_denoising_loss(unet: nn.Module, scheduler: Any, user_tokens: torch.T
     added = {"text_embeds": liked.pooled, "time_ids": time_ids.expand(len(liked.user_ids), -1)}
     for _ in range(repeats):
         noise, t = _noise_and_timesteps(liked.latents, scheduler, gen)
-        total += denoising_loss(unet, scheduler, liked.latents, liked.prompt_embeds, added,
-                                noise, t, user_tokens).cpu()
+        total += denoising_loss(
+            unet, scheduler, liked.latents, liked.prompt_embeds, added, noise, t, user_tokens
+        ).cpu()
     return total / repeats

@@ -42,16 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def premier_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """The ``premier`` config keys the conditioning needs, in the form it reads them."""
     return {
-        "user_tokens": int(cfg["user_tokens"]), "user_dim": int(cfg["user_dim"]),
-        "adapter_dim": int(cfg["adapter"]["dim"]), "adapter_layers": int(cfg["adapter"]["layers"]),
+        "user_tokens": int(cfg["user_tokens"]),
+        "user_dim": int(cfg["user_dim"]),
+        "adapter_dim": int(cfg["adapter"]["dim"]),
+        "adapter_layers": int(cfg["adapter"]["layers"]),
         "adapter_heads": int(cfg["adapter"]["heads"]),
         "out_init_std": float(cfg["adapter"]["out_init_std"]),
         "dispersion": {k: float(v) for k, v in cfg["dispersion"].items()},
     }
 
 
-def initial_embeddings(user_ids: list[int], tokens: int, dim: int, init_std: float,
-                       seed: int) -> torch.Tensor:
+def initial_embeddings(
+    user_ids: list[int], tokens: int, dim: int, init_std: float, seed: int
+) -> torch.Tensor:
     """``[U, T, D]`` seeded normal × ``init_std`` (one stream for the whole table)."""
     gen = torch.Generator().manual_seed(derive_seed(seed, "premier", "init"))
     return torch.randn(len(user_ids), tokens, dim, generator=gen) * init_std
@@ -60,17 +63,29 @@ def initial_embeddings(user_ids: list[int], tokens: int, dim: int, init_std: flo
 def run(args: argparse.Namespace) -> None:
     p = args.params
     cfg, seed = p["premier"], training_seed(p)  # part of the replicate's initialisation
-    pairs = training_pairs(pd.read_parquet(args.pairs), pd.read_parquet(args.holdout),
-                           args.pairs, args.holdout)
+    pairs = training_pairs(
+        pd.read_parquet(args.pairs), pd.read_parquet(args.holdout), args.pairs, args.holdout
+    )
     users = sorted(int(u) for u in pairs["user_id"].unique())
     options = premier_options(cfg)
-    emb = initial_embeddings(users, options["user_tokens"], options["user_dim"],
-                             float(cfg["init_std"]), seed)
-    save_tensors({"user_ids": torch.tensor(users, dtype=torch.int64),
-                  "emb": emb.reshape(len(users), -1)}, args.out,
-                 metadata={OPTIONS_KEY: json.dumps(options, sort_keys=True),
-                           "method": "premier", "num_tokens": str(options["user_tokens"]),
-                           "dim": str(options["user_dim"])})
-    log.info("premier-init: %d training users x [%d, %d] (%d bytes per user), dispersion %s",
-             len(users), options["user_tokens"], options["user_dim"],
-             bytes_per_user(options["user_tokens"], options["user_dim"]), options["dispersion"])
+    emb = initial_embeddings(
+        users, options["user_tokens"], options["user_dim"], float(cfg["init_std"]), seed
+    )
+    save_tensors(
+        {"user_ids": torch.tensor(users, dtype=torch.int64), "emb": emb.reshape(len(users), -1)},
+        args.out,
+        metadata={
+            OPTIONS_KEY: json.dumps(options, sort_keys=True),
+            "method": "premier",
+            "num_tokens": str(options["user_tokens"]),
+            "dim": str(options["user_dim"]),
+        },
+    )
+    log.info(
+        "premier-init: %d training users x [%d, %d] (%d bytes per user), dispersion %s",
+        len(users),
+        options["user_tokens"],
+        options["user_dim"],
+        bytes_per_user(options["user_tokens"], options["user_dim"]),
+        options["dispersion"],
+    )

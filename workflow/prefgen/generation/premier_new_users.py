@@ -50,18 +50,19 @@ def add_stage2_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--foundation", required=True, help="pipeline folder or hub id")
     parser.add_argument("--adapter", required=True, help="adapters/premier/final.json")
     parser.add_argument("--init", required=True, help="embeddings/premier_init.safetensors")
-    parser.add_argument("--pairs", required=True,
-                        help="stage 2: splits/ppd/support.parquet; history: test_unseen")
+    parser.add_argument(
+        "--pairs", required=True, help="stage 2: splits/ppd/support.parquet; history: test_unseen"
+    )
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
     parser.add_argument("--eval-set", required=True, help="splits/eval_set.parquet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stage2_inputs(parser)
-    parser.add_argument("--out", required=True,
-                        help="adapters/premier_stage2/seed<k>/final.json")
-    parser.add_argument("--embeddings", required=True,
-                        help="embeddings/premier/seed<k>.safetensors")
+    parser.add_argument("--out", required=True, help="adapters/premier_stage2/seed<k>/final.json")
+    parser.add_argument(
+        "--embeddings", required=True, help="embeddings/premier/seed<k>.safetensors"
+    )
     parser.add_argument("--threads", type=int, default=1)
 
 
@@ -75,10 +76,12 @@ def liked_history(pairs: pd.DataFrame, seed: int, path: str = "pairs") -> pd.Dat
     for col in ("user_id", "image_w_uid", "caption", "is_tie", "ranking_id"):
         if col not in pairs.columns:
             raise ValueError(f"{path}: missing column '{col}' (split table schema)")
-    liked = (pairs.loc[~pairs["is_tie"].astype(bool)]
-             .sort_values("ranking_id", kind="stable")
-             .drop_duplicates(["user_id", "image_w_uid"])
-             .rename(columns={"image_w_uid": "image_uid"})[["user_id", "image_uid", "caption"]])
+    liked = (
+        pairs.loc[~pairs["is_tie"].astype(bool)]
+        .sort_values("ranking_id", kind="stable")
+        .drop_duplicates(["user_id", "image_w_uid"])
+        .rename(columns={"image_w_uid": "image_uid"})[["user_id", "image_uid", "caption"]]
+    )
     frames = []
     for user, group in liked.groupby("user_id", sort=True):
         perm = rng(seed, "premier", "history", int(user)).permutation(len(group))
@@ -102,19 +105,28 @@ def encode_liked(pipe: Any, rows: pd.DataFrame, images_parquet: str) -> LikedIma
     text = encode_text(pipe, captions)
     row = {c: i for i, c in enumerate(captions)}
     idx = torch.tensor([row[c] for c in rows["caption"]])
-    return LikedImages(torch.tensor(rows["user_id"].to_numpy(np.int64)), mean,
-                       text["prompt_embeds"][idx], text["pooled"][idx])
+    return LikedImages(
+        torch.tensor(rows["user_id"].to_numpy(np.int64)),
+        mean,
+        text["prompt_embeds"][idx],
+        text["pooled"][idx],
+    )
 
 
 def subset(liked: LikedImages, rows: np.ndarray, user_ids: np.ndarray) -> LikedImages:
     """Rows ``rows`` of ``liked``, relabelled with ``user_ids`` (e.g. virtual users)."""
     idx = torch.as_tensor(rows, dtype=torch.int64)
-    return LikedImages(torch.as_tensor(user_ids, dtype=torch.int64), liked.latents[idx],
-                       liked.prompt_embeds[idx], liked.pooled[idx])
+    return LikedImages(
+        torch.as_tensor(user_ids, dtype=torch.int64),
+        liked.latents[idx],
+        liked.prompt_embeds[idx],
+        liked.pooled[idx],
+    )
 
 
-def load_stage1(foundation: str, adapter_json: str, init: str) -> tuple[Any, PremierConditioning,
-                                                                        dict[str, Any]]:
+def load_stage1(
+    foundation: str, adapter_json: str, init: str
+) -> tuple[Any, PremierConditioning, dict[str, Any]]:
     """The frozen pipeline with the Premier conditioning installed, and the training summary."""
     from prefgen.generation.adapters import UserEmbeddings, build_conditioning
     from prefgen.generation.models import load_pipeline
@@ -123,8 +135,10 @@ def load_stage1(foundation: str, adapter_json: str, init: str) -> tuple[Any, Pre
     if not final.get("complete", False):
         raise ValueError(f"{adapter_json}: training did not complete")
     if final["method_config"].get("conditioning") != "premier":
-        raise ValueError(f"{adapter_json}: not a Premier run (conditioning "
-                         f"{final['method_config'].get('conditioning')!r})")
+        raise ValueError(
+            f"{adapter_json}: not a Premier run (conditioning "
+            f"{final['method_config'].get('conditioning')!r})"
+        )
     pipe = load_pipeline(foundation)
     cond = build_conditioning(pipe.unet, final["method_config"], UserEmbeddings.load(init))
     if not isinstance(cond, PremierConditioning):
@@ -139,15 +153,30 @@ def noise_scheduler(pipe: Any) -> Any:
 
 
 # --- premier-new-users -----------------------------------------------------------------------
-def fit_combination(pipe: Any, cond: PremierConditioning, liked: LikedImages, users: list[int],
-                    cfg: dict[str, Any], seed: int) -> tuple[torch.Tensor, list[float]]:
+def fit_combination(
+    pipe: Any,
+    cond: PremierConditioning,
+    liked: LikedImages,
+    users: list[int],
+    cfg: dict[str, Any],
+    seed: int,
+) -> tuple[torch.Tensor, list[float]]:
     """Combination weights ``[N, K]`` of ``users`` at the conditioning's current checkpoint."""
     from prefgen.generation.models import add_time_ids
 
     combo = CombinationEmbedding(users, cond.table.weight.detach())
-    losses = fit_new_users(pipe.unet, noise_scheduler(pipe), cond.modulator, combo, liked,
-                           add_time_ids(pipe, 1), int(cfg["steps"]), float(cfg["lr"]),
-                           int(cfg["batch_size"]), seed)
+    losses = fit_new_users(
+        pipe.unet,
+        noise_scheduler(pipe),
+        cond.modulator,
+        combo,
+        liked,
+        add_time_ids(pipe, 1),
+        int(cfg["steps"]),
+        float(cfg["lr"]),
+        int(cfg["batch_size"]),
+        seed,
+    )
     return combo.weights.detach().clone(), losses
 
 
@@ -159,18 +188,25 @@ def run_new_users(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     pipe, cond, final = load_stage1(args.foundation, args.adapter, args.init)
     eval_set = pd.read_parquet(args.eval_set)
-    new_users = sorted(int(u) for u in
-                       eval_set.loc[eval_set["user_group"] == "unseen", "user_id"].unique())
+    new_users = sorted(
+        int(u) for u in eval_set.loc[eval_set["user_group"] == "unseen", "user_id"].unique()
+    )
     history = liked_history(pd.read_parquet(args.pairs), seed, args.pairs)
     missing = sorted(set(new_users) - set(history["user_id"]))
     if missing:
-        raise ValueError(f"{args.pairs}: unseen evaluation users {missing[:5]} have no liked "
-                         "images to fit a Premier embedding on")
+        raise ValueError(
+            f"{args.pairs}: unseen evaluation users {missing[:5]} have no liked "
+            "images to fit a Premier embedding on"
+        )
     rows = history[history["user_id"].isin(new_users) & (history["order"] < int(cfg["history"]))]
     liked = encode_liked(pipe, rows, args.images) if new_users else None
-    log.info("premier-new-users: %d unseen users, %d liked images (history <= %d, mean %.1f)",
-             len(new_users), len(rows), int(cfg["history"]),
-             rows.groupby("user_id").size().mean() if len(rows) else 0.0)
+    log.info(
+        "premier-new-users: %d unseen users, %d liked images (history <= %d, mean %.1f)",
+        len(new_users),
+        len(rows),
+        int(cfg["history"]),
+        rows.groupby("user_id").size().mean() if len(rows) else 0.0,
+    )
 
     out = Path(args.out)
     adapter_dir = Path(args.adapter).parent
@@ -184,35 +220,63 @@ def run_new_users(args: argparse.Namespace) -> None:
                 weights, losses = fit_combination(pipe, cond, liked, new_users, cfg, fit_seed)
                 cond.set_new_users(torch.tensor(new_users), weights)
             path = Path(f"checkpoint-{ck['step']}") / "adapter.safetensors"
-            save_tensors(cond.adapter_state_dict(), tmp / path,
-                         metadata={"step": str(ck["step"]), "stage": "premier-stage2"})
-            ckpts.append({"step": ck["step"], "path": str(path),
-                          "bytes": (tmp / path).stat().st_size})
-            stage2.append({"step": ck["step"], "first_loss": losses[0] if losses else None,
-                           "last_loss": float(np.mean(losses[-10:])) if losses else None})
-            log.info("step %d: fitted %d new users (loss %s -> %s)", ck["step"], len(new_users),
-                     stage2[-1]["first_loss"], stage2[-1]["last_loss"])
+            save_tensors(
+                cond.adapter_state_dict(),
+                tmp / path,
+                metadata={"step": str(ck["step"]), "stage": "premier-stage2"},
+            )
+            ckpts.append(
+                {"step": ck["step"], "path": str(path), "bytes": (tmp / path).stat().st_size}
+            )
+            stage2.append(
+                {
+                    "step": ck["step"],
+                    "first_loss": losses[0] if losses else None,
+                    "last_loss": float(np.mean(losses[-10:])) if losses else None,
+                }
+            )
+            log.info(
+                "step %d: fitted %d new users (loss %s -> %s)",
+                ck["step"],
+                len(new_users),
+                stage2[-1]["first_loss"],
+                stage2[-1]["last_loss"],
+            )
         spec = cond.spec
-        summary = {**final, "checkpoints": ckpts, "stage2": {
-            "new_users": new_users, "history": int(cfg["history"]), "fits": stage2,
-            "steps": int(cfg["steps"]), "lr": float(cfg["lr"]),
-            "batch_size": int(cfg["batch_size"]), "train_seed": p.get("train_seed"),
-            # the combination weights [new users, training users], fitted per checkpoint
-            "trainable_parameters": len(new_users) * len(cond.table.user_ids),
-            "seconds": time.perf_counter() - t0,
-            "bytes_per_training_user": bytes_per_user(spec.user_tokens, spec.user_dim),
-            "bytes_per_new_user": 4 * len(cond.table.user_ids),
-        }}
+        summary = {
+            **final,
+            "checkpoints": ckpts,
+            "stage2": {
+                "new_users": new_users,
+                "history": int(cfg["history"]),
+                "fits": stage2,
+                "steps": int(cfg["steps"]),
+                "lr": float(cfg["lr"]),
+                "batch_size": int(cfg["batch_size"]),
+                "train_seed": p.get("train_seed"),
+                # the combination weights [new users, training users], fitted per checkpoint
+                "trainable_parameters": len(new_users) * len(cond.table.user_ids),
+                "seconds": time.perf_counter() - t0,
+                "bytes_per_training_user": bytes_per_user(spec.user_tokens, spec.user_dim),
+                "bytes_per_new_user": 4 * len(cond.table.user_ids),
+            },
+        }
         write_json(summary, tmp / out.name)
     if args.embeddings:
         ids = torch.cat([cond.table.user_ids.cpu(), torch.tensor(new_users, dtype=torch.int64)])
         tokens, own = cond.user_tokens(ids.tolist())
         assert own.all()
-        save_tensors({"user_ids": ids, "emb": tokens.reshape(len(ids), -1).float()},
-                     args.embeddings,
-                     metadata={"method": "premier", "num_tokens": str(spec.user_tokens),
-                               "dim": str(spec.user_dim), "step": str(ckpts[-1]["step"]),
-                               "new_users": ",".join(map(str, new_users))})
+        save_tensors(
+            {"user_ids": ids, "emb": tokens.reshape(len(ids), -1).float()},
+            args.embeddings,
+            metadata={
+                "method": "premier",
+                "num_tokens": str(spec.user_tokens),
+                "dim": str(spec.user_dim),
+                "step": str(ckpts[-1]["step"]),
+                "new_users": ",".join(map(str, new_users)),
+            },
+        )
     log.info("premier-new-users: %d checkpoints in %.1f s", len(ckpts), time.perf_counter() - t0)
 
 

@@ -44,8 +44,18 @@ log = get_logger(__name__)
 EVAL_COLUMNS = ("user_id", "user_group", "prompt_id", "caption", "seed")
 #: train_seed of the untrained base model in the index (it pairs with every training seed)
 UNTRAINED = -1
-INDEX_COLUMNS = ("method", "train_seed", "step", "user_id", "user_group", "prompt_id",
-                 "caption", "seed", "path", "own_embedding")
+INDEX_COLUMNS = (
+    "method",
+    "train_seed",
+    "step",
+    "user_id",
+    "user_group",
+    "prompt_id",
+    "caption",
+    "seed",
+    "path",
+    "own_embedding",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,11 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-set", required=True, help="splits/eval_set.parquet")
     parser.add_argument("--adapter", default=None, help="adapters/<method>/final.json (not base)")
     parser.add_argument("--embeddings", default=None, help="embeddings/<name>.safetensors")
-    parser.add_argument("--train-seed", type=int, default=None,
-                        help="the adapter's training seed (an entry of train.seeds; not base)")
-    parser.add_argument("--out", required=True,
-                        help="samples/<method>/seed<train_seed>/index.parquet (samples/base/"
-                             "index.parquet)")
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="the adapter's training seed (an entry of train.seeds; not base)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="samples/<method>/seed<train_seed>/index.parquet (samples/base/index.parquet)",
+    )
     parser.add_argument("--threads", type=int, default=1)
 
 
@@ -79,14 +95,17 @@ def select_steps(final: dict[str, Any], wanted: list[int] | str, source: str) ->
         return [ckpts[s] for s in sorted(ckpts)]
     missing = [s for s in wanted if s not in ckpts]
     if missing:
-        raise ValueError(f"{source}: sample.steps {missing} have no checkpoint (have "
-                         f"{sorted(ckpts)}); align sample.steps with train.checkpoint_every")
+        raise ValueError(
+            f"{source}: sample.steps {missing} have no checkpoint (have "
+            f"{sorted(ckpts)}); align sample.steps with train.checkpoint_every"
+        )
     return [ckpts[s] for s in wanted]
 
 
 @torch.no_grad()
-def generate(pipe: Any, rows: pd.DataFrame, cfg: dict[str, Any], extra: Any = None,
-             per_user: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+def generate(
+    pipe: Any, rows: pd.DataFrame, cfg: dict[str, Any], extra: Any = None, per_user: bool = True
+) -> tuple[list[np.ndarray], np.ndarray]:
     """uint8 images for ``rows`` (user_id, caption, seed), in row order.
 
     ``extra(user_id, guidance) -> (pipeline kwargs, own embedding?)`` supplies the user input.
@@ -107,9 +126,14 @@ def generate(pipe: Any, rows: pd.DataFrame, cfg: dict[str, Any], extra: Any = No
             pos = positions[start : start + bs]
             chunk = rows.iloc[pos]
             gens = [torch.Generator().manual_seed(int(s)) for s in chunk["seed"]]
-            out = pipe(prompt=chunk["caption"].tolist(), generator=gens,
-                       num_inference_steps=int(cfg["num_inference_steps"]),
-                       guidance_scale=float(cfg["guidance_scale"]), output_type="np", **kwargs)
+            out = pipe(
+                prompt=chunk["caption"].tolist(),
+                generator=gens,
+                num_inference_steps=int(cfg["num_inference_steps"]),
+                guidance_scale=float(cfg["guidance_scale"]),
+                output_type="np",
+                **kwargs,
+            )
             for p, img in zip(pos, out.images, strict=True):
                 images[p] = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
         own[positions] = flag
@@ -118,8 +142,7 @@ def generate(pipe: Any, rows: pd.DataFrame, cfg: dict[str, Any], extra: Any = No
 
 def write_pngs(images: list[np.ndarray], rows: pd.DataFrame, folder: Path) -> list[str]:
     """PNGs named ``u{user}_p{prompt}_s{seed}.png`` into ``folder`` (atomically as a whole)."""
-    names = [f"u{int(r.user_id)}_p{int(r.prompt_id)}_s{int(r.seed)}.png"
-             for r in rows.itertuples()]
+    names = [f"u{int(r.user_id)}_p{int(r.prompt_id)}_s{int(r.seed)}.png" for r in rows.itertuples()]
     if len(set(names)) != len(names):
         raise ValueError("evaluation set has duplicate (user_id, prompt_id, seed) rows")
     with atomic_dir(folder) as tmp:
@@ -154,8 +177,15 @@ class MethodSampler:
         return extra, cond.user_input != "constant"
 
 
-def load_method(pipe: Any, method: str, adapter: str | None, embeddings: str | None,
-                steps: list[int] | str, device: str, dtype: torch.dtype) -> MethodSampler:
+def load_method(
+    pipe: Any,
+    method: str,
+    adapter: str | None,
+    embeddings: str | None,
+    steps: list[int] | str,
+    device: str,
+    dtype: torch.dtype,
+) -> MethodSampler:
     """Install ``method``'s conditioning (from ``adapters/<m>/final.json``) on ``pipe``."""
     from prefgen.generation.adapters import UserEmbeddings, build_conditioning
 
@@ -168,8 +198,10 @@ def load_method(pipe: Any, method: str, adapter: str | None, embeddings: str | N
         raise ValueError(f"{adapter}: training did not complete")
     method_cfg = final["method_config"]
     if method_cfg.get("embedding") and not embeddings:
-        raise ValueError(f"{adapter}: method uses embedding '{method_cfg['embedding']}' but no "
-                         "embeddings file was given")
+        raise ValueError(
+            f"{adapter}: method uses embedding '{method_cfg['embedding']}' but no "
+            "embeddings file was given"
+        )
     users = UserEmbeddings.load(embeddings) if method_cfg.get("embedding") else None
     cond = build_conditioning(pipe.unet, method_cfg, users).to(device=device, dtype=dtype)
     cond.eval()
@@ -186,16 +218,19 @@ def run(args: argparse.Namespace) -> None:
     rows = read_eval_set(args.eval_set)
     out = Path(args.out)
     if (args.method == "base") != (args.train_seed is None):
-        raise ValueError(f"--method {args.method}: --train-seed is required for a trained "
-                         "method and not allowed for base")
+        raise ValueError(
+            f"--method {args.method}: --train-seed is required for a trained "
+            "method and not allowed for base"
+        )
     method_dir = out.parent
     run_dir = method_dir.parent.parent if args.train_seed is None else method_dir.parents[2]
     train_seed = UNTRAINED if args.train_seed is None else int(args.train_seed)
     dtype = getattr(torch, cfg["dtype"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = load_pipeline(args.foundation, dtype=dtype).to(device)
-    sampler = load_method(pipe, args.method, args.adapter, args.embeddings, cfg["steps"], device,
-                          dtype)
+    sampler = load_method(
+        pipe, args.method, args.adapter, args.embeddings, cfg["steps"], device, dtype
+    )
 
     for old in method_dir.glob("step-*"):
         shutil.rmtree(old)  # stale images of an earlier configuration
@@ -205,14 +240,23 @@ def run(args: argparse.Namespace) -> None:
         images, own = generate(pipe, rows, cfg, extra, per_user)
         folder = method_dir / f"step-{step}"
         names = write_pngs(images, rows, folder)
-        frame = rows.assign(method=args.method, train_seed=train_seed, step=step,
-                            own_embedding=own,
-                            path=[str((folder / n).relative_to(run_dir)) for n in names])
+        frame = rows.assign(
+            method=args.method,
+            train_seed=train_seed,
+            step=step,
+            own_embedding=own,
+            path=[str((folder / n).relative_to(run_dir)) for n in names],
+        )
         frames.append(frame[list(INDEX_COLUMNS)])
         if per_user and sampler.cond.user_input == "embedding" and not own.all():
-            log.warning("%s step %d: %d of %d rows have no user embedding and got the dropped-user "
-                        "input (own_embedding=False), users %s", args.method, step,
-                        int((~own).sum()), len(own),
-                        sorted(set(rows.loc[~own, "user_id"].astype(int)))[:10])
+            log.warning(
+                "%s step %d: %d of %d rows have no user embedding and got the dropped-user "
+                "input (own_embedding=False), users %s",
+                args.method,
+                step,
+                int((~own).sum()),
+                len(own),
+                sorted(set(rows.loc[~own, "user_id"].astype(int)))[:10],
+            )
         log.info("%s step %d: %d images -> %s", args.method, step, len(images), folder)
     write_parquet(pd.concat(frames, ignore_index=True), out)

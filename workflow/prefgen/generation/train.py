@@ -66,9 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout", required=True, help="splits/ppd/test_unseen.parquet")
     parser.add_argument("--embeddings", default=None, help="embeddings/<name>.safetensors")
     parser.add_argument("--out", required=True, help="adapters/<method>/final.json")
-    parser.add_argument("--log-dir", default=None,
-                        help="logs/<run_name>/tensorboard: the trackers of train.log_with write "
-                             "under <log-dir>/<method>/ (no tracking without it)")
+    parser.add_argument(
+        "--log-dir",
+        default=None,
+        help="logs/<run_name>/tensorboard: the trackers of train.log_with write "
+        "under <log-dir>/<method>/ (no tracking without it)",
+    )
     parser.add_argument("--threads", type=int, default=1)
 
 
@@ -84,23 +87,31 @@ class TrainData:
     pairs: pd.DataFrame  # ranking_id, user_id, ..., w_row, l_row, c_row
 
     @classmethod
-    def load(cls, encoded: str, image_index: str, caption_index: str, pairs: str,
-             holdout: str) -> TrainData:
+    def load(
+        cls, encoded: str, image_index: str, caption_index: str, pairs: str, holdout: str
+    ) -> TrainData:
         t = load_tensors(encoded)
         for key in ("latent_mean", "latent_std", "prompt_embeds", "pooled"):
             if key not in t:
                 raise ValueError(f"{encoded}: missing tensor '{key}'; rerun `encode`")
         selected = training_pairs(pd.read_parquet(pairs), pd.read_parquet(holdout), pairs, holdout)
-        rows = cache_rows(selected, pd.read_parquet(image_index), pd.read_parquet(caption_index),
-                          encoded)
+        rows = cache_rows(
+            selected, pd.read_parquet(image_index), pd.read_parquet(caption_index), encoded
+        )
         return cls(t["latent_mean"], t["latent_std"], t["prompt_embeds"], t["pooled"], rows)
 
 
 class BatchSchedule:
     """Which pairs and which random numbers every (step, micro-step) uses; see module docstring."""
 
-    def __init__(self, data: TrainData, seed: int, global_batch: int, time_ids: torch.Tensor,
-                 num_train_timesteps: int):
+    def __init__(
+        self,
+        data: TrainData,
+        seed: int,
+        global_batch: int,
+        time_ids: torch.Tensor,
+        num_train_timesteps: int,
+    ):
         self.data = data
         self.seed = seed
         self.global_batch = global_batch
@@ -145,9 +156,13 @@ class BatchSchedule:
         d = self.data
         x_w = d.latent_mean[win] + d.latent_std[win] * eps_w[sl]
         x_l = d.latent_mean[lose] + d.latent_std[lose] * eps_l[sl]
-        users = UserBatch(user_ids=self._u[idx[sl]], prompt_embeds=d.prompt_embeds[c],
-                          pooled=d.pooled[c], time_ids=self.time_ids.expand(len(win), -1),
-                          rand=rand[sl])
+        users = UserBatch(
+            user_ids=self._u[idx[sl]],
+            prompt_embeds=d.prompt_embeds[c],
+            pooled=d.pooled[c],
+            time_ids=self.time_ids.expand(len(win), -1),
+            rand=rand[sl],
+        )
         return {"x_w": x_w, "x_l": x_l, "noise": noise[sl], "t": t[sl], "users": users}
 
 
@@ -161,8 +176,14 @@ class DPOModel(nn.Module):
         self.cond = cond
         self.noise_scheduler = noise_scheduler
 
-    def forward(self, x_w: torch.Tensor, x_l: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                users: UserBatch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def forward(
+        self,
+        x_w: torch.Tensor,
+        x_l: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        users: UserBatch,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """``(model prediction, reference prediction, target)`` for the method's objective:
         winners then losers for ``dpo``; the preferred images only and no reference for
         ``denoise``."""
@@ -180,8 +201,9 @@ class DPOModel(nn.Module):
         return pred, ref, noise2
 
 
-def objective_loss(pred: torch.Tensor, ref: torch.Tensor | None, target: torch.Tensor,
-                   beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+def objective_loss(
+    pred: torch.Tensor, ref: torch.Tensor | None, target: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Diffusion-DPO when there is a reference prediction, else the denoising loss."""
     if ref is None:
         loss = per_sample_mse(pred, target).mean()
@@ -195,8 +217,13 @@ def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -
         return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
 
     u = batch["users"]
-    users = UserBatch(u.user_ids.to(device), move(u.prompt_embeds), move(u.pooled),
-                      move(u.time_ids), move(u.rand) if u.rand is not None else None)
+    users = UserBatch(
+        u.user_ids.to(device),
+        move(u.prompt_embeds),
+        move(u.pooled),
+        move(u.time_ids),
+        move(u.rand) if u.rand is not None else None,
+    )
     return {**{k: move(v) for k, v in batch.items() if k != "users"}, "users": users}
 
 
@@ -204,13 +231,15 @@ def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
     """AdamW state as safetensors-ready tensors plus its param groups as JSON (no pickle)."""
     sd = opt.state_dict()
-    tensors = {f"{pid}.{k}": torch.as_tensor(v) for pid, st in sd["state"].items()
-               for k, v in st.items()}
+    tensors = {
+        f"{pid}.{k}": torch.as_tensor(v) for pid, st in sd["state"].items() for k, v in st.items()
+    }
     return tensors, json.dumps(sd["param_groups"])
 
 
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                           groups_json: str) -> None:
+def optimizer_from_tensors(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups_json: str
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         pid, name = key.split(".", 1)
@@ -245,19 +274,29 @@ def latest_checkpoint(out_dir: Path, fp: str) -> tuple[int, Path] | None:
     return best
 
 
-def save_checkpoint(out_dir: Path, step: int, cond: Conditioning, opt: torch.optim.Optimizer,
-                    fp: str, history: list[dict[str, float]]) -> Path:
+def save_checkpoint(
+    out_dir: Path,
+    step: int,
+    cond: Conditioning,
+    opt: torch.optim.Optimizer,
+    fp: str,
+    history: list[dict[str, float]],
+) -> Path:
     """Write ``checkpoint-{step}`` atomically; drop older checkpoints' optimizer state."""
     target = out_dir / f"checkpoint-{step}"
     with atomic_dir(target) as tmp:
         # the fingerprint hashes input mtimes: it stays in state.json, out of the weights, so a
         # re-run on the same config writes byte-identical weights
-        save_tensors(cond.adapter_state_dict(), tmp / "adapter.safetensors",
-                     metadata={"step": str(step)})
+        save_tensors(
+            cond.adapter_state_dict(), tmp / "adapter.safetensors", metadata={"step": str(step)}
+        )
         if getattr(cond, "diffusers_exportable", False):
             # the same weights in the layout StableDiffusionXLPipeline.load_ip_adapter reads
-            save_tensors(cond.diffusers_state_dict(), tmp / DIFFUSERS_IP_FILE,
-                         metadata={"step": str(step), "format": "diffusers-ip-adapter"})
+            save_tensors(
+                cond.diffusers_state_dict(),
+                tmp / DIFFUSERS_IP_FILE,
+                metadata={"step": str(step), "format": "diffusers-ip-adapter"},
+            )
         tensors, groups = optimizer_to_tensors(opt)
         save_tensors(tensors, tmp / "optimizer.safetensors", metadata={"param_groups": groups})
         write_json({"step": step, "fingerprint": fp}, tmp / "state.json")
@@ -268,8 +307,9 @@ def save_checkpoint(out_dir: Path, step: int, cond: Conditioning, opt: torch.opt
     return target
 
 
-def load_checkpoint(ckpt: Path, cond: Conditioning, opt: torch.optim.Optimizer
-                    ) -> list[dict[str, float]]:
+def load_checkpoint(
+    ckpt: Path, cond: Conditioning, opt: torch.optim.Optimizer
+) -> list[dict[str, float]]:
     from safetensors import safe_open
 
     cond.load_adapter_state_dict(load_tensors(ckpt / "adapter.safetensors"))
@@ -289,8 +329,10 @@ def trackers(log_with: list[str], log_dir: str | Path | None) -> list[str]:
 
     for name in log_with:
         if importlib.util.find_spec(name) is None:
-            raise ValueError(f"train.log_with lists '{name}' but the '{name}' package is not "
-                             f"installed (pip install {name}, or remove it from train.log_with)")
+            raise ValueError(
+                f"train.log_with lists '{name}' but the '{name}' package is not "
+                f"installed (pip install {name}, or remove it from train.log_with)"
+            )
     return list(log_with)
 
 
@@ -298,13 +340,23 @@ def tracker_config(method_cfg: dict[str, Any], cfg: dict[str, Any], seed: int) -
     """The run's hyperparameters as the flat scalars TensorBoard's hparams accept."""
     flat = {f"method.{k}": v for k, v in method_cfg.items()}
     flat |= {k: v for k, v in cfg.items() if k not in ("methods", "log_with")} | {"seed": seed}
-    return {k: v if isinstance(v, int | float | str | bool) else json.dumps(v)
-            for k, v in flat.items()}
+    return {
+        k: v if isinstance(v, int | float | str | bool) else json.dumps(v) for k, v in flat.items()
+    }
 
 
-def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
-          method_cfg: dict[str, Any], cfg: dict[str, Any], seed: int, out_dir: Path, fp: str,
-          log_dir: str | Path | None = None) -> dict[str, Any]:
+def train(
+    pipe: Any,
+    data: TrainData,
+    users: UserEmbeddings | None,
+    method: str,
+    method_cfg: dict[str, Any],
+    cfg: dict[str, Any],
+    seed: int,
+    out_dir: Path,
+    fp: str,
+    log_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Train ``method``'s conditioning; returns the summary written to ``final.json``.
 
     ``pipe`` is a ``models.Denoiser`` (or a whole pipeline): its UNet, scheduler and VAE factor.
@@ -319,18 +371,24 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
 
     accum = int(cfg["gradient_accumulation_steps"])
     log_with = trackers(list(cfg.get("log_with", [])), log_dir)
-    acc = Accelerator(mixed_precision=cfg["mixed_precision"], gradient_accumulation_steps=accum,
-                      cpu=not torch.cuda.is_available(),  # CPU processes: gloo
-                      log_with=log_with or None,
-                      project_dir=str(log_dir) if log_with else None)
+    acc = Accelerator(
+        mixed_precision=cfg["mixed_precision"],
+        gradient_accumulation_steps=accum,
+        cpu=not torch.cuda.is_available(),  # CPU processes: gloo
+        log_with=log_with or None,
+        project_dir=str(log_dir) if log_with else None,
+    )
     if log_with:
         # one folder per trained adapter and seed (adapters/<name>/seed<k>/ -> <name>/seed<k>):
         # Premier's variants share a method, every method shares the seed folder names
         name = out_dir.name
         if name.startswith("seed") and name[4:].isdigit():
             name = f"{out_dir.parent.name}/{name}"
-        acc.init_trackers(name, config=tracker_config(method_cfg, cfg, seed),
-                          init_kwargs={"wandb": {"dir": str(log_dir)}})
+        acc.init_trackers(
+            name,
+            config=tracker_config(method_cfg, cfg, seed),
+            init_kwargs={"wandb": {"dir": str(log_dir)}},
+        )
     torch.manual_seed(derive_seed(seed, "train", "init", method))
     unet = pipe.unet
     if cfg["gradient_checkpointing"]:
@@ -340,8 +398,9 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
         unet.enable_gradient_checkpointing()
     cond = build_conditioning(unet, method_cfg, users)
     model = DPOModel(unet, cond, DDPMScheduler.from_config(pipe.scheduler.config))
-    opt = torch.optim.AdamW(cond.parameters(), lr=float(cfg["lr"]),
-                            weight_decay=float(cfg["weight_decay"]))
+    opt = torch.optim.AdamW(
+        cond.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     start, history = 0, []
     resumed = latest_checkpoint(out_dir, fp)
@@ -350,32 +409,54 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
         history = [h for h in load_checkpoint(resumed[1], cond, opt) if h["step"] <= start]
         log.info("%s: resuming from %s (step %d)", method, resumed[1], start)
     elif any(out_dir.glob("checkpoint-*")):
-        log.info("%s: checkpoints in %s are from another config/input; starting over", method,
-                 out_dir)
+        log.info(
+            "%s: checkpoints in %s are from another config/input; starting over", method, out_dir
+        )
         if acc.is_main_process:
             for old in out_dir.glob("checkpoint-*"):
                 shutil.rmtree(old)
     acc.wait_for_everyone()
     model, opt = acc.prepare(model, opt)
     global_batch = int(cfg["batch_size"])
-    schedule = BatchSchedule(data, seed, global_batch, add_time_ids(pipe, 1),
-                             int(pipe.scheduler.config.num_train_timesteps))
+    schedule = BatchSchedule(
+        data,
+        seed,
+        global_batch,
+        add_time_ids(pipe, 1),
+        int(pipe.scheduler.config.num_train_timesteps),
+    )
     steps, every = int(cfg["steps"]), int(cfg["checkpoint_every"])
     beta, lr, warmup = float(cfg["beta"]), float(cfg["lr"]), int(cfg["warmup_steps"])
     weight_dtype = torch.float32
-    log.info("%s: %d pairs, %d steps x %d pairs (%d processes, accumulation %d), beta %g, lr %g",
-             method, schedule.n, steps, global_batch * accum, acc.num_processes, accum, beta, lr)
+    log.info(
+        "%s: %d pairs, %d steps x %d pairs (%d processes, accumulation %d), beta %g, lr %g",
+        method,
+        schedule.n,
+        steps,
+        global_batch * accum,
+        acc.num_processes,
+        accum,
+        beta,
+        lr,
+    )
     t0 = time.perf_counter()
     model.train()
-    for step in tqdm(range(start + 1, steps + 1), desc=f"train {method}", mininterval=5,
-                     disable=not acc.is_local_main_process):
+    for step in tqdm(
+        range(start + 1, steps + 1),
+        desc=f"train {method}",
+        mininterval=5,
+        disable=not acc.is_local_main_process,
+    ):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, step / max(1, warmup))
         logs: list[dict[str, float]] = []
         for k in range(accum):
             micro = (step - 1) * accum + k
-            batch = to_device(schedule.batch(micro, acc.process_index, acc.num_processes),
-                              acc.device, weight_dtype)
+            batch = to_device(
+                schedule.batch(micro, acc.process_index, acc.num_processes),
+                acc.device,
+                weight_dtype,
+            )
             with acc.accumulate(model), acc.autocast():
                 pred, ref, target = model(**batch)
                 main, main_log = objective_loss(pred, ref, target, beta)
@@ -400,28 +481,50 @@ def train(pipe: Any, data: TrainData, users: UserEmbeddings | None, method: str,
     if log_with:
         acc.end_training()
     cond = acc.unwrap_model(model).cond
-    return summary(method, method_cfg, cfg, out_dir, history, elapsed, schedule.n, cond, fp,
-                   acc.num_processes)
+    return summary(
+        method, method_cfg, cfg, out_dir, history, elapsed, schedule.n, cond, fp, acc.num_processes
+    )
 
 
-def summary(method: str, method_cfg: dict[str, Any], cfg: dict[str, Any], out_dir: Path,
-            history: list[dict[str, float]], elapsed: float, n_pairs: int, cond: Conditioning,
-            fp: str, processes: int) -> dict[str, Any]:
+def summary(
+    method: str,
+    method_cfg: dict[str, Any],
+    cfg: dict[str, Any],
+    out_dir: Path,
+    history: list[dict[str, float]],
+    elapsed: float,
+    n_pairs: int,
+    cond: Conditioning,
+    fp: str,
+    processes: int,
+) -> dict[str, Any]:
     """What ``final.json`` records: checkpoints, their sizes, and how training went."""
     ckpts = []
-    for path in sorted(out_dir.glob("checkpoint-*/adapter.safetensors"),
-                       key=lambda p: int(p.parent.name.split("-")[1])):
-        ckpts.append({"step": int(path.parent.name.split("-")[1]),
-                      "path": str(path.relative_to(out_dir)), "bytes": path.stat().st_size})
+    for path in sorted(
+        out_dir.glob("checkpoint-*/adapter.safetensors"),
+        key=lambda p: int(p.parent.name.split("-")[1]),
+    ):
+        ckpts.append(
+            {
+                "step": int(path.parent.name.split("-")[1]),
+                "path": str(path.relative_to(out_dir)),
+                "bytes": path.stat().st_size,
+            }
+        )
     hist = pd.DataFrame(history)
     first = hist.head(max(1, len(hist) // 10)).mean(numeric_only=True)
     last = hist.tail(max(1, len(hist) // 10)).mean(numeric_only=True)
     return {
-        "method": method, "method_config": method_cfg, "fingerprint": fp,
+        "method": method,
+        "method_config": method_cfg,
+        "fingerprint": fp,
         "complete": bool(history) and history[-1]["step"] == int(cfg["steps"]),
-        "steps": int(cfg["steps"]), "n_pairs": n_pairs, "processes": processes,
+        "steps": int(cfg["steps"]),
+        "n_pairs": n_pairs,
+        "processes": processes,
         "pairs_per_step": int(cfg["batch_size"]) * int(cfg["gradient_accumulation_steps"]),
-        "beta": float(cfg["beta"]), "seconds_this_run": elapsed,
+        "beta": float(cfg["beta"]),
+        "seconds_this_run": elapsed,
         "trainable_parameters": sum(p.numel() for p in cond.parameters()),
         "user_input": cond.user_input,
         "checkpoints": ckpts,
@@ -430,8 +533,9 @@ def summary(method: str, method_cfg: dict[str, Any], cfg: dict[str, Any], out_di
     }
 
 
-def users_with_embeddings(data: TrainData, users: UserEmbeddings, method_cfg: dict[str, Any],
-                          source: str) -> tuple[TrainData, dict[str, int]]:
+def users_with_embeddings(
+    data: TrainData, users: UserEmbeddings, method_cfg: dict[str, Any], source: str
+) -> tuple[TrainData, dict[str, int]]:
     """The training pairs of users the method has an embedding for.
 
     PIPE fits λ for every training user, so a missing one is an error. PPD has no embedding for
@@ -442,14 +546,21 @@ def users_with_embeddings(data: TrainData, users: UserEmbeddings, method_cfg: di
     missing = sorted(set(data.pairs["user_id"].astype(int)) - known)
     policy = method_cfg.get("users_without_embedding", "error")
     if missing and policy != "drop":
-        raise ValueError(f"{source}: {len(missing)} training users have no embedding, e.g. "
-                         f"{missing[:5]} (set users_without_embedding: drop to exclude them)")
+        raise ValueError(
+            f"{source}: {len(missing)} training users have no embedding, e.g. "
+            f"{missing[:5]} (set users_without_embedding: drop to exclude them)"
+        )
     keep = data.pairs["user_id"].astype(int).isin(known).to_numpy()
     excluded = {"users": len(missing), "pairs": int((~keep).sum())}
     if missing:
-        log.warning("%s: %d training users without an embedding excluded with their %d pairs "
-                    "(users_without_embedding: drop), e.g. %s", source, excluded["users"],
-                    excluded["pairs"], missing[:5])
+        log.warning(
+            "%s: %d training users without an embedding excluded with their %d pairs "
+            "(users_without_embedding: drop), e.g. %s",
+            source,
+            excluded["users"],
+            excluded["pairs"],
+            missing[:5],
+        )
     pairs = data.pairs.loc[keep].reset_index(drop=True)
     return replace(data, pairs=pairs), excluded
 
@@ -467,28 +578,47 @@ def run(args: argparse.Namespace) -> None:
     seed = training_seed(p)  # the run seed, or this replicate's (train.seeds)
     seed_everything(derive_seed(seed, "train", args.method))
     if method_cfg.get("embedding") and not args.embeddings:
-        raise ValueError(f"method {args.method} uses embedding '{method_cfg['embedding']}' "
-                         "but no --embeddings file was given")
+        raise ValueError(
+            f"method {args.method} uses embedding '{method_cfg['embedding']}' "
+            "but no --embeddings file was given"
+        )
     users = UserEmbeddings.load(args.embeddings) if method_cfg.get("embedding") else None
-    data = TrainData.load(args.encoded, args.image_index, args.caption_index, args.pairs,
-                          args.holdout)
+    data = TrainData.load(
+        args.encoded, args.image_index, args.caption_index, args.pairs, args.holdout
+    )
     excluded: dict[str, int] = {"users": 0, "pairs": 0}
     if users is not None:
         data, excluded = users_with_embeddings(data, users, method_cfg, args.embeddings)
     denoiser = load_denoiser(args.foundation)
     out = Path(args.out)
     identity = {k: v for k, v in p["train"].items() if k not in ("methods", "log_with")}
-    fp = fingerprint(identity | {"seed": seed},
-                     json.dumps(method_cfg, sort_keys=True),
-                     [args.encoded, args.pairs, args.holdout, args.embeddings])
-    result = train(denoiser, data, users, args.method, method_cfg, p["train"], seed, out.parent,
-                   fp, args.log_dir)
+    fp = fingerprint(
+        identity | {"seed": seed},
+        json.dumps(method_cfg, sort_keys=True),
+        [args.encoded, args.pairs, args.holdout, args.embeddings],
+    )
+    result = train(
+        denoiser,
+        data,
+        users,
+        args.method,
+        method_cfg,
+        p["train"],
+        seed,
+        out.parent,
+        fp,
+        args.log_dir,
+    )
     result["excluded_without_embedding"] = excluded
     result["train_seed"] = p.get("train_seed")
     from accelerate import PartialState
 
     if PartialState().is_main_process:
         write_json(result, out)
-        log.info("%s: done, %d checkpoints, final loss %.4f, implicit acc %.3f", args.method,
-                 len(result["checkpoints"]), result["last_tenth"].get("loss", float("nan")),
-                 result["last_tenth"].get("implicit_acc", float("nan")))
+        log.info(
+            "%s: done, %d checkpoints, final loss %.4f, implicit acc %.3f",
+            args.method,
+            len(result["checkpoints"]),
+            result["last_tenth"].get("loss", float("nan")),
+            result["last_tenth"].get("implicit_acc", float("nan")),
+        )

@@ -19,8 +19,16 @@ import pandas as pd
 from PIL import Image
 
 REFERENCE_COLUMNS = ["user_id", "slot", "image_uid", "caption", "liked"]
-EPISODE_COLUMNS = ["episode_id", "user_id", "user_group", "kind", "caption", "candidate_uids",
-                   "candidate_captions", "liked_index"]
+EPISODE_COLUMNS = [
+    "episode_id",
+    "user_id",
+    "user_group",
+    "kind",
+    "caption",
+    "candidate_uids",
+    "candidate_captions",
+    "liked_index",
+]
 TRAIN_COLUMNS = ["user_id", "image_uid", "caption", "liked"]
 #: candidates per episode kind (LPP Tab. 1: 1 liked vs 1 disliked; Tab. 3: 1 liked vs 3)
 KIND_SIZE = {"1v1": 2, "1v3": 4}
@@ -43,18 +51,27 @@ def read_references(path: str | Path, n_ref: int | None = None) -> pd.DataFrame:
     """References sorted by (user, slot, liked first); each user needs as many liked as disliked
     images (``n_ref`` each when given)."""
     df = _read(path, REFERENCE_COLUMNS)
-    df = df.assign(user_id=df["user_id"].astype(np.int64), liked=df["liked"].astype(bool),
-                   image_uid=df["image_uid"].astype(str), caption=df["caption"].astype(str))
+    df = df.assign(
+        user_id=df["user_id"].astype(np.int64),
+        liked=df["liked"].astype(bool),
+        image_uid=df["image_uid"].astype(str),
+        caption=df["caption"].astype(str),
+    )
     counts = df.groupby("user_id")["liked"].agg(["sum", "size"])
-    bad = counts[(2 * counts["sum"] != counts["size"])
-                 | ((counts["sum"] != n_ref) if n_ref is not None else False)]
+    bad = counts[
+        (2 * counts["sum"] != counts["size"])
+        | ((counts["sum"] != n_ref) if n_ref is not None else False)
+    ]
     if len(bad):
         user = int(bad.index[0])
-        raise ValueError(f"{path}: user_id {user} has {int(bad['sum'].iloc[0])} liked of "
-                         f"{int(bad['size'].iloc[0])} references; expected "
-                         f"{n_ref if n_ref is not None else 'as many'} liked and as many disliked")
-    return df.sort_values(["user_id", "slot", "liked"], ascending=[True, True, False],
-                          ignore_index=True)
+        raise ValueError(
+            f"{path}: user_id {user} has {int(bad['sum'].iloc[0])} liked of "
+            f"{int(bad['size'].iloc[0])} references; expected "
+            f"{n_ref if n_ref is not None else 'as many'} liked and as many disliked"
+        )
+    return df.sort_values(
+        ["user_id", "slot", "liked"], ascending=[True, True, False], ignore_index=True
+    )
 
 
 def read_episodes(path: str | Path) -> pd.DataFrame:
@@ -67,23 +84,32 @@ def read_episodes(path: str | Path) -> pd.DataFrame:
         if row.kind not in KIND_SIZE:
             raise ValueError(f"{where}: kind {row.kind!r}, expected one of {sorted(KIND_SIZE)}")
         if len(uids) != KIND_SIZE[row.kind] or len(caps) != len(uids):
-            raise ValueError(f"{where}: {len(uids)} candidate uids and {len(caps)} captions; "
-                             f"kind {row.kind} needs {KIND_SIZE[row.kind]} of each")
+            raise ValueError(
+                f"{where}: {len(uids)} candidate uids and {len(caps)} captions; "
+                f"kind {row.kind} needs {KIND_SIZE[row.kind]} of each"
+            )
         if len(set(uids)) != len(uids):
             raise ValueError(f"{where}: a candidate image appears twice")
         if not 0 <= int(row.liked_index) < len(uids):
-            raise ValueError(f"{where}: liked_index {row.liked_index} is outside its "
-                             f"{len(uids)} candidates (exactly one liked target per episode)")
+            raise ValueError(
+                f"{where}: liked_index {row.liked_index} is outside its "
+                f"{len(uids)} candidates (exactly one liked target per episode)"
+            )
         if row.user_group not in GROUPS:
             raise ValueError(f"{where}: user_group {row.user_group!r}, expected {GROUPS}")
-    return df.assign(user_id=df["user_id"].astype(np.int64),
-                     liked_index=df["liked_index"].astype(np.int64))
+    return df.assign(
+        user_id=df["user_id"].astype(np.int64), liked_index=df["liked_index"].astype(np.int64)
+    )
 
 
 def read_train_items(path: str | Path) -> pd.DataFrame:
     df = _read(path, TRAIN_COLUMNS)
-    return df.assign(user_id=df["user_id"].astype(np.int64), liked=df["liked"].astype(bool),
-                     image_uid=df["image_uid"].astype(str), caption=df["caption"].astype(str))
+    return df.assign(
+        user_id=df["user_id"].astype(np.int64),
+        liked=df["liked"].astype(bool),
+        image_uid=df["image_uid"].astype(str),
+        caption=df["caption"].astype(str),
+    )
 
 
 def episode_items(episodes: pd.DataFrame) -> pd.DataFrame:
@@ -91,12 +117,34 @@ def episode_items(episodes: pd.DataFrame) -> pd.DataFrame:
     image_uid, caption, liked``."""
     rows = []
     for row in episodes.itertuples(index=False):
-        for pos, (uid, cap) in enumerate(zip(row.candidate_uids, row.candidate_captions,
-                                             strict=True)):
-            rows.append((row.episode_id, row.user_id, row.user_group, row.kind, pos, str(uid),
-                         str(cap), pos == row.liked_index))
-    return pd.DataFrame(rows, columns=["episode_id", "user_id", "user_group", "kind", "position",
-                                       "image_uid", "caption", "liked"])
+        for pos, (uid, cap) in enumerate(
+            zip(row.candidate_uids, row.candidate_captions, strict=True)
+        ):
+            rows.append(
+                (
+                    row.episode_id,
+                    row.user_id,
+                    row.user_group,
+                    row.kind,
+                    pos,
+                    str(uid),
+                    str(cap),
+                    pos == row.liked_index,
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "episode_id",
+            "user_id",
+            "user_group",
+            "kind",
+            "position",
+            "image_uid",
+            "caption",
+            "liked",
+        ],
+    )
 
 
 class ImageBank:
@@ -109,15 +157,20 @@ class ImageBank:
 
     def __init__(self, images_parquet: str | Path, uids: Iterable[str]) -> None:
         wanted = sorted({str(u) for u in uids})
-        table = pd.read_parquet(images_parquet, columns=["image_uid", "jpg"],
-                                filters=[("image_uid", "in", wanted)] if wanted else None)
+        table = pd.read_parquet(
+            images_parquet,
+            columns=["image_uid", "jpg"],
+            filters=[("image_uid", "in", wanted)] if wanted else None,
+        )
         table = table.drop_duplicates("image_uid")
         self.path = Path(images_parquet)
         self._bytes = dict(zip(table["image_uid"].astype(str), table["jpg"], strict=True))
         missing = sorted(set(wanted) - set(self._bytes))
         if missing:
-            raise ValueError(f"{images_parquet}: {len(missing)} image_uid(s) named by the LPP "
-                             f"split are absent, e.g. {missing[0]!r}")
+            raise ValueError(
+                f"{images_parquet}: {len(missing)} image_uid(s) named by the LPP "
+                f"split are absent, e.g. {missing[0]!r}"
+            )
         self._decoded: dict[str, Image.Image] = {}
 
     def __getitem__(self, uid: str) -> Image.Image:
@@ -129,8 +182,9 @@ class ImageBank:
             except KeyError as exc:
                 raise KeyError(f"{self.path}: image_uid {uid!r} was not loaded") from exc
             except Exception as exc:  # PIL raises several unrelated types for bad bytes
-                raise ValueError(f"{self.path}: image_uid {uid!r} is not decodable ({exc})") \
-                    from exc
+                raise ValueError(
+                    f"{self.path}: image_uid {uid!r} is not decodable ({exc})"
+                ) from exc
             self._decoded[uid] = img
         return img
 

@@ -56,8 +56,9 @@ def pair_penalty(diff: torch.Tensor, form: str, margin: float) -> torch.Tensor:
     raise ValueError(f"lpp.aux.form: expected one of {AUX_FORMS}, got {form!r}")
 
 
-def aux_loss(logits: torch.Tensor, liked: torch.Tensor, group: torch.Tensor, form: str,
-             margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+def aux_loss(
+    logits: torch.Tensor, liked: torch.Tensor, group: torch.Tensor, form: str, margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(L+, L-) (Eqs. 6-7) over every (liked, disliked) pair of the same group.
 
     L+ penalises M+(liked) − M+(disliked) below the margin; L- penalises M-(disliked) −
@@ -73,8 +74,14 @@ def aux_loss(logits: torch.Tensor, liked: torch.Tensor, group: torch.Tensor, for
     return l_plus, l_minus
 
 
-def lpp_loss(logits: torch.Tensor, liked: torch.Tensor, group: torch.Tensor, use_aux: bool,
-             form: str, margin: float) -> dict[str, torch.Tensor]:
+def lpp_loss(
+    logits: torch.Tensor,
+    liked: torch.Tensor,
+    group: torch.Tensor,
+    use_aux: bool,
+    form: str,
+    margin: float,
+) -> dict[str, torch.Tensor]:
     """L_all (Eq. 8) and its terms; with ``use_aux=False`` (ablation) L_all = L_base."""
     base = base_loss(logits, liked)
     l_plus, l_minus = aux_loss(logits, liked, group, form, margin)

@@ -74,6 +74,7 @@ def variant_spec(name: str) -> dict[str, bool]:
 
 # --- text ----------------------------------------------------------------------------------------
 
+
 def clean_prompt(caption: str, tokenizer: Any, max_tokens: int) -> str:
     """The caption as it goes into the template: stripped, without a final full stop (the
     template adds one) and cut to ``max_tokens`` tokens (LPP §4.1 truncates prompts to 100)."""
@@ -93,6 +94,7 @@ def entry_text(image_token: str, prompt: str, liked: bool | None) -> str:
 
 
 # --- the model -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Prefix:
@@ -142,8 +144,10 @@ class _PrependPrototypes:
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
         emb = kwargs.get("inputs_embeds")
         if args or emb is None:
-            raise RuntimeError("LPP prototypes: the VLM called its language model without "
-                               "keyword inputs_embeds; this VLM class is not supported")
+            raise RuntimeError(
+                "LPP prototypes: the VLM called its language model without "
+                "keyword inputs_embeds; this VLM class is not supported"
+            )
         batch = emb.shape[0]
         mask = kwargs.get("attention_mask")
         if mask is None:
@@ -163,8 +167,9 @@ class _PrependPrototypes:
 class LPPModel(nn.Module):
     """The VLM, the prototypes P_v ``[L_p, D]`` and the like/dislike score head."""
 
-    def __init__(self, vlm: VLM, n_prototypes: int, max_prompt_tokens: int, seed: int,
-                 readout: str = "last") -> None:
+    def __init__(
+        self, vlm: VLM, n_prototypes: int, max_prompt_tokens: int, seed: int, readout: str = "last"
+    ) -> None:
         super().__init__()
         if readout not in READOUTS:
             raise ConfigError(f"lpp.readout: expected one of {READOUTS}, got {readout!r}")
@@ -227,8 +232,10 @@ class LPPModel(nn.Module):
 
     def reference_text(self, captions: Sequence[str], liked: Sequence[bool]) -> str:
         """A user's history x_u in the given order (entries with their labels)."""
-        return "".join(entry_text(self.image_token, self.prompt(c), bool(lk))
-                       for c, lk in zip(captions, liked, strict=True))
+        return "".join(
+            entry_text(self.image_token, self.prompt(c), bool(lk))
+            for c, lk in zip(captions, liked, strict=True)
+        )
 
     def target_text(self, caption: str) -> str:
         return entry_text(self.image_token, self.prompt(caption), None)
@@ -252,8 +259,10 @@ class LPPModel(nn.Module):
         if cache is None:
             cache = getattr(out, "past_key_values", None)
         if cache is None:
-            raise RuntimeError("LPP: the VLM returned no key/value cache for the references "
-                               "(gradient checkpointing turns it off); disable it")
+            raise RuntimeError(
+                "LPP: the VLM returned no key/value cache for the references "
+                "(gradient checkpointing turns it off); disable it"
+            )
         return Prefix(cache=cache, mask=hook.mask)
 
     def select(self, prefix: Prefix, owner: torch.Tensor) -> Prefix:
@@ -263,34 +272,49 @@ class LPPModel(nn.Module):
         owner = owner.to(self.device)
         cache = DynamicCache(config=self.decoder.config)
         for idx, layer in enumerate(prefix.cache.layers):
-            cache.update(layer.keys.index_select(0, owner), layer.values.index_select(0, owner),
-                         idx)
+            cache.update(
+                layer.keys.index_select(0, owner), layer.values.index_select(0, owner), idx
+            )
         return Prefix(cache=cache, mask=prefix.mask.index_select(0, owner))
 
-    def score_targets(self, prefix: Prefix, owner: torch.Tensor, captions: Sequence[str],
-                      images: Sequence[Any], output_attentions: bool = False) -> TargetOutput:
+    def score_targets(
+        self,
+        prefix: Prefix,
+        owner: torch.Tensor,
+        captions: Sequence[str],
+        images: Sequence[Any],
+        output_attentions: bool = False,
+    ) -> TargetOutput:
         """(M+, M-) for each target, continuing its owner's prefix (``owner[i]`` = prefix row)."""
         if not (len(owner) == len(captions) == len(images)):
-            raise ValueError(f"score_targets: {len(owner)} owners, {len(captions)} captions, "
-                             f"{len(images)} images")
+            raise ValueError(
+                f"score_targets: {len(owner)} owners, {len(captions)} captions, "
+                f"{len(images)} images"
+            )
         rows = self.select(prefix, torch.as_tensor(owner, dtype=torch.long))
         inputs = self._inputs([self.target_text(c) for c in captions], [[im] for im in images])
         mask = torch.cat([rows.mask, inputs["attention_mask"].to(rows.mask.dtype)], dim=1)
-        position_ids = (mask.long().cumsum(1) - 1).clamp_min(0)[:, rows.length:]
+        position_ids = (mask.long().cumsum(1) - 1).clamp_min(0)[:, rows.length :]
         inputs["attention_mask"] = mask
-        out = self.vlm.model(**inputs, position_ids=position_ids, cache=rows.cache,
-                             use_cache=True, output_attentions=output_attentions)
+        out = self.vlm.model(
+            **inputs,
+            position_ids=position_ids,
+            cache=rows.cache,
+            use_cache=True,
+            output_attentions=output_attentions,
+        )
         hidden = out.last_hidden_state
         if self.readout == "last":
             state = hidden[:, -1]
         else:
-            own = inputs["attention_mask"][:, rows.length:].to(hidden.dtype)[..., None]
+            own = inputs["attention_mask"][:, rows.length :].to(hidden.dtype)[..., None]
             state = (hidden * own).sum(1) / own.sum(1).clamp_min(1.0)
         logits = self.head(state)
         if not output_attentions:
             return TargetOutput(logits)
-        return TargetOutput(logits, tuple(out.attentions),
-                            inputs["input_ids"] == self.image_token_id)
+        return TargetOutput(
+            logits, tuple(out.attentions), inputs["input_ids"] == self.image_token_id
+        )
 
     def trainable_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
@@ -303,8 +327,13 @@ def preference(logits: torch.Tensor) -> torch.Tensor:
 
 # --- building, LoRA, stages ----------------------------------------------------------------------
 
-def build_vlm(lpp_vlm: dict[str, Any], stand_in_cfg: dict[str, Any] | None, seed: int,
-              clip_dir: str | None = None) -> VLM:
+
+def build_vlm(
+    lpp_vlm: dict[str, Any],
+    stand_in_cfg: dict[str, Any] | None,
+    seed: int,
+    clip_dir: str | None = None,
+) -> VLM:
     """LPP's VLM: the shared tiny LLaVA-OneVision stand-in, or a checkpoint (IDEFICS2 in LPP).
 
     ``lpp_vlm`` is the ``lpp.vlm`` config section; the stand-in's shape is ``vlm.stand_in`` (the
@@ -316,9 +345,13 @@ def build_vlm(lpp_vlm: dict[str, Any], stand_in_cfg: dict[str, Any] | None, seed
             raise ConfigError("lpp.vlm.model is 'stand-in' but the config has no vlm.stand_in")
         vlm = build_stand_in(stand_in_cfg, seed, clip_dir)
     else:
-        vlm = load_pretrained(lpp_vlm["model"], dtype, lpp_vlm["quantization"],
-                              list(lpp_vlm["skip_quantization"]),
-                              processor_kwargs(lpp_vlm["processor"]))
+        vlm = load_pretrained(
+            lpp_vlm["model"],
+            dtype,
+            lpp_vlm["quantization"],
+            list(lpp_vlm["skip_quantization"]),
+            processor_kwargs(lpp_vlm["processor"]),
+        )
     if lpp_vlm["quantization"] == "none":
         vlm.model.to(device=device, dtype=dtype)
     return vlm
@@ -335,8 +368,13 @@ def processor_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def load_pretrained(name: str, dtype: torch.dtype, quantization: str, skip: list[str],
-                    processor_kwargs: dict[str, Any]) -> VLM:
+def load_pretrained(
+    name: str,
+    dtype: torch.dtype,
+    quantization: str,
+    skip: list[str],
+    processor_kwargs: dict[str, Any],
+) -> VLM:
     """Paper scale: the checkpoint's own classes via ``from_pretrained`` (IDEFICS2-8B resolves to
     ``Idefics2ForConditionalGeneration``); ``quantization: nf4`` loads the language model in 4 bit
     for QLoRA (LPP §4.1), leaving ``skip`` modules (vision encoder, connector) trainable."""
@@ -347,8 +385,12 @@ def load_pretrained(name: str, dtype: torch.dtype, quantization: str, skip: list
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=skip,
+        )
     model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
     if quantization == "nf4":
         from peft import prepare_model_for_kbit_training
@@ -357,24 +399,35 @@ def load_pretrained(name: str, dtype: torch.dtype, quantization: str, skip: list
         # the shared-prefix scoring needs the cache (activation memory of one history fits)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     processor = AutoProcessor.from_pretrained(name, **processor_kwargs)
-    return VLM(model=model, processor=processor, name=name, stand_in=False,
-               config_json=model.config.to_json_string())
+    return VLM(
+        model=model,
+        processor=processor,
+        name=name,
+        stand_in=False,
+        config_json=model.config.to_json_string(),
+    )
 
 
 def add_lora(model: LPPModel, lora: dict[str, Any], seed: int) -> None:
     """LoRA adapters (peft) on the language model's projections (LPP: QLoRA on the LM)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]),
-                        lora_dropout=float(lora["dropout"]),
-                        target_modules=list(lora["target_modules"]), bias="none")
+    config = LoraConfig(
+        r=int(lora["r"]),
+        lora_alpha=float(lora["alpha"]),
+        lora_dropout=float(lora["dropout"]),
+        target_modules=list(lora["target_modules"]),
+        bias="none",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "lpp", "lora"))
         inject_adapter_in_model(config, model.decoder)
     n = sum(p.numel() for name, p in model.decoder.named_parameters() if "lora_" in name)
     if n == 0:
-        raise ConfigError(f"lpp.lora.target_modules {lora['target_modules']} matched no module "
-                          "of the language model")
+        raise ConfigError(
+            f"lpp.lora.target_modules {lora['target_modules']} matched no module "
+            "of the language model"
+        )
 
 
 def set_stage(model: LPPModel, stage: int, lm_tuning: str, train_vision: bool) -> list[str]:
@@ -411,8 +464,13 @@ def build_model(params: dict[str, Any], variant: str, clip_dir: str | None) -> L
     spec = variant_spec(variant)
     seed = int(params["seed"])
     vlm = build_vlm(cfg["vlm"], (params.get("vlm") or {}).get("stand_in"), seed, clip_dir)
-    model = LPPModel(vlm, cfg["n_prototypes"] if spec["prototypes"] else 0,
-                     cfg["max_prompt_tokens"], seed, cfg["readout"])
+    model = LPPModel(
+        vlm,
+        cfg["n_prototypes"] if spec["prototypes"] else 0,
+        cfg["max_prompt_tokens"],
+        seed,
+        cfg["readout"],
+    )
     if cfg["lm_tuning"] == "lora":
         add_lora(model, cfg["lora"], seed)
     elif cfg["lm_tuning"] != "full":
@@ -422,8 +480,13 @@ def build_model(params: dict[str, Any], variant: str, clip_dir: str | None) -> L
 
 def model_metadata(model: LPPModel, variant: str) -> dict[str, str]:
     """safetensors metadata: what made these weights (stand-in label included)."""
-    return {"variant": variant, "n_prototypes": str(model.n_prototypes),
-            "vlm": model.vlm_name, "vlm_stand_in": str(model.stand_in).lower(),
-            "vlm_label": STAND_IN_LABEL if model.stand_in else model.vlm_name,
-            "vlm_config": model.vlm_config_json if model.stand_in else
-            json.dumps({"model": model.vlm_name})}
+    return {
+        "variant": variant,
+        "n_prototypes": str(model.n_prototypes),
+        "vlm": model.vlm_name,
+        "vlm_stand_in": str(model.stand_in).lower(),
+        "vlm_label": STAND_IN_LABEL if model.stand_in else model.vlm_name,
+        "vlm_config": model.vlm_config_json
+        if model.stand_in
+        else json.dumps({"model": model.vlm_name}),
+    }

@@ -45,15 +45,24 @@ log = get_logger(__name__)
 def probe_targets(items: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """``n`` distinct candidate images (with their captions), one set for every user."""
     uniq = items.drop_duplicates("image_uid").sort_values("image_uid").reset_index(drop=True)
-    pick = rng(seed, "lpp", "prototypes", "targets").choice(len(uniq), size=min(n, len(uniq)),
-                                                              replace=False)
+    pick = rng(seed, "lpp", "prototypes", "targets").choice(
+        len(uniq), size=min(n, len(uniq)), replace=False
+    )
     return uniq.iloc[np.sort(pick)][["image_uid", "caption"]].reset_index(drop=True)
 
 
 @torch.no_grad()
-def prototype_attention(model: LPPModel, references: pd.DataFrame, users: np.ndarray,
-                        targets: pd.DataFrame, bank: ImageBank, n_orders: int, layer: int,
-                        seed: int, batch_users: int) -> np.ndarray:
+def prototype_attention(
+    model: LPPModel,
+    references: pd.DataFrame,
+    users: np.ndarray,
+    targets: pd.DataFrame,
+    bank: ImageBank,
+    n_orders: int,
+    layer: int,
+    seed: int,
+    batch_users: int,
+) -> np.ndarray:
     """``[U, n_orders, n_targets, L_p]`` attention of target image tokens to each prototype.
 
     Averaged over heads and over the target's image tokens, at decoder layer ``layer``.
@@ -68,29 +77,34 @@ def prototype_attention(model: LPPModel, references: pd.DataFrame, users: np.nda
     out = np.zeros((len(users), n_orders, nt, lp))
     t_images = bank.many(targets["image_uid"])
     t_caps = targets["caption"].tolist()
-    for start in tqdm(range(0, len(users), batch_users), desc="prototype attention",
-                      unit="batch"):
-        chunk = users[start:start + batch_users]
+    for start in tqdm(range(0, len(users), batch_users), desc="prototype attention", unit="batch"):
+        chunk = users[start : start + batch_users]
         texts, images = [], []
         for user in chunk:
             own = refs[int(user)]
             gen = rng(seed, "lpp", "prototypes", "orders", int(user))
             for _ in range(n_orders):
                 order = gen.permutation(len(own))
-                texts.append(model.reference_text(own["caption"].to_numpy()[order].tolist(),
-                                                  own["liked"].to_numpy()[order].tolist()))
+                texts.append(
+                    model.reference_text(
+                        own["caption"].to_numpy()[order].tolist(),
+                        own["liked"].to_numpy()[order].tolist(),
+                    )
+                )
                 images.append(bank.many(own["image_uid"].to_numpy()[order]))
         prefix = model.encode_references(texts, images)
         n_rows = len(texts)
         owner = torch.arange(n_rows).repeat_interleave(nt)
-        res = model.score_targets(prefix, owner, t_caps * n_rows, t_images * n_rows,
-                                  output_attentions=True)
+        res = model.score_targets(
+            prefix, owner, t_caps * n_rows, t_images * n_rows, output_attentions=True
+        )
         attn = res.attentions[layer].float()  # [N, heads, q, kv]
         to_proto = attn[..., :lp].mean(1)  # [N, q, L_p] (prototypes are the first kv columns)
         mask = res.image_mask.to(to_proto.dtype)[..., None]  # [N, q, 1]
         per_target = (to_proto * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # [N, L_p]
-        out[start:start + len(chunk)] = per_target.reshape(len(chunk), n_orders, nt,
-                                                           lp).cpu().numpy()
+        out[start : start + len(chunk)] = (
+            per_target.reshape(len(chunk), n_orders, nt, lp).cpu().numpy()
+        )
     return out
 
 
@@ -110,8 +124,9 @@ def type_gap(sim: np.ndarray, types: np.ndarray) -> tuple[float, float]:
     return (float(s.mean()) if s.size else np.nan), (float(d.mean()) if d.size else np.nan)
 
 
-def analyse(attn: np.ndarray, types: np.ndarray | None, n_perm: int, seed: int
-            ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+def analyse(
+    attn: np.ndarray, types: np.ndarray | None, n_perm: int, seed: int
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
     """Summary numbers, per-user patterns ``[U, L_p]``, mass ``[U]`` and similarity ``[U, U]``."""
     mass_raw = attn.sum(-1)  # [U, O, T]
     dist = attn / np.maximum(mass_raw[..., None], 1e-12)
@@ -126,30 +141,46 @@ def analyse(attn: np.ndarray, types: np.ndarray | None, n_perm: int, seed: int
     same_user = owner[:, None] == owner[None, :]
     off = ~np.eye(len(owner), dtype=bool)
     summary: dict[str, Any] = {
-        "n_users": n_users, "n_prototypes": attn.shape[-1], "n_orders": n_orders,
-        "n_targets": attn.shape[2], "attention_mass": float(mass.mean()),
+        "n_users": n_users,
+        "n_prototypes": attn.shape[-1],
+        "n_orders": n_orders,
+        "n_targets": attn.shape[2],
+        "attention_mass": float(mass.mean()),
         "attention_mass_sd_users": float(mass.std()),
-        "within_user_similarity": float(order_sim[same_user & off].mean()) if n_orders > 1
+        "within_user_similarity": float(order_sim[same_user & off].mean())
+        if n_orders > 1
         else np.nan,
         "between_user_similarity": float(order_sim[~same_user].mean()),
     }
     if types is not None:
         same, diff = type_gap(sim, types)
         gen = rng(seed, "lpp", "prototypes", "permutation")
-        null = np.array([np.subtract(*type_gap(sim, gen.permutation(types)))
-                         for _ in range(n_perm)])
+        null = np.array(
+            [np.subtract(*type_gap(sim, gen.permutation(types))) for _ in range(n_perm)]
+        )
         gap = same - diff
-        summary.update({
-            "n_types": int(np.unique(types).size), "same_type_similarity": same,
-            "different_type_similarity": diff, "similarity_gap": gap,
-            "permutation_p": float((1 + np.sum(null >= gap)) / (1 + n_perm)),
-            "n_permutations": n_perm,
-        })
+        summary.update(
+            {
+                "n_types": int(np.unique(types).size),
+                "same_type_similarity": same,
+                "different_type_similarity": diff,
+                "similarity_gap": gap,
+                "permutation_p": float((1 + np.sum(null >= gap)) / (1 + n_perm)),
+                "n_permutations": n_perm,
+            }
+        )
     return summary, patterns, mass, sim
 
 
-def figure(patterns: np.ndarray, sim: np.ndarray, types: np.ndarray | None, users: np.ndarray,
-           summary: dict[str, Any], path: str | Path, label: str) -> None:
+def figure(
+    patterns: np.ndarray,
+    sim: np.ndarray,
+    types: np.ndarray | None,
+    users: np.ndarray,
+    summary: dict[str, Any],
+    path: str | Path,
+    label: str,
+) -> None:
     """(a) users × prototypes patterns, (b) user × user similarity, both sorted by type."""
     import matplotlib
 
@@ -163,8 +194,9 @@ def figure(patterns: np.ndarray, sim: np.ndarray, types: np.ndarray | None, user
     axes[0].set_ylabel("user (sorted by planted type)" if types is not None else "user")
     axes[0].set_title("(a) attention over prototypes (normalised)")
     fig.colorbar(im, ax=axes[0], fraction=0.046)
-    im = axes[1].imshow(sim[np.ix_(order, order)], cmap="RdBu_r", vmin=-1, vmax=1,
-                        interpolation="nearest")
+    im = axes[1].imshow(
+        sim[np.ix_(order, order)], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest"
+    )
     title = "(b) centred cosine similarity of patterns"
     if types is not None:
         bounds = np.flatnonzero(np.diff(types[order])) + 0.5
@@ -173,9 +205,11 @@ def figure(patterns: np.ndarray, sim: np.ndarray, types: np.ndarray | None, user
                 ax.axhline(b, color="k", lw=0.6)
                 ax.axvline(b, color="k", lw=0.6)
             axes[0].axhline(b, color="w", lw=0.6)
-        title += (f"\nsame type {summary['same_type_similarity']:.3f} vs different "
-                  f"{summary['different_type_similarity']:.3f} "
-                  f"(p={summary['permutation_p']:.3f})")
+        title += (
+            f"\nsame type {summary['same_type_similarity']:.3f} vs different "
+            f"{summary['different_type_similarity']:.3f} "
+            f"(p={summary['permutation_p']:.3f})"
+        )
     axes[1].set_title(title, fontsize=9)
     fig.colorbar(im, ax=axes[1], fraction=0.046)
     fig.suptitle(f"LPP prototypes: {label}", fontsize=8)
@@ -191,8 +225,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references", required=True, help="splits/lpp/references.parquet")
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
     parser.add_argument("--clip", default=None, help="models/clip (stand-in vision init)")
-    parser.add_argument("--truth-users", default=None,
-                        help="data/truth/users.parquet (synthetic world: dominant types)")
+    parser.add_argument(
+        "--truth-users",
+        default=None,
+        help="data/truth/users.parquet (synthetic world: dominant types)",
+    )
     parser.add_argument("--table", required=True, help="tables/lpp_prototypes (stem)")
     parser.add_argument("--patterns", required=True, help="lpp/prototype_patterns.parquet")
     parser.add_argument("--figure", required=True, help="figures/lpp_prototypes.png")
@@ -211,8 +248,11 @@ def run(args: argparse.Namespace) -> None:
     groups = episodes.drop_duplicates("user_id").set_index("user_id")["user_group"]
     users = np.sort(groups.index.to_numpy())
     if len(users) > int(cfg["max_users"]):
-        users = np.sort(rng(seed, "lpp", "prototypes", "users").choice(
-            users, size=int(cfg["max_users"]), replace=False))
+        users = np.sort(
+            rng(seed, "lpp", "prototypes", "users").choice(
+                users, size=int(cfg["max_users"]), replace=False
+            )
+        )
     types = None
     if args.truth_users:
         truth = pd.read_parquet(args.truth_users).set_index("user_id")
@@ -226,19 +266,34 @@ def run(args: argparse.Namespace) -> None:
     bank = ImageBank(args.images, set(refs["image_uid"]) | set(targets["image_uid"]))
     model, meta = load_model(args.model, args.clip or None)
     model.vlm.set_attn_implementation("eager")  # attention weights are only returned by eager
-    attn = prototype_attention(model, refs, users, targets, bank, int(cfg["n_orders"]),
-                               int(cfg["layer"]), seed, int(cfg["batch_users"]))
+    attn = prototype_attention(
+        model,
+        refs,
+        users,
+        targets,
+        bank,
+        int(cfg["n_orders"]),
+        int(cfg["layer"]),
+        seed,
+        int(cfg["batch_users"]),
+    )
     summary, patterns, mass, sim = analyse(attn, types, int(cfg["n_permutations"]), seed)
     summary = {"variant": meta["variant"], "layer": int(cfg["layer"]), **summary}
     from prefgen.embeddings.vlm import STAND_IN_LABEL
 
     label = STAND_IN_LABEL if model.stand_in else model.vlm_name
-    write_table(pd.DataFrame([summary]), args.table, caption=(
-        f"LPP prototype analysis (LPP Fig. 3 in kind), model: {label}. Attention of the probe "
-        "targets' image tokens to the prototypes; patterns centred across users, cosine "
-        "similarity; same/different planted type on the synthetic world, permutation p-value."))
-    frame = pd.DataFrame({"user_id": users, "user_group": groups.loc[users].to_numpy(),
-                          "attention_mass": mass})
+    write_table(
+        pd.DataFrame([summary]),
+        args.table,
+        caption=(
+            f"LPP prototype analysis (LPP Fig. 3 in kind), model: {label}. Attention of the probe "
+            "targets' image tokens to the prototypes; patterns centred across users, cosine "
+            "similarity; same/different planted type on the synthetic world, permutation p-value."
+        ),
+    )
+    frame = pd.DataFrame(
+        {"user_id": users, "user_group": groups.loc[users].to_numpy(), "attention_mass": mass}
+    )
     if types is not None:
         frame["dominant_type"] = types
     for j in range(patterns.shape[1]):

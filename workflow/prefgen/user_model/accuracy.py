@@ -69,8 +69,9 @@ def best_types(model: Any, train: PairSet, store: FeatureStore, log_pi: np.ndarr
     return np.argmax(ll + log_pi[None, :], axis=1)
 
 
-def user_bootstrap(correct: np.ndarray, user: np.ndarray, n_users: int, draws: int, seed: int,
-                   level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def user_bootstrap(
+    correct: np.ndarray, user: np.ndarray, n_users: int, draws: int, seed: int, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-user (correct, count) sums and the bootstrap accuracy draws ``[draws]`` per method.
 
     ``correct`` is ``[M,P]`` (methods × pairs). Users are resampled with replacement through a
@@ -85,21 +86,42 @@ def user_bootstrap(correct: np.ndarray, user: np.ndarray, n_users: int, draws: i
     return acc, sums
 
 
-def accuracy_table(correct: dict[str, np.ndarray], user: np.ndarray, n_users: int, split: str,
-                   draws: int, seed: int, level: float) -> tuple[pd.DataFrame, np.ndarray]:
+def accuracy_table(
+    correct: dict[str, np.ndarray],
+    user: np.ndarray,
+    n_users: int,
+    split: str,
+    draws: int,
+    seed: int,
+    level: float,
+) -> tuple[pd.DataFrame, np.ndarray]:
     names = list(correct)
     mat = np.stack([correct[m] for m in names])
     boot, _ = user_bootstrap(mat, user, n_users, draws, seed)
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
     n_u = int((np.bincount(user, minlength=n_users) > 0).sum())
-    rows = [{"method": m, "split": split, "n_users": n_u, "n_pairs": int(mat.shape[1]),
-             "accuracy": float(mat[i].mean()), "ci_low": float(lo[i]), "ci_high": float(hi[i])}
-            for i, m in enumerate(names)]
+    rows = [
+        {
+            "method": m,
+            "split": split,
+            "n_users": n_u,
+            "n_pairs": int(mat.shape[1]),
+            "accuracy": float(mat[i].mean()),
+            "ci_low": float(lo[i]),
+            "ci_high": float(hi[i]),
+        }
+        for i, m in enumerate(names)
+    ]
     return pd.DataFrame(rows, columns=COLUMNS), boot
 
 
-def history_figure(correct: dict[str, np.ndarray], test_user: np.ndarray, n_train: np.ndarray,
-                   path: str | Path, title: str) -> pd.DataFrame:
+def history_figure(
+    correct: dict[str, np.ndarray],
+    test_user: np.ndarray,
+    n_train: np.ndarray,
+    path: str | Path,
+    title: str,
+) -> pd.DataFrame:
     """Accuracy against each user's number of training pairs (log2 bins), one line per method."""
     hist = n_train[test_user]
     edges = 2 ** np.arange(0, int(np.ceil(np.log2(max(2, hist.max() + 1)))) + 1)
@@ -108,9 +130,16 @@ def history_figure(correct: dict[str, np.ndarray], test_user: np.ndarray, n_trai
     for m, c in correct.items():
         for i in np.unique(b):
             sel = b == i
-            rows.append({"method": m, "bin_low": int(edges[i]), "bin_high": int(edges[i + 1] - 1),
-                         "n_pairs": int(sel.sum()), "n_users": len(np.unique(test_user[sel])),
-                         "accuracy": float(c[sel].mean())})
+            rows.append(
+                {
+                    "method": m,
+                    "bin_low": int(edges[i]),
+                    "bin_high": int(edges[i + 1] - 1),
+                    "n_pairs": int(sel.sum()),
+                    "n_users": len(np.unique(test_user[sel])),
+                    "accuracy": float(c[sel].mean()),
+                }
+            )
     df = pd.DataFrame(rows)
     import matplotlib
 
@@ -134,11 +163,19 @@ def history_figure(correct: dict[str, np.ndarray], test_user: np.ndarray, n_trai
     return df
 
 
-def evaluate(features: str | Path, pasta: str | Path, population: str | Path,
-             lambdas: str | Path, lambda_summary: str | Path, train_path: str | Path,
-             test_path: str | Path, params: dict[str, Any], seed: int,
-             truth_dir: str | Path | None = None, images: str | Path | None = None
-             ) -> dict[str, Any]:
+def evaluate(
+    features: str | Path,
+    pasta: str | Path,
+    population: str | Path,
+    lambdas: str | Path,
+    lambda_summary: str | Path,
+    train_path: str | Path,
+    test_path: str | Path,
+    params: dict[str, Any],
+    seed: int,
+    truth_dir: str | Path | None = None,
+    images: str | Path | None = None,
+) -> dict[str, Any]:
     """Score every method on the PIPE test pairs; returns correct-vectors and context."""
     store = FeatureStore.load(features)
     lam_df = read_lambdas(lambdas)
@@ -196,36 +233,68 @@ def run(args: argparse.Namespace) -> None:
     scale = args.params.get("scale", "")
     if args.truth is not None and args.images is None:
         raise ValueError("preference-accuracy: --truth needs --images (the oracle scores pixels)")
-    res = evaluate(args.features, args.pasta, args.population, args.lambdas, args.lambda_summary,
-                   args.train, args.test, params, seed, args.truth, args.images)
+    res = evaluate(
+        args.features,
+        args.pasta,
+        args.population,
+        args.lambdas,
+        args.lambda_summary,
+        args.train,
+        args.test,
+        params,
+        seed,
+        args.truth,
+        args.images,
+    )
     correct, test = res["correct"], res["test"]
-    table, boot = accuracy_table(correct, test.user, test.n_users, "seen",
-                                 int(params["bootstrap"]), seed, float(params["ci_level"]))
+    table, boot = accuracy_table(
+        correct,
+        test.user,
+        test.n_users,
+        "seen",
+        int(params["bootstrap"]),
+        seed,
+        float(params["ci_level"]),
+    )
     names = list(correct)
     acc = table.set_index("method")["accuracy"]
     diff = boot[:, names.index("pipe")] - boot[:, names.index("population")]
     level = float(params["ci_level"])
     summary: dict[str, Any] = {
-        "scale": scale, "n_test_pairs": test.n_pairs,
+        "scale": scale,
+        "n_test_pairs": test.n_pairs,
         "pipe_minus_population": float(acc["pipe"] - acc["population"]),
         "pipe_minus_population_ci": np.quantile(diff, [(1 - level) / 2, (1 + level) / 2]).tolist(),
         "ci_overlap_pipe_population": bool(
             table.set_index("method").loc["pipe", "ci_low"]
-            <= table.set_index("method").loc["population", "ci_high"]),
+            <= table.set_index("method").loc["population", "ci_high"]
+        ),
     }
     if "oracle" in acc:
         gap = acc["oracle"] - acc["population"]
         summary["gap_closed"] = float((acc["pipe"] - acc["population"]) / gap) if gap > 0 else None
         summary["gap_population_to_oracle"] = float(gap)
     write_json(summary, args.summary)
-    stand_in = " Stand-in models (tiny CLIP, small reward heads) on the synthetic world." \
-        if scale in ("smoke", "mini") else ""
-    gap_text = (f" PIPE closes {summary['gap_closed']:.1%} of the population→oracle gap."
-                if summary.get("gap_closed") is not None else "")
-    caption = (f"Preference accuracy on the PIPE per-user 9:1 test split (ties excluded), "
-               f"{int(params['bootstrap'])} user-bootstrap {level:.0%} CIs.{gap_text}{stand_in}")
+    stand_in = (
+        " Stand-in models (tiny CLIP, small reward heads) on the synthetic world."
+        if scale in ("smoke", "mini")
+        else ""
+    )
+    gap_text = (
+        f" PIPE closes {summary['gap_closed']:.1%} of the population→oracle gap."
+        if summary.get("gap_closed") is not None
+        else ""
+    )
+    caption = (
+        f"Preference accuracy on the PIPE per-user 9:1 test split (ties excluded), "
+        f"{int(params['bootstrap'])} user-bootstrap {level:.0%} CIs.{gap_text}{stand_in}"
+    )
     write_table(table, Path(args.table).with_suffix(""), caption=caption)
-    history_figure(correct, test.user, res["n_train"], args.figure,
-                   f"Accuracy vs training history ({scale or 'run'})"
-                   + (" - stand-in" if stand_in else ""))
+    history_figure(
+        correct,
+        test.user,
+        res["n_train"],
+        args.figure,
+        f"Accuracy vs training history ({scale or 'run'})" + (" - stand-in" if stand_in else ""),
+    )
     log.info("preference accuracy:\n%s\n%s", table.to_string(index=False), summary)

@@ -43,27 +43,44 @@ from prefgen.user_model.recovery import corr_matrix
 log = get_logger(__name__)
 
 COLUMNS = ["method", "phi", "accuracy", "ci_low", "ci_high", "gap_closed"]
-COPIED = {"population": "K=1 reward model from preference pairs",
-          "pipe": "PASTA EM from preference pairs (shipped)",
-          "oracle": "true user reward (λ* and planted types)"}
+COPIED = {
+    "population": "K=1 reward model from preference pairs",
+    "pipe": "PASTA EM from preference pairs (shipped)",
+    "oracle": "true user reward (λ* and planted types)",
+}
 
 
-def planted_rewards(pairs: PairSet, truth: Any, images: str | Path,
-                    chunk: int = 8192) -> np.ndarray:
+def planted_rewards(
+    pairs: PairSet, truth: Any, images: str | Path, chunk: int = 8192
+) -> np.ndarray:
     """``[I,K*]`` the planted type rewards of ``pairs``' items, measured on their pixels.
 
     Decoded in chunks: the training split's items as one pixel array would cost gigabytes.
     """
     from prefgen.data.world import type_rewards
 
-    out = [np.asarray(type_rewards(load_images(images, pairs.item_uid[i:i + chunk]),
-                                   pairs.item_caption[i:i + chunk], truth), dtype=np.float64)
-           for i in range(0, len(pairs.item_uid), chunk)]
+    out = [
+        np.asarray(
+            type_rewards(
+                load_images(images, pairs.item_uid[i : i + chunk]),
+                pairs.item_caption[i : i + chunk],
+                truth,
+            ),
+            dtype=np.float64,
+        )
+        for i in range(0, len(pairs.item_uid), chunk)
+    ]
     return np.concatenate(out) if out else np.zeros((0, truth.n_types))
 
 
-def fit_supervised_phi(img: torch.Tensor, txt: torch.Tensor, target: np.ndarray,
-                       params: dict[str, Any], interaction: bool, seed: int) -> RewardModel:
+def fit_supervised_phi(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    target: np.ndarray,
+    params: dict[str, Any],
+    interaction: bool,
+    seed: int,
+) -> RewardModel:
     """A :class:`RewardModel` trained by MSE to output the planted type rewards.
 
     It builds PASTA's inputs from the items' image and caption embeddings, so the comparison
@@ -71,15 +88,22 @@ def fit_supervised_phi(img: torch.Tensor, txt: torch.Tensor, target: np.ndarray,
     """
     torch.manual_seed(derive_seed(seed, "ceiling", "model"))
     width = int(params["width"])
-    model = RewardModel(dim=img.shape[1], hidden=width, n_types=target.shape[1], width=width,
-                        depth=int(params["depth"]), interaction=interaction)
+    model = RewardModel(
+        dim=img.shape[1],
+        hidden=width,
+        n_types=target.shape[1],
+        width=width,
+        depth=int(params["depth"]),
+        interaction=interaction,
+    )
     inputs = model.inputs(img, txt)
     model.set_standardisation(inputs)
     y = torch.as_tensor(target, dtype=torch.float32)
     y_mean, y_std = y.mean(0), y.std(0).clamp_min(1e-6)
     yz = (y - y_mean) / y_std  # every type weighs the same in the loss
-    opt = torch.optim.Adam(model.parameters(), lr=float(params["lr"]),
-                           weight_decay=float(params["weight_decay"]))
+    opt = torch.optim.Adam(
+        model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"])
+    )
     gen = torch.Generator().manual_seed(derive_seed(seed, "ceiling", "batches"))
     batch = int(params["batch_size"])
     for _ in tqdm(range(int(params["epochs"])), desc="ceiling: supervised φ", mininterval=5):
@@ -99,31 +123,61 @@ def r_squared(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.diag(corr_matrix(pred, target)) ** 2
 
 
-def pipe_correct(phi_train: np.ndarray, phi_test: np.ndarray, train: PairSet, test: PairSet,
-                 lambda_params: dict[str, Any]) -> np.ndarray:
+def pipe_correct(
+    phi_train: np.ndarray,
+    phi_test: np.ndarray,
+    train: PairSet,
+    test: PairSet,
+    lambda_params: dict[str, Any],
+) -> np.ndarray:
     """Test-pair correctness of λ_uᵀφ, λ_u fitted on the training pairs as ``fit_lambda`` does."""
     fit, _ = fit_users_dphi(phi_train[train.win] - phi_train[train.lose], train, lambda_params)
     margin = ((phi_test[test.win] - phi_test[test.lose]) * fit.lam[test.user]).sum(1)
     return correct_from_margin(margin)
 
 
-def ceiling_table(accuracy: pd.DataFrame, correct: dict[str, np.ndarray], test: PairSet,
-                  draws: int, seed: int, level: float) -> pd.DataFrame:
+def ceiling_table(
+    accuracy: pd.DataFrame,
+    correct: dict[str, np.ndarray],
+    test: PairSet,
+    draws: int,
+    seed: int,
+    level: float,
+) -> pd.DataFrame:
     """The copied rows of ``accuracy`` and the new rows, each with its share of the gap."""
     new, _ = accuracy_table(correct, test.user, test.n_users, "seen", draws, seed, level)
     acc = accuracy.set_index("method")
     missing = [m for m in COPIED if m not in acc.index]
     if missing:
-        raise ValueError(f"user-model-ceiling: preference_accuracy table lacks row(s) {missing} "
-                         "(the oracle needs the synthetic world)")
-    rows = [{"method": m, "phi": COPIED[m], **acc.loc[m, ["accuracy", "ci_low", "ci_high"]]}
-            for m in ("population", "pipe")]
-    phis = {"pipe_supervised_phi": "regressed on planted type rewards from the same CLIP features",
-            "pipe_true_phi": "planted type rewards (only λ estimated)"}
-    rows += [{"method": r["method"], "phi": phis[r["method"]], "accuracy": r["accuracy"],
-              "ci_low": r["ci_low"], "ci_high": r["ci_high"]} for _, r in new.iterrows()]
-    rows.append({"method": "oracle", "phi": COPIED["oracle"],
-                 **acc.loc["oracle", ["accuracy", "ci_low", "ci_high"]]})
+        raise ValueError(
+            f"user-model-ceiling: preference_accuracy table lacks row(s) {missing} "
+            "(the oracle needs the synthetic world)"
+        )
+    rows = [
+        {"method": m, "phi": COPIED[m], **acc.loc[m, ["accuracy", "ci_low", "ci_high"]]}
+        for m in ("population", "pipe")
+    ]
+    phis = {
+        "pipe_supervised_phi": "regressed on planted type rewards from the same CLIP features",
+        "pipe_true_phi": "planted type rewards (only λ estimated)",
+    }
+    rows += [
+        {
+            "method": r["method"],
+            "phi": phis[r["method"]],
+            "accuracy": r["accuracy"],
+            "ci_low": r["ci_low"],
+            "ci_high": r["ci_high"],
+        }
+        for _, r in new.iterrows()
+    ]
+    rows.append(
+        {
+            "method": "oracle",
+            "phi": COPIED["oracle"],
+            **acc.loc["oracle", ["accuracy", "ci_low", "ci_high"]],
+        }
+    )
     table = pd.DataFrame(rows)
     pop, oracle = float(acc.loc["population", "accuracy"]), float(acc.loc["oracle", "accuracy"])
     gap = oracle - pop
@@ -131,9 +185,15 @@ def ceiling_table(accuracy: pd.DataFrame, correct: dict[str, np.ndarray], test: 
     return table[COLUMNS]
 
 
-def compute(features: str | Path, train_path: str | Path, test_path: str | Path,
-            truth_dir: str | Path, images: str | Path, accuracy_path: str | Path,
-            params: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+def compute(
+    features: str | Path,
+    train_path: str | Path,
+    test_path: str | Path,
+    truth_dir: str | Path,
+    images: str | Path,
+    accuracy_path: str | Path,
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     from prefgen.data.world import load_truth
 
     seed = int(params["seed"])
@@ -145,8 +205,14 @@ def compute(features: str | Path, train_path: str | Path, test_path: str | Path,
     true_train = planted_rewards(train, truth, images)
     true_test = planted_rewards(test, truth, images)
     img_train, txt_train = train.item_features(store)
-    model = fit_supervised_phi(img_train, txt_train, true_train, acc_params["ceiling"],
-                               bool(params["pasta"]["interaction"]), seed)
+    model = fit_supervised_phi(
+        img_train,
+        txt_train,
+        true_train,
+        acc_params["ceiling"],
+        bool(params["pasta"]["interaction"]),
+        seed,
+    )
     with torch.no_grad():
         sup_train = model.phi(img_train, txt_train).double().numpy()
         sup_test = model.phi(*test.item_features(store)).double().numpy()
@@ -155,8 +221,14 @@ def compute(features: str | Path, train_path: str | Path, test_path: str | Path,
         "pipe_supervised_phi": pipe_correct(sup_train, sup_test, train, test, params["lambda"]),
         "pipe_true_phi": pipe_correct(true_train, true_test, train, test, params["lambda"]),
     }
-    table = ceiling_table(pd.read_csv(accuracy_path), correct, test,
-                          int(acc_params["bootstrap"]), seed, float(acc_params["ci_level"]))
+    table = ceiling_table(
+        pd.read_csv(accuracy_path),
+        correct,
+        test,
+        int(acc_params["bootstrap"]),
+        seed,
+        float(acc_params["ci_level"]),
+    )
     return table, r2, list(truth.type_names)
 
 
@@ -174,13 +246,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    table, r2, names = compute(args.features, args.train, args.test, args.truth, args.images,
-                               args.accuracy, args.params)
+    table, r2, names = compute(
+        args.features, args.train, args.test, args.truth, args.images, args.accuracy, args.params
+    )
     level = float(args.params["preference_accuracy"]["ci_level"])
     r2_text = ", ".join(f"{n} {v:.2f}" for n, v in zip(names, r2, strict=True))
-    caption = (f"Where PIPE's preference accuracy is lost (synthetic world): λ_u fitted as in "
-               f"fit_lambda on better φ; {level:.0%} user-bootstrap CIs; gap_closed = share of "
-               f"the population→oracle gap. Supervised φ held-out R² per planted type: "
-               f"{r2_text}. Stand-in CLIP features.")
+    caption = (
+        f"Where PIPE's preference accuracy is lost (synthetic world): λ_u fitted as in "
+        f"fit_lambda on better φ; {level:.0%} user-bootstrap CIs; gap_closed = share of "
+        f"the population→oracle gap. Supervised φ held-out R² per planted type: "
+        f"{r2_text}. Stand-in CLIP features."
+    )
     write_table(table, Path(args.table).with_suffix(""), caption=caption)
     log.info("user-model ceiling:\n%s\nR² %s", table.to_string(index=False), r2_text)

@@ -50,8 +50,9 @@ ImageBatch = np.ndarray | Sequence[Image.Image] | Sequence[np.ndarray]
 
 
 # --------------------------------------------------------------------------- building / loading
-def write_open_clip_config(folder: Path, model_cfg: dict[str, Any],
-                           preprocess_cfg: dict[str, Any], extra: dict[str, Any]) -> None:
+def write_open_clip_config(
+    folder: Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], extra: dict[str, Any]
+) -> None:
     """The local-dir config open_clip reads (``model_cfg``, ``preprocess_cfg``) + our metadata."""
     payload = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "prefgen": extra}
     (folder / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -70,14 +71,24 @@ def build_clip(params: dict[str, Any], folder: Path) -> tuple[torch.nn.Module, d
     if source == "train":
         model_cfg = json.loads(json.dumps(params["model_cfg"]))
         size = int(model_cfg["vision_cfg"]["image_size"])
-        preprocess_cfg = {"size": size, "mean": list(params["image_mean"]),
-                          "std": list(params["image_std"]), "interpolation": "bicubic",
-                          "resize_mode": "shortest", "mode": "RGB", "fill_color": 0}
-        extra = {"source": "train", "name": params["name"],
-                 "stand_in": "tiny open_clip architecture trained on the synthetic world"}
+        preprocess_cfg = {
+            "size": size,
+            "mean": list(params["image_mean"]),
+            "std": list(params["image_std"]),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+            "mode": "RGB",
+            "fill_color": 0,
+        }
+        extra = {
+            "source": "train",
+            "name": params["name"],
+            "stand_in": "tiny open_clip architecture trained on the synthetic world",
+        }
         write_open_clip_config(folder, model_cfg, preprocess_cfg, extra)
-        model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}",
-                                                            load_weights=False)
+        model, _, _ = open_clip.create_model_and_transforms(
+            f"local-dir:{folder}", load_weights=False
+        )
     elif source == "pretrained":
         name, tag = params["pretrained_model"], params["pretrained_tag"]
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=tag)
@@ -107,8 +118,9 @@ def load_clip(folder: str | Path, device: str = "cpu") -> tuple[torch.nn.Module,
             raise FileNotFoundError(f"{folder}: missing {name}; run the clip stage first")
     import open_clip
 
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}",
-                                                                 device=device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        f"local-dir:{folder}", device=device
+    )
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     model.eval().requires_grad_(False)
     return model, preprocess, tokenizer
@@ -119,8 +131,9 @@ def clip_metadata(folder: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- pixels and embeddings
-def pixel_tensor(images: ImageBatch, preprocess: Any,
-                 preprocess_cfg: dict[str, Any]) -> torch.Tensor:
+def pixel_tensor(
+    images: ImageBatch, preprocess: Any, preprocess_cfg: dict[str, Any]
+) -> torch.Tensor:
     """Raw RGB images -> the normalised ``[N,3,S,S]`` tensor the vision tower expects.
 
     A uint8 array already at the model's size takes a vectorised path (resize and crop are the
@@ -129,8 +142,12 @@ def pixel_tensor(images: ImageBatch, preprocess: Any,
     """
     size = preprocess_cfg["size"]
     size = int(size[0] if isinstance(size, list | tuple) else size)
-    if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.uint8 \
-            and images.shape[1:] == (size, size, 3):
+    if (
+        isinstance(images, np.ndarray)
+        and images.ndim == 4
+        and images.dtype == np.uint8
+        and images.shape[1:] == (size, size, 3)
+    ):
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
         mean = torch.tensor(preprocess_cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(preprocess_cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
@@ -142,8 +159,10 @@ def pixel_tensor(images: ImageBatch, preprocess: Any,
         else:
             arr = np.asarray(item)
             if arr.ndim != 3 or arr.shape[-1] != 3:
-                raise ValueError(f"images[{i}]: expected an RGB [H,W,3] array or PIL image, "
-                                 f"got shape {arr.shape}")
+                raise ValueError(
+                    f"images[{i}]: expected an RGB [H,W,3] array or PIL image, "
+                    f"got shape {arr.shape}"
+                )
             if arr.dtype != np.uint8:
                 raise ValueError(f"images[{i}]: expected uint8 pixels, got {arr.dtype}")
             img = Image.fromarray(arr)
@@ -165,29 +184,39 @@ def default_preprocess(preprocess_cfg: dict[str, Any]) -> Any:
 
 
 @torch.no_grad()
-def encode_images(model: torch.nn.Module, preprocess: Any, images: ImageBatch,
-                  batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+def encode_images(
+    model: torch.nn.Module,
+    preprocess: Any,
+    images: ImageBatch,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
     """L2-normalised image embeddings ``[N,D]`` (float32), computed in batches."""
     cfg = _preprocess_cfg(model)
     n = len(images)
     chunks = []
-    for start in tqdm(range(0, n, batch_size), desc="images", disable=not progress,
-                      mininterval=5):
-        batch = images[start:start + batch_size]
+    for start in tqdm(range(0, n, batch_size), desc="images", disable=not progress, mininterval=5):
+        batch = images[start : start + batch_size]
         chunks.append(model.encode_image(pixel_tensor(batch, preprocess, cfg), normalize=True))
     dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 0
     return torch.cat(chunks) if chunks else torch.zeros((0, dim))
 
 
 @torch.no_grad()
-def encode_captions(model: torch.nn.Module, tokenizer: Any, captions: Sequence[str],
-                    batch_size: int = 512, progress: bool = False) -> torch.Tensor:
+def encode_captions(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    captions: Sequence[str],
+    batch_size: int = 512,
+    progress: bool = False,
+) -> torch.Tensor:
     """L2-normalised caption embeddings ``[N,D]`` (float32), computed in batches."""
     captions = [str(c) for c in captions]
     chunks = []
-    for start in tqdm(range(0, len(captions), batch_size), desc="captions",
-                      disable=not progress, mininterval=5):
-        tokens = tokenizer(captions[start:start + batch_size])
+    for start in tqdm(
+        range(0, len(captions), batch_size), desc="captions", disable=not progress, mininterval=5
+    ):
+        tokens = tokenizer(captions[start : start + batch_size])
         chunks.append(model.encode_text(tokens, normalize=True))
     dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 0
     return torch.cat(chunks) if chunks else torch.zeros((0, dim))
@@ -242,12 +271,14 @@ def observed_colours(images: np.ndarray) -> list[str]:
     hues = np.array([PALETTE_HUES[n] for n in names])
     dh = np.abs(hsv[:, :1] * 360.0 - hues[None, :])
     nearest = np.minimum(dh, 360.0 - dh).argmin(1)
-    return ["grey" if s < GREY_SATURATION else names[k] for s, k in zip(hsv[:, 1], nearest,
-                                                                          strict=True)]
+    return [
+        "grey" if s < GREY_SATURATION else names[k] for s, k in zip(hsv[:, 1], nearest, strict=True)
+    ]
 
 
-def describe(images: np.ndarray, captions: Sequence[str], attributes: Sequence[str],
-             levels: int = 3) -> list[str]:
+def describe(
+    images: np.ndarray, captions: Sequence[str], attributes: Sequence[str], levels: int = 3
+) -> list[str]:
     """Training captions with visual descriptors: "a red star on a grey background, large blurry".
 
     Web alt-text, which real CLIP models learn from, often says how an image looks (dark,
@@ -268,25 +299,26 @@ def describe(images: np.ndarray, captions: Sequence[str], attributes: Sequence[s
     special = {OBJECT_COLOUR, COLOUR_PURITY}
     unknown = sorted(set(attributes) - set(DESCRIPTOR_WORDS) - special)
     if unknown:
-        raise ValueError(f"clip.train.descriptors: unknown attribute(s) {unknown}; expected some "
-                         f"of {sorted(DESCRIPTOR_WORDS) + sorted(special)}")
+        raise ValueError(
+            f"clip.train.descriptors: unknown attribute(s) {unknown}; expected some "
+            f"of {sorted(DESCRIPTOR_WORDS) + sorted(special)}"
+        )
     if levels not in (3, 5):
         raise ValueError(f"clip.train.descriptor_levels: expected 3 or 5, got {levels!r}")
     captions = [str(c) for c in captions]
     if OBJECT_COLOUR in attributes:
-        captions = [recaption(c, seen) for c, seen in zip(captions, observed_colours(images),
-                                                          strict=True)]
+        captions = [
+            recaption(c, seen) for c, seen in zip(captions, observed_colours(images), strict=True)
+        ]
     words: list[list[str]] = [[] for _ in range(len(captions))]
     graded = [a for a in attributes if a not in special]
-    values = measure_attributes(images, captions) if graded or COLOUR_PURITY in attributes \
-        else None
+    values = measure_attributes(images, captions) if graded or COLOUR_PURITY in attributes else None
     table = {a: DESCRIPTOR_WORDS[a] for a in graded}
     if COLOUR_PURITY in attributes:  # fidelity to the (recaptioned) colour word: hue + saturation
         table[COLOUR_PURITY] = COLOUR_PURITY_WORDS
     for attr, (low_word, high_word) in table.items():
         key = "caption_fidelity" if attr == COLOUR_PURITY else attr
-        for i, word in enumerate(graded_words(values[key].to_numpy(), low_word, high_word,
-                                              levels)):
+        for i, word in enumerate(graded_words(values[key].to_numpy(), low_word, high_word, levels)):
             if word:
                 words[i].append(word)
     return [f"{c}, {' '.join(w)}" if w else c for c, w in zip(captions, words, strict=True)]
@@ -297,8 +329,11 @@ def graded_words(v: np.ndarray, low_word: str, high_word: str, levels: int) -> l
     quintiles ("very low", "low", -, "high", "very high"), so the caption also says how much.
     A value equal to a bin edge goes to the bin nearer the middle. NaN values get no word."""
     qs = np.nanquantile(v, np.arange(1, levels) / levels)
-    names = ([low_word, "", high_word] if levels == 3 else
-             [f"very {low_word}", low_word, "", high_word, f"very {high_word}"])
+    names = (
+        [low_word, "", high_word]
+        if levels == 3
+        else [f"very {low_word}", low_word, "", high_word, f"very {high_word}"]
+    )
     mid = levels // 2
     out = []
     for x in v:
@@ -310,8 +345,9 @@ def graded_words(v: np.ndarray, low_word: str, high_word: str, levels: int) -> l
     return out
 
 
-def training_captions(images: np.ndarray, captions: Sequence[str], train: dict[str, Any],
-                      seed: int) -> list[str]:
+def training_captions(
+    images: np.ndarray, captions: Sequence[str], train: dict[str, Any], seed: int
+) -> list[str]:
     """The captions CLIP trains on: :func:`describe` with the configured descriptors, except a
     seeded ``plain_share`` of rows that keep only the recaption (no style words).
 
@@ -355,8 +391,15 @@ def caption_split(captions: Sequence[str], holdout_fraction: float, seed: int) -
     return {unique[i] for i in order[:n_hold]}
 
 
-def train_clip(model: torch.nn.Module, tokenizer: Any, images: np.ndarray, captions: Sequence[str],
-               preprocess_cfg: dict[str, Any], train: dict[str, Any], seed: int) -> list[dict]:
+def train_clip(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    images: np.ndarray,
+    captions: Sequence[str],
+    preprocess_cfg: dict[str, Any],
+    train: dict[str, Any],
+    seed: int,
+) -> list[dict]:
     """Contrastive training of ``model`` on (image, caption) pairs; returns per-epoch history.
 
     Many images share a caption, so a batch embeds each *distinct* caption once: the
@@ -377,9 +420,14 @@ def train_clip(model: torch.nn.Module, tokenizer: Any, images: np.ndarray, capti
     for name, p in model.named_parameters():
         plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name
         (no_decay if plain else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(train["weight_decay"])},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=float(train["lr"]),
-                            fused=True)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": float(train["weight_decay"])},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=float(train["lr"]),
+        fused=True,
+    )
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -395,7 +443,7 @@ def train_clip(model: torch.nn.Module, tokenizer: Any, images: np.ndarray, capti
         perm = torch.randperm(n, generator=gen)
         losses, accs = [], []
         for b in range(steps_per_epoch):
-            idx = perm[b * bs:(b + 1) * bs]
+            idx = perm[b * bs : (b + 1) * bs]
             batch_caps = cap_idx_t[idx]
             cols, local = torch.unique(batch_caps, return_inverse=True)
             pix = pixel_tensor(images[idx.numpy()], None, preprocess_cfg)
@@ -415,11 +463,20 @@ def train_clip(model: torch.nn.Module, tokenizer: Any, images: np.ndarray, capti
             bar.update(1)
             losses.append(float(loss.detach()))
             accs.append(float((logits.argmax(1) == local).float().mean()))
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                        "batch_acc": float(np.mean(accs)),
-                        "logit_scale": float(model.logit_scale.detach().exp())})
-        log.info("clip epoch %d: loss %.4f, in-batch accuracy %.3f", epoch, history[-1]["loss"],
-                 history[-1]["batch_acc"])
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)),
+                "batch_acc": float(np.mean(accs)),
+                "logit_scale": float(model.logit_scale.detach().exp()),
+            }
+        )
+        log.info(
+            "clip epoch %d: loss %.4f, in-batch accuracy %.3f",
+            epoch,
+            history[-1]["loss"],
+            history[-1]["batch_acc"],
+        )
     bar.close()
     model.eval()
     return history
@@ -427,8 +484,9 @@ def train_clip(model: torch.nn.Module, tokenizer: Any, images: np.ndarray, capti
 
 # --------------------------------------------------------------------------- retrieval evaluation
 @torch.no_grad()
-def retrieval_accuracy(img_emb: torch.Tensor, cap_emb: torch.Tensor, true_cap: np.ndarray,
-                       n_candidates: int, seed: int) -> tuple[float, int]:
+def retrieval_accuracy(
+    img_emb: torch.Tensor, cap_emb: torch.Tensor, true_cap: np.ndarray, n_candidates: int, seed: int
+) -> tuple[float, int]:
     """Image -> caption top-1 accuracy among ``n_candidates`` distinct captions (true + random).
 
     ``cap_emb`` holds the distinct captions of the evaluated set, ``true_cap[i]`` the row of
@@ -446,13 +504,23 @@ def retrieval_accuracy(img_emb: torch.Tensor, cap_emb: torch.Tensor, true_cap: n
     return correct / max(1, len(true_cap)), k
 
 
-def retrieval_table(model: torch.nn.Module, tokenizer: Any, images: np.ndarray,
-                    captions: np.ndarray, held_out: set[str], n_candidates: int, seed: int,
-                    label: str, max_queries: int = 2000) -> pd.DataFrame:
+def retrieval_table(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    images: np.ndarray,
+    captions: np.ndarray,
+    held_out: set[str],
+    n_candidates: int,
+    seed: int,
+    label: str,
+    max_queries: int = 2000,
+) -> pd.DataFrame:
     """Rows for held-out (zero-shot) and training captions: accuracy vs chance."""
     rows = []
-    for split, mask in (("held_out", np.isin(captions, list(held_out))),
-                        ("train", ~np.isin(captions, list(held_out)))):
+    for split, mask in (
+        ("held_out", np.isin(captions, list(held_out))),
+        ("train", ~np.isin(captions, list(held_out))),
+    ):
         idx = np.flatnonzero(mask)
         if len(idx) == 0:
             continue
@@ -466,11 +534,21 @@ def retrieval_table(model: torch.nn.Module, tokenizer: Any, images: np.ndarray,
         cap_emb = encode_captions(model, tokenizer, list(caps))
         for k in sorted({int(n_candidates), len(caps)}):
             acc, used = retrieval_accuracy(img_emb, cap_emb, true, k, seed)
-            rows.append({"model": label, "split": split, "direction": "image_to_caption",
-                         "n_queries": len(idx), "n_candidates": used, "accuracy": acc,
-                         "chance": 1.0 / used})
-    return pd.DataFrame(rows, columns=["model", "split", "direction", "n_queries",
-                                       "n_candidates", "accuracy", "chance"])
+            rows.append(
+                {
+                    "model": label,
+                    "split": split,
+                    "direction": "image_to_caption",
+                    "n_queries": len(idx),
+                    "n_candidates": used,
+                    "accuracy": acc,
+                    "chance": 1.0 / used,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=["model", "split", "direction", "n_queries", "n_candidates", "accuracy", "chance"],
+    )
 
 
 # --------------------------------------------------------------------------- stage
@@ -483,13 +561,19 @@ def image_caption_pairs(pairs_parquet: str | Path, images: str = "all") -> pd.Da
     """
     cols = ["caption", "image_0_uid", "image_1_uid", "label_0", "label_1"]
     pairs = pd.read_parquet(pairs_parquet, columns=cols)
+
     def side(rows: pd.Series, k: int) -> pd.DataFrame:
-        return pairs.loc[rows, [f"image_{k}_uid", "caption"]].set_axis(["image_uid", "caption"],
-                                                                       axis=1)
+        return pairs.loc[rows, [f"image_{k}_uid", "caption"]].set_axis(
+            ["image_uid", "caption"], axis=1
+        )
 
     if images == "preferred":
-        both = pd.concat([side(pairs["label_0"] > pairs["label_1"], 0),
-                          side(pairs["label_1"] > pairs["label_0"], 1)])
+        both = pd.concat(
+            [
+                side(pairs["label_0"] > pairs["label_1"], 0),
+                side(pairs["label_1"] > pairs["label_0"], 1),
+            ]
+        )
     elif images == "all":
         every = pd.Series(True, index=pairs.index)
         both = pd.concat([side(every, 0), side(every, 1)])
@@ -502,8 +586,11 @@ def image_caption_pairs(pairs_parquet: str | Path, images: str = "all") -> pd.Da
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
     parser.add_argument("--pairs", required=True, help="data/clean/pairs.parquet (captions)")
-    parser.add_argument("--exclude-prompts", default=None,
-                        help="splits/pipe/unseen_prompts.parquet: captions CLIP never sees")
+    parser.add_argument(
+        "--exclude-prompts",
+        default=None,
+        help="splits/pipe/unseen_prompts.parquet: captions CLIP never sees",
+    )
     parser.add_argument("--out-dir", required=True, help="models/clip/")
     parser.add_argument("--table", required=True, help="tables/clip_retrieval.csv")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -524,12 +611,20 @@ def run(args: argparse.Namespace) -> None:
         unseen = set(pd.read_parquet(args.exclude_prompts, columns=["caption"])["caption"])
         n_before = len(data)
         data = data.loc[~data["caption"].isin(unseen)].reset_index(drop=True)
-        log.info("clip: %d (image, caption) rows on the %d held-out prompts left out",
-                 n_before - len(data), len(unseen))
-    held_out = caption_split(data["caption"].tolist(), clip_params["eval"]["holdout_fraction"],
-                             seed)
-    log.info("clip: %d (image, caption) rows, %d distinct captions, %d held out",
-             len(data), data["caption"].nunique(), len(held_out))
+        log.info(
+            "clip: %d (image, caption) rows on the %d held-out prompts left out",
+            n_before - len(data),
+            len(unseen),
+        )
+    held_out = caption_split(
+        data["caption"].tolist(), clip_params["eval"]["holdout_fraction"], seed
+    )
+    log.info(
+        "clip: %d (image, caption) rows, %d distinct captions, %d held out",
+        len(data),
+        data["caption"].nunique(),
+        len(held_out),
+    )
     t0 = time.time()
     images = load_images(args.images, data["image_uid"].tolist())
     captions = data["caption"].to_numpy().astype(str)
@@ -540,10 +635,18 @@ def run(args: argparse.Namespace) -> None:
         if clip_params["source"] == "train":
             train_mask = ~np.isin(captions, list(held_out))
             tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp}")
-            train_captions = training_captions(images[train_mask], captions[train_mask],
-                                               clip_params["train"], seed)
-            history = train_clip(model, tokenizer, images[train_mask], train_captions,
-                                 cfg["preprocess_cfg"], clip_params["train"], seed)
+            train_captions = training_captions(
+                images[train_mask], captions[train_mask], clip_params["train"], seed
+            )
+            history = train_clip(
+                model,
+                tokenizer,
+                images[train_mask],
+                train_captions,
+                cfg["preprocess_cfg"],
+                clip_params["train"],
+                seed,
+            )
         save_clip(model, tmp)
         meta = json.loads((tmp / CONFIG_NAME).read_text())
         meta["prefgen"]["history"] = history
@@ -552,9 +655,23 @@ def run(args: argparse.Namespace) -> None:
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         model, _, tokenizer = load_clip(tmp)  # evaluate exactly what downstream stages will load
         label = cfg["prefgen"]["name"] + (" (stand-in)" if cfg["prefgen"]["stand_in"] else "")
-        result = retrieval_table(model, tokenizer, images, captions, held_out,
-                                 int(clip_params["eval"]["candidates"]), seed, label)
+        result = retrieval_table(
+            model,
+            tokenizer,
+            images,
+            captions,
+            held_out,
+            int(clip_params["eval"]["candidates"]),
+            seed,
+            label,
+        )
     log.info("clip retrieval:\n%s", result.to_string(index=False))
-    write_table(result, table.with_suffix(""), caption=(
-        f"Zero-shot image->caption retrieval of the CLIP model ({label}); held_out captions were "
-        "never seen in CLIP training; chance = 1/n_candidates."))
+    write_table(
+        result,
+        table.with_suffix(""),
+        caption=(
+            f"Zero-shot image->caption retrieval of the CLIP model ({label}); held_out captions "
+            "were "
+            "never seen in CLIP training; chance = 1/n_candidates."
+        ),
+    )

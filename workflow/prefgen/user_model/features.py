@@ -74,8 +74,9 @@ class FeatureStore:
     def image_rows(self, uids: Sequence[str] | np.ndarray, where: str = "pairs") -> np.ndarray:
         return _rows(self.image_row, uids, "image_uid", where)
 
-    def caption_rows(self, captions: Sequence[str] | np.ndarray,
-                     where: str = "pairs") -> np.ndarray:
+    def caption_rows(
+        self, captions: Sequence[str] | np.ndarray, where: str = "pairs"
+    ) -> np.ndarray:
         return _rows(self.caption_row, captions, "caption", where)
 
 
@@ -84,8 +85,10 @@ def _rows(index: pd.Series, keys: Sequence[str] | np.ndarray, what: str, where: 
     pos = index.index.get_indexer(keys)
     if (pos < 0).any():
         bad = int(np.flatnonzero(pos < 0)[0])
-        raise KeyError(f"{where}: row {bad}: {what} {keys[bad]!r} has no cached feature; was the "
-                       "features stage run on this split?")
+        raise KeyError(
+            f"{where}: row {bad}: {what} {keys[bad]!r} has no cached feature; was the "
+            "features stage run on this split?"
+        )
     return index.to_numpy()[pos]
 
 
@@ -94,8 +97,10 @@ def check_finite(emb: torch.Tensor, keys: Sequence[str], what: str) -> None:
     bad = ~torch.isfinite(emb).all(dim=1)
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])
-        raise ValueError(f"features: {what} {keys[i]!r} (row {i}) has a non-finite embedding; "
-                         f"{int(bad.sum())} such rows in total")
+        raise ValueError(
+            f"features: {what} {keys[i]!r} (row {i}) has a non-finite embedding; "
+            f"{int(bad.sum())} such rows in total"
+        )
 
 
 def split_keys(paths: Sequence[str | Path]) -> tuple[list[str], list[str]]:
@@ -125,8 +130,9 @@ def split_keys(paths: Sequence[str | Path]) -> tuple[list[str], list[str]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-dir", required=True)
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
-    parser.add_argument("--splits", nargs="+", required=True,
-                        help="split tables whose images/captions to embed")
+    parser.add_argument(
+        "--splits", nargs="+", required=True, help="split tables whose images/captions to embed"
+    )
     parser.add_argument("--out-dir", required=True, help="features/")
     parser.add_argument("--threads", type=int, default=0)
 
@@ -136,19 +142,33 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     batch = int(args.params["features"]["batch_size"])
     uids, captions = split_keys(args.splits)
-    log.info("features: %d images and %d captions from %d split tables", len(uids), len(captions),
-             len(args.splits))
+    log.info(
+        "features: %d images and %d captions from %d split tables",
+        len(uids),
+        len(captions),
+        len(args.splits),
+    )
     embedder = ClipEmbedder(args.clip_dir, batch)
-    img_emb = torch.cat([embedder.images(load_images(args.images, uids[s:s + 8192]))
-                         for s in range(0, len(uids), 8192)]) if uids else embedder.images([])
+    img_emb = (
+        torch.cat(
+            [
+                embedder.images(load_images(args.images, uids[s : s + 8192]))
+                for s in range(0, len(uids), 8192)
+            ]
+        )
+        if uids
+        else embedder.images([])
+    )
     cap_emb = embedder.captions(captions, progress=True)
     check_finite(img_emb, uids, "image_uid")
     check_finite(cap_emb, captions, "caption")
     out = Path(args.out_dir)
     meta: dict[str, Any] = {"clip_dir": str(args.clip_dir), "dim": str(img_emb.shape[1])}
     save_tensors({"emb": img_emb}, out / "images.safetensors", metadata=meta)
-    write_parquet(pd.DataFrame({"image_uid": uids, "row": np.arange(len(uids), dtype=np.int64)}),
-                  out / "images.parquet")
+    write_parquet(
+        pd.DataFrame({"image_uid": uids, "row": np.arange(len(uids), dtype=np.int64)}),
+        out / "images.parquet",
+    )
     save_tensors({"emb": cap_emb}, out / "captions.safetensors", metadata=meta)
     cap_rows = np.arange(len(captions), dtype=np.int64)
     write_parquet(pd.DataFrame({"caption": captions, "row": cap_rows}), out / "captions.parquet")

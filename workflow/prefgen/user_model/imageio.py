@@ -40,8 +40,9 @@ def decode_images(blobs: Sequence[bytes], names: Sequence[str]) -> list[np.ndarr
         return []
     try:
         tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-        return [t.permute(1, 2, 0).numpy() for t in decode_jpeg_batch(tensors,
-                                                                        mode=ImageReadMode.RGB)]
+        return [
+            t.permute(1, 2, 0).numpy() for t in decode_jpeg_batch(tensors, mode=ImageReadMode.RGB)
+        ]
     except (RuntimeError, ValueError):  # not all JPEG, or one is corrupt: PIL names which
         return [decode_jpeg(b, where=n) for b, n in zip(blobs, names, strict=True)]
 
@@ -56,12 +57,15 @@ def read_jpegs(images_parquet: str | Path, uids: Sequence[str]) -> list[np.ndarr
     wanted = pd.Index([str(u) for u in uids])
     missing = wanted.difference(by_uid.index)
     if len(missing):
-        raise ValueError(f"{images_parquet}: {len(missing)} requested image_uid(s) not present, "
-                         f"e.g. {missing[0]!r}")
+        raise ValueError(
+            f"{images_parquet}: {len(missing)} requested image_uid(s) not present, "
+            f"e.g. {missing[0]!r}"
+        )
     jpgs = table["jpg"].to_numpy()
     rows = by_uid.loc[wanted].to_numpy()
-    return decode_images([jpgs[r] for r in rows],
-                         [f"{images_parquet} image_uid {u!r}" for u in wanted])
+    return decode_images(
+        [jpgs[r] for r in rows], [f"{images_parquet} image_uid {u!r}" for u in wanted]
+    )
 
 
 def load_images(images_parquet: str | Path, uids: Sequence[str]) -> np.ndarray:
@@ -73,8 +77,10 @@ def load_images(images_parquet: str | Path, uids: Sequence[str]) -> np.ndarray:
     arrays = read_jpegs(images_parquet, uids)
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise ValueError(f"{images_parquet}: images have several sizes {sorted(shapes)}; "
-                         "expected one size per world")
+        raise ValueError(
+            f"{images_parquet}: images have several sizes {sorted(shapes)}; "
+            "expected one size per world"
+        )
     if not arrays:
         return np.zeros((0, 1, 1, 3), dtype=np.uint8)
     return np.stack(arrays)

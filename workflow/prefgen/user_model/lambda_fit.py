@@ -65,16 +65,18 @@ class LambdaFit:
     prior_mean: np.ndarray  # [K] or [U,K]
 
 
-def regularised_loss(x: np.ndarray, lam: np.ndarray, l2: float,
-                     prior: np.ndarray | None = None) -> float:
+def regularised_loss(
+    x: np.ndarray, lam: np.ndarray, l2: float, prior: np.ndarray | None = None
+) -> float:
     """f(λ) for one user's ``x = Δφ`` rows ``[n,K]`` (float64; the bench's reference)."""
     prior = np.zeros_like(lam) if prior is None else prior
     margins = x @ lam
     return float(np.logaddexp(0.0, -margins).sum() + 0.5 * l2 * np.sum((lam - prior) ** 2))
 
 
-def _check_inputs(dphi: np.ndarray, user: np.ndarray, n_users: int,
-                  row_names: np.ndarray | None) -> np.ndarray:
+def _check_inputs(
+    dphi: np.ndarray, user: np.ndarray, n_users: int, row_names: np.ndarray | None
+) -> np.ndarray:
     """Validate the inputs; returns Σ_k |Δφ_nk| per pair (one pass: finiteness and Δφ ≠ 0)."""
     if dphi.ndim != 2:
         raise ValueError(f"fit_lambdas: Δφ must be [pairs, K], got shape {dphi.shape}")
@@ -87,8 +89,10 @@ def _check_inputs(dphi: np.ndarray, user: np.ndarray, n_users: int,
         if bad.any():  # (otherwise a finite row only overflowed its sum)
             i = int(np.flatnonzero(bad)[0])
             name = row_names[i] if row_names is not None else f"row {i}"
-            raise ValueError(f"fit_lambdas: non-finite Δφ for {name} ({int(bad.sum())} pairs); "
-                             "check the features of its images")
+            raise ValueError(
+                f"fit_lambdas: non-finite Δφ for {name} ({int(bad.sum())} pairs); "
+                "check the features of its images"
+            )
     if len(user) and (user.min() < 0 or user.max() >= n_users):
         raise ValueError(f"fit_lambdas: user indices must lie in [0, {n_users})")
     return row_abs
@@ -157,9 +161,17 @@ class _Pairs:
       Hessian is Tᵀ(w ⊙ Δφ) in float64 instead.
     """
 
-    def __init__(self, x: np.ndarray, col: np.ndarray, rows: np.ndarray, users: np.ndarray,
-                 counts: np.ndarray, n_users: int, source: np.ndarray,
-                 xx: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        x: np.ndarray,
+        col: np.ndarray,
+        rows: np.ndarray,
+        users: np.ndarray,
+        counts: np.ndarray,
+        n_users: int,
+        source: np.ndarray,
+        xx: np.ndarray | None,
+    ) -> None:
         self.x, self.col, self.rows, self.users, self.counts = x, col, rows, users, counts
         self.source, self.xx = source, xx  # all sorted pairs and their products
         P, K = x.shape
@@ -175,8 +187,9 @@ class _Pairs:
         self.first_chunk = np.zeros(len(users), dtype=np.int64)
         np.cumsum(n_chunks[:-1], out=self.first_chunk[1:])
         within = np.arange(int(n_chunks.sum())) - np.repeat(self.first_chunk, n_chunks)
-        self.chunk_ptr = np.append(np.repeat(self.indptr[:-1], n_chunks) + within * _HESS_CHUNK,
-                                   P).astype(idx)
+        self.chunk_ptr = np.append(
+            np.repeat(self.indptr[:-1], n_chunks) + within * _HESS_CHUNK, P
+        ).astype(idx)
         self.iu, self.ju = np.triu_indices(K)
 
     @property
@@ -202,8 +215,9 @@ class _Pairs:
         if self.xx is None:
             z = torch.from_numpy(self.x).mul(torch.from_numpy(w).unsqueeze(1)).numpy()
             return (self.T.T @ z).reshape(-1, K, K)[self.users]
-        S = sp.csr_array((w, self.rows, self.chunk_ptr),
-                         shape=(len(self.chunk_ptr) - 1, len(self.xx)))
+        S = sp.csr_array(
+            (w, self.rows, self.chunk_ptr), shape=(len(self.chunk_ptr) - 1, len(self.xx))
+        )
         h = np.add.reduceat((S @ self.xx).astype(np.float64), self.first_chunk, axis=0)
         H = np.empty((len(self.users), K, K))
         H[:, self.iu, self.ju] = h
@@ -219,12 +233,14 @@ class _Pairs:
         k = keep_user[self.users]
         pk = np.repeat(k, self.counts)
         x, col, rows = (np.compress(pk, a, axis=0) for a in (self.x, self.col, self.rows))
-        return _Pairs(x, col, rows, self.users[k], self.counts[k], n_users, self.source,
-                      self.xx), pk
+        return _Pairs(
+            x, col, rows, self.users[k], self.counts[k], n_users, self.source, self.xx
+        ), pk
 
 
-def _newton(pairs: _Pairs, mu: np.ndarray, l2: float, max_iter: int, tol: float
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _newton(
+    pairs: _Pairs, mu: np.ndarray, l2: float, max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Damped Newton for every user of ``pairs`` at once; returns (λ, f, ∇f, iterations).
 
     Per iteration: a batched solve over the active users, one pass for the trial margins
@@ -249,8 +265,11 @@ def _newton(pairs: _Pairs, mu: np.ndarray, l2: float, max_iter: int, tol: float
         """Hessian sums of the working set; switches to float64 products if float32 is too
         coarse for this problem (the rate bound of ``_F32_EPS``)."""
         HW = pairs.hessian_sums(w)
-        if pairs.w_dtype == np.float32 and len(HW) and \
-                K * _F32_EPS * (HW[:, range(K), range(K)].max() + l2) > _F32_MAX_RATE * l2:
+        if (
+            pairs.w_dtype == np.float32
+            and len(HW)
+            and K * _F32_EPS * (HW[:, range(K), range(K)].max() + l2) > _F32_MAX_RATE * l2
+        ):
             pairs.to_float64()
             HW = pairs.hessian_sums(q * (1.0 - q))
         return HW
@@ -308,8 +327,9 @@ def _newton(pairs: _Pairs, mu: np.ndarray, l2: float, max_iter: int, tol: float
             for _ in range(29):
                 tb = np.where(okb, tb, 0.5 * tb)
                 mt = mb + np.repeat(tb, lens) * dmb
-                ft = -np.add.reduceat(_logistic(mt, pairs.w_dtype)[0], starts_b) \
-                    + ridge(lam[A[b]] + tb[:, None] * stepA[b], mu[A[b]])
+                ft = -np.add.reduceat(_logistic(mt, pairs.w_dtype)[0], starts_b) + ridge(
+                    lam[A[b]] + tb[:, None] * stepA[b], mu[A[b]]
+                )
                 okb = ft <= fA[b] - 1e-4 * tb * dec[b]
                 if okb.all():
                     break
@@ -331,10 +351,18 @@ def _newton(pairs: _Pairs, mu: np.ndarray, l2: float, max_iter: int, tol: float
     return lam, f, g, it
 
 
-def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
-                prior_mean: np.ndarray | None = None, informative: np.ndarray | None = None,
-                min_informative: int = 1, max_iter: int = 50, tol: float = 1e-10,
-                row_names: np.ndarray | None = None) -> LambdaFit:
+def fit_lambdas(
+    dphi: np.ndarray,
+    user: np.ndarray,
+    n_users: int,
+    l2: float,
+    prior_mean: np.ndarray | None = None,
+    informative: np.ndarray | None = None,
+    min_informative: int = 1,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+    row_names: np.ndarray | None = None,
+) -> LambdaFit:
     """Solve Eq. 2 (+ ridge towards ``prior_mean``) for every user at once.
 
     ``dphi [P,K]`` are winner-minus-loser type rewards, ``user [P]`` each pair's user index in
@@ -349,11 +377,16 @@ def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
     user = np.asarray(user, dtype=np.int64)
     row_abs = _check_inputs(dphi, user, n_users, row_names)
     if l2 <= 0:
-        raise ValueError(f"fit_lambdas: l2 must be > 0 (got {l2}); without it a user whose pairs "
-                         "are separable has no finite λ")
+        raise ValueError(
+            f"fit_lambdas: l2 must be > 0 (got {l2}); without it a user whose pairs "
+            "are separable has no finite λ"
+        )
     K = dphi.shape[1]
-    mu = np.zeros((n_users, K)) if prior_mean is None else \
-        np.broadcast_to(np.asarray(prior_mean, dtype=np.float64), (n_users, K)).copy()
+    mu = (
+        np.zeros((n_users, K))
+        if prior_mean is None
+        else np.broadcast_to(np.asarray(prior_mean, dtype=np.float64), (n_users, K)).copy()
+    )
     nonzero = row_abs > 0  # Δφ ≠ 0 (a sum of absolute values is 0 only if every term is)
     informative = nonzero if informative is None else (np.asarray(informative, bool) & nonzero)
     n_pairs = np.bincount(user, minlength=n_users)
@@ -377,13 +410,27 @@ def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
     small = len(xs) * K < np.iinfo(np.int32).max and n_users * K < np.iinfo(np.int32).max
     idx = np.int32 if small else np.int64
     col = np.empty((len(xs), K), dtype=idx)  # T's column of every Δφ entry: user·K + k
-    torch.add(torch.from_numpy(np.repeat((users * K).astype(idx), counts)).unsqueeze(1),
-              torch.arange(K, dtype=torch.from_numpy(col).dtype), out=torch.from_numpy(col))
+    torch.add(
+        torch.from_numpy(np.repeat((users * K).astype(idx), counts)).unsqueeze(1),
+        torch.arange(K, dtype=torch.from_numpy(col).dtype),
+        out=torch.from_numpy(col),
+    )
     products = K * (K + 1) // 2 <= _MAX_PRODUCTS
-    pairs = _Pairs(xs, col, np.arange(len(xs), dtype=idx), users, counts, n_users, xs,
-                   _pair_products(xs, np.float32) if products else None)
-    lam, loss, g, iters = _newton(pairs, mu, l2, max_iter, tol) if len(users) else \
-        (mu.copy(), np.zeros(n_users), np.zeros((n_users, K)), 0)
+    pairs = _Pairs(
+        xs,
+        col,
+        np.arange(len(xs), dtype=idx),
+        users,
+        counts,
+        n_users,
+        xs,
+        _pair_products(xs, np.float32) if products else None,
+    )
+    lam, loss, g, iters = (
+        _newton(pairs, mu, l2, max_iter, tol)
+        if len(users)
+        else (mu.copy(), np.zeros(n_users), np.zeros((n_users, K)), 0)
+    )
     lam[~fit_user] = mu[~fit_user]
     loss[~fit_user] = 0.0
     gnorm = np.linalg.norm(g, axis=1)
@@ -395,8 +442,16 @@ def fit_lambdas(dphi: np.ndarray, user: np.ndarray, n_users: int, l2: float,
         loss[fallback] = np.bincount(user[fb_pairs], weights=sp_fb, minlength=n_users)[fallback]
     if not np.isfinite(lam).all():  # pragma: no cover - guarded by the inputs and l2 > 0
         raise FloatingPointError("fit_lambdas: non-finite λ; this is a bug")
-    return LambdaFit(lam, n_pairs, n_inf, fallback, loss, gnorm, iters,
-                     np.asarray(prior_mean) if prior_mean is not None else np.zeros(K))
+    return LambdaFit(
+        lam,
+        n_pairs,
+        n_inf,
+        fallback,
+        loss,
+        gnorm,
+        iters,
+        np.asarray(prior_mean) if prior_mean is not None else np.zeros(K),
+    )
 
 
 # --------------------------------------------------------------------------- from a reward model
@@ -414,8 +469,13 @@ def population_lambda(dphi: np.ndarray, l2: float) -> np.ndarray:
     return fit.lam[0]
 
 
-def fit_users(model: Any, pairs: PairSet, store: FeatureStore, params: dict[str, Any],
-              row_names: np.ndarray | None = None) -> tuple[LambdaFit, np.ndarray]:
+def fit_users(
+    model: Any,
+    pairs: PairSet,
+    store: FeatureStore,
+    params: dict[str, Any],
+    row_names: np.ndarray | None = None,
+) -> tuple[LambdaFit, np.ndarray]:
     """λ for every user of ``pairs`` (Eq. 2 with the configured prior); returns (fit, μ).
 
     This is the public entry point for other stages: LPP-style reference pairs or any user's
@@ -424,20 +484,35 @@ def fit_users(model: Any, pairs: PairSet, store: FeatureStore, params: dict[str,
     return fit_users_dphi(pair_dphi(model, pairs, store), pairs, params, row_names)
 
 
-def fit_users_dphi(dphi: np.ndarray, pairs: PairSet, params: dict[str, Any],
-                   row_names: np.ndarray | None = None, mu: np.ndarray | None = None
-                   ) -> tuple[LambdaFit, np.ndarray]:
+def fit_users_dphi(
+    dphi: np.ndarray,
+    pairs: PairSet,
+    params: dict[str, Any],
+    row_names: np.ndarray | None = None,
+    mu: np.ndarray | None = None,
+) -> tuple[LambdaFit, np.ndarray]:
     """:func:`fit_users` on given ``Δφ [P,K]``, for type rewards that are not a reward model
     (the planted ones, in the ceiling diagnostic); returns (fit, μ). A given ``mu`` is the prior
     mean as is (e.g. the training users' μ for new users), otherwise it comes from ``dphi``."""
     l2 = float(params["l2"])
     if mu is None:
-        mu = population_lambda(dphi, l2) if params["prior"] == "population" else \
-            np.zeros(dphi.shape[1])
-    fit = fit_lambdas(dphi, pairs.user, pairs.n_users, l2, prior_mean=mu,
-                      informative=~pairs.is_tie, min_informative=int(params["min_informative"]),
-                      max_iter=int(params["max_iter"]), tol=float(params["tol"]),
-                      row_names=row_names)
+        mu = (
+            population_lambda(dphi, l2)
+            if params["prior"] == "population"
+            else np.zeros(dphi.shape[1])
+        )
+    fit = fit_lambdas(
+        dphi,
+        pairs.user,
+        pairs.n_users,
+        l2,
+        prior_mean=mu,
+        informative=~pairs.is_tie,
+        min_informative=int(params["min_informative"]),
+        max_iter=int(params["max_iter"]),
+        tol=float(params["tol"]),
+        row_names=row_names,
+    )
     return fit, mu
 
 
@@ -453,8 +528,14 @@ def lambda_table(user_ids: np.ndarray, fit: LambdaFit, fitted_on: str = "train")
     return df
 
 
-def fit_support_users(model: Any, support: pd.DataFrame, store: FeatureStore,
-                      params: dict[str, Any], mu: np.ndarray, source: str) -> pd.DataFrame:
+def fit_support_users(
+    model: Any,
+    support: pd.DataFrame,
+    store: FeatureStore,
+    params: dict[str, Any],
+    mu: np.ndarray,
+    source: str,
+) -> pd.DataFrame:
     """λ of held-out users from their support sets alone (Eq. 2, φ frozen, prior μ from train).
 
     PIPE describes no new-user path; this is the reading every method shares: a new user is
@@ -488,8 +569,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True)
     parser.add_argument("--model", required=True, help="user_model/pasta.safetensors")
     parser.add_argument("--train", required=True, help="splits/pipe/train.parquet")
-    parser.add_argument("--support", default=None,
-                        help="splits/ppd/support.parquet: held-out users' λ from these alone")
+    parser.add_argument(
+        "--support",
+        default=None,
+        help="splits/ppd/support.parquet: held-out users' λ from these alone",
+    )
     parser.add_argument("--out", required=True, help="user_model/lambda.parquet")
     parser.add_argument("--summary", required=True, help="user_model/lambda.json")
     parser.add_argument("--threads", type=int, default=0)
@@ -512,24 +596,40 @@ def run(args: argparse.Namespace) -> None:
         support = read_split(args.support)
         both = np.intersect1d(support["user_id"].unique(), table["user_id"])
         if len(both):
-            raise ValueError(f"{args.support}: user_id {int(both[0])} also has PIPE train pairs "
-                             f"in {args.train}; support users must be held out of train")
+            raise ValueError(
+                f"{args.support}: user_id {int(both[0])} also has PIPE train pairs "
+                f"in {args.train}; support users must be held out of train"
+            )
         if len(support):
             extra = fit_support_users(model, support, store, params, mu, str(args.support))
             n_support_users = len(extra)
-            table = pd.concat([table, extra], ignore_index=True).sort_values(
-                "user_id", kind="stable").reset_index(drop=True)
+            table = (
+                pd.concat([table, extra], ignore_index=True)
+                .sort_values("user_id", kind="stable")
+                .reset_index(drop=True)
+            )
     write_parquet(table, args.out)
-    summary = {"population_lambda": mu.tolist(), "l2": float(params["l2"]),
-               "prior": params["prior"], "min_informative": int(params["min_informative"]),
-               "n_users": pairs.n_users, "n_pairs": pairs.n_pairs,
-               "n_support_users": n_support_users,
-               "n_fallback": int(fit.fallback.sum()), "newton_iterations": fit.iterations,
-               "max_grad_norm": float(fit.grad_norm.max()) if len(fit.grad_norm) else 0.0,
-               "fallback_rule": "users with fewer than min_informative non-tie pairs with "
-                                "non-zero Δφ get λ = population λ (prior mean)",
-               "seconds": round(time.time() - t0, 2)}
+    summary = {
+        "population_lambda": mu.tolist(),
+        "l2": float(params["l2"]),
+        "prior": params["prior"],
+        "min_informative": int(params["min_informative"]),
+        "n_users": pairs.n_users,
+        "n_pairs": pairs.n_pairs,
+        "n_support_users": n_support_users,
+        "n_fallback": int(fit.fallback.sum()),
+        "newton_iterations": fit.iterations,
+        "max_grad_norm": float(fit.grad_norm.max()) if len(fit.grad_norm) else 0.0,
+        "fallback_rule": "users with fewer than min_informative non-tie pairs with "
+        "non-zero Δφ get λ = population λ (prior mean)",
+        "seconds": round(time.time() - t0, 2),
+    }
     write_json(summary, args.summary)
-    log.info("fit_lambda: %d users (%d fallback), %d Newton iterations, max ‖∇f‖ %.2e, %.2fs",
-             pairs.n_users, summary["n_fallback"], fit.iterations, summary["max_grad_norm"],
-             summary["seconds"])
+    log.info(
+        "fit_lambda: %d users (%d fallback), %d Newton iterations, max ‖∇f‖ %.2e, %.2fs",
+        pairs.n_users,
+        summary["n_fallback"],
+        fit.iterations,
+        summary["max_grad_norm"],
+        summary["seconds"],
+    )

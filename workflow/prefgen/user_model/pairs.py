@@ -48,14 +48,24 @@ class PairSet:
 
     def item_features(self, store: FeatureStore) -> tuple[torch.Tensor, torch.Tensor]:
         """``(img [I,D], txt [I,D])`` frozen embeddings of the items."""
-        return store.image_emb[torch.from_numpy(self.item_img)], \
-            store.caption_emb[torch.from_numpy(self.item_cap)]
+        return store.image_emb[torch.from_numpy(self.item_img)], store.caption_emb[
+            torch.from_numpy(self.item_cap)
+        ]
 
     def subset(self, mask: np.ndarray) -> PairSet:
         """The pairs where ``mask`` holds (items and users kept as they are)."""
-        return PairSet(self.item_img, self.item_cap, self.item_uid, self.item_caption,
-                       self.win[mask], self.lose[mask], self.user[mask], self.user_ids,
-                       self.is_tie[mask], self.source)
+        return PairSet(
+            self.item_img,
+            self.item_cap,
+            self.item_uid,
+            self.item_caption,
+            self.win[mask],
+            self.lose[mask],
+            self.user[mask],
+            self.user_ids,
+            self.is_tie[mask],
+            self.source,
+        )
 
 
 def read_split(path: str | Path) -> pd.DataFrame:
@@ -63,8 +73,10 @@ def read_split(path: str | Path) -> pd.DataFrame:
     df = pd.read_parquet(path)
     missing = [c for c in SPLIT_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected a split table with "
-                         f"{list(SPLIT_COLUMNS)}")
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; expected a split table with "
+            f"{list(SPLIT_COLUMNS)}"
+        )
     for col in SPLIT_COLUMNS:
         if df[col].isna().any():
             row = int(np.flatnonzero(df[col].isna().to_numpy())[0])
@@ -72,8 +84,9 @@ def read_split(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def build_pairs(df: pd.DataFrame, store: FeatureStore, source: str = "pairs",
-                user_ids: np.ndarray | None = None) -> PairSet:
+def build_pairs(
+    df: pd.DataFrame, store: FeatureStore, source: str = "pairs", user_ids: np.ndarray | None = None
+) -> PairSet:
     """Index a split table into a :class:`PairSet` over ``store``'s rows.
 
     ``user_ids`` fixes the user index (e.g. the users λ was fitted for); a user of ``df`` not
@@ -82,8 +95,9 @@ def build_pairs(df: pd.DataFrame, store: FeatureStore, source: str = "pairs",
     uid_w = df["image_w_uid"].astype(str).to_numpy()
     uid_l = df["image_l_uid"].astype(str).to_numpy()
     caps = df["caption"].astype(str).to_numpy()
-    keys = pd.DataFrame({"uid": np.concatenate([uid_w, uid_l]),
-                         "cap": np.concatenate([caps, caps])})
+    keys = pd.DataFrame(
+        {"uid": np.concatenate([uid_w, uid_l]), "cap": np.concatenate([caps, caps])}
+    )
     codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys), sort=True)
     items = pd.DataFrame({"uid": uniques.get_level_values(0), "cap": uniques.get_level_values(1)})
     n = len(df)
@@ -102,6 +116,10 @@ def build_pairs(df: pd.DataFrame, store: FeatureStore, source: str = "pairs",
         item_cap=store.caption_rows(items["cap"].to_numpy(), where=source),
         item_uid=items["uid"].to_numpy().astype(str),
         item_caption=items["cap"].to_numpy().astype(str),
-        win=codes[:n].astype(np.int64), lose=codes[n:].astype(np.int64),
-        user=pos.astype(np.int64), user_ids=user_ids,
-        is_tie=df["is_tie"].to_numpy(dtype=bool), source=source)
+        win=codes[:n].astype(np.int64),
+        lose=codes[n:].astype(np.int64),
+        user=pos.astype(np.int64),
+        user_ids=user_ids,
+        is_tie=df["is_tie"].to_numpy(dtype=bool),
+        source=source,
+    )

@@ -60,11 +60,18 @@ class RewardModel(nn.Module):
     image and text embeddings, the CLIP similarity's ingredients, as input features.
     """
 
-    def __init__(self, dim: int, hidden: int, n_types: int, width: int, depth: int,
-                 interaction: bool) -> None:
+    def __init__(
+        self, dim: int, hidden: int, n_types: int, width: int, depth: int, interaction: bool
+    ) -> None:
         super().__init__()
-        self.config = {"dim": dim, "hidden": hidden, "n_types": n_types, "width": width,
-                       "depth": depth, "interaction": interaction}
+        self.config = {
+            "dim": dim,
+            "hidden": hidden,
+            "n_types": n_types,
+            "width": width,
+            "depth": depth,
+            "interaction": interaction,
+        }
         in_dim = dim * (3 if interaction else 2)
         self.register_buffer("feat_mean", torch.zeros(in_dim))
         self.register_buffer("feat_std", torch.ones(in_dim))
@@ -114,15 +121,18 @@ def load_reward_model(path: str | Path) -> RewardModel:
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"{path}: reward model (and {meta_path.name}) not found; run "
-                                "fit_pasta first")
+        raise FileNotFoundError(
+            f"{path}: reward model (and {meta_path.name}) not found; run fit_pasta first"
+        )
     cfg = json.loads(meta_path.read_text())["config"]
     state = load_tensors(path)
     stored = tensor_metadata(path).get("config")
     if stored is None or json.loads(stored) != cfg:
-        raise ValueError(f"{path}: the config in its metadata ({stored}) differs from "
-                         f"{meta_path.name}'s ({json.dumps(cfg)}); the two files come from "
-                         "different fits: rerun fit_pasta")
+        raise ValueError(
+            f"{path}: the config in its metadata ({stored}) differs from "
+            f"{meta_path.name}'s ({json.dumps(cfg)}); the two files come from "
+            "different fits: rerun fit_pasta"
+        )
     model = RewardModel(**cfg)
     check_state_shapes(model, state, path)
     model.load_state_dict(state)
@@ -145,8 +155,9 @@ def user_loglik(phi: torch.Tensor, pairs: PairSet) -> torch.Tensor:
 def penalty(model: RewardModel, l2: float) -> torch.Tensor:
     if l2 <= 0:
         return torch.zeros((), dtype=torch.float64)
-    return 0.5 * l2 * sum(p.double().pow(2).sum() for n, p in model.named_parameters()
-                          if p.ndim >= 2)
+    return (
+        0.5 * l2 * sum(p.double().pow(2).sum() for n, p in model.named_parameters() if p.ndim >= 2)
+    )
 
 
 def observed_objective(ll_uk: torch.Tensor, log_pi: torch.Tensor) -> float:
@@ -169,13 +180,22 @@ class EMResult:
         return self.history[-1]["objective"]
 
 
-def fit_em(x_items: torch.Tensor, pairs: PairSet, model: RewardModel, params: dict[str, Any],
-           seed: int, restart: int = 0, progress: bool = True) -> EMResult:
+def fit_em(
+    x_items: torch.Tensor,
+    pairs: PairSet,
+    model: RewardModel,
+    params: dict[str, Any],
+    seed: int,
+    restart: int = 0,
+    progress: bool = True,
+) -> EMResult:
     """EM for the mixture of K Bradley-Terry types over users (see the module docstring)."""
     K = model.n_types
     if pairs.n_users < K:
-        raise ValueError(f"pasta: K={K} user types but only {pairs.n_users} users with training "
-                         "pairs; K must not exceed the number of users")
+        raise ValueError(
+            f"pasta: K={K} user types but only {pairs.n_users} users with training "
+            "pairs; K must not exceed the number of users"
+        )
     l2 = float(params["l2"])
     lr = float(params["lr"])
     m_steps = int(params["m_steps"])
@@ -209,11 +229,22 @@ def fit_em(x_items: torch.Tensor, pairs: PairSet, model: RewardModel, params: di
     m_step(r)
     current, ll = objective_of(model, log_pi)
     r = responsibilities(ll, log_pi)
-    history.append({"restart": restart, "iteration": 0, "objective": current,
-                    "loglik": current + float(penalty(model, l2).detach()), "accepted": True,
-                    "lr": lr})
-    bar = tqdm(range(1, int(params["iterations"]) + 1), desc=f"EM K={K} restart {restart}",
-               disable=not progress, mininterval=5)
+    history.append(
+        {
+            "restart": restart,
+            "iteration": 0,
+            "objective": current,
+            "loglik": current + float(penalty(model, l2).detach()),
+            "accepted": True,
+            "lr": lr,
+        }
+    )
+    bar = tqdm(
+        range(1, int(params["iterations"]) + 1),
+        desc=f"EM K={K} restart {restart}",
+        disable=not progress,
+        mininterval=5,
+    )
     for it in bar:
         new_log_pi = torch.log(r.mean(0).clamp_min(1e-12))
         saved_state = copy.deepcopy(model.state_dict())
@@ -233,10 +264,16 @@ def fit_em(x_items: torch.Tensor, pairs: PairSet, model: RewardModel, params: di
         gain = proposal - current
         current, ll, log_pi = proposal, ll_new, new_log_pi
         r = responsibilities(ll, log_pi)
-        history.append({"restart": restart, "iteration": it, "objective": current,
-                        "loglik": current + float(penalty(model, l2).detach()),
-                        "accepted": bool(accepted),
-                        "lr": lr})
+        history.append(
+            {
+                "restart": restart,
+                "iteration": it,
+                "objective": current,
+                "loglik": current + float(penalty(model, l2).detach()),
+                "accepted": bool(accepted),
+                "lr": lr,
+            }
+        )
         bar.set_postfix(obj=f"{current:.1f}")
         if accepted and gain < float(params["tol"]) * abs(current):
             break
@@ -246,34 +283,54 @@ def fit_em(x_items: torch.Tensor, pairs: PairSet, model: RewardModel, params: di
     return EMResult(model, log_pi, history)
 
 
-def fit_pasta(pairs: PairSet, store: FeatureStore, params: dict[str, Any], n_types: int,
-              seed: int, progress: bool = True) -> tuple[EMResult, list[dict]]:
+def fit_pasta(
+    pairs: PairSet,
+    store: FeatureStore,
+    params: dict[str, Any],
+    n_types: int,
+    seed: int,
+    progress: bool = True,
+) -> tuple[EMResult, list[dict]]:
     """Best of ``restarts`` EM runs (highest final objective), and every run's log rows."""
     if n_types < 1:
         raise ValueError(f"pasta: n_types must be >= 1, got {n_types}")
     if n_types > pairs.n_users:
-        raise ValueError(f"pasta: K={n_types} user types but only {pairs.n_users} users with "
-                         "training pairs; K must not exceed the number of users")
+        raise ValueError(
+            f"pasta: K={n_types} user types but only {pairs.n_users} users with "
+            "training pairs; K must not exceed the number of users"
+        )
     img, txt = pairs.item_features(store)
     bad = ~(torch.isfinite(img).all(1) & torch.isfinite(txt).all(1))
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])
-        raise ValueError(f"pasta: non-finite features for image_uid {str(pairs.item_uid[i])!r} / "
-                         f"caption {str(pairs.item_caption[i])!r} ({int(bad.sum())} items)")
+        raise ValueError(
+            f"pasta: non-finite features for image_uid {str(pairs.item_uid[i])!r} / "
+            f"caption {str(pairs.item_caption[i])!r} ({int(bad.sum())} items)"
+        )
     restarts = 1 if n_types == 1 else int(params["restarts"])
     best: EMResult | None = None
     rows: list[dict] = []
     for restart in range(restarts):
         torch.manual_seed(derive_seed(seed, "pasta", n_types, restart, "model"))
-        model = RewardModel(dim=img.shape[1], hidden=int(params["hidden"]), n_types=n_types,
-                            width=int(params["width"]), depth=int(params["depth"]),
-                            interaction=bool(params["interaction"]))
+        model = RewardModel(
+            dim=img.shape[1],
+            hidden=int(params["hidden"]),
+            n_types=n_types,
+            width=int(params["width"]),
+            depth=int(params["depth"]),
+            interaction=bool(params["interaction"]),
+        )
         x = model.inputs(img, txt)
         model.set_standardisation(x)
         result = fit_em(x, pairs, model, params, seed, restart, progress)
         rows += result.history
-        log.info("pasta K=%d restart %d: objective %.2f after %d iterations", n_types, restart,
-                 result.objective, result.history[-1]["iteration"])
+        log.info(
+            "pasta K=%d restart %d: objective %.2f after %d iterations",
+            n_types,
+            restart,
+            result.objective,
+            result.history[-1]["iteration"],
+        )
         if best is None or result.objective > best.objective:
             best = result
     assert best is not None
@@ -298,19 +355,37 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.time()
     store = FeatureStore.load(args.features)
     pairs = build_pairs(read_split(args.train), store, source=str(args.train))
-    log.info("fit_pasta %s: K=%d, %d users, %d pairs, %d items", args.variant, n_types,
-             pairs.n_users, pairs.n_pairs, len(pairs.item_img))
+    log.info(
+        "fit_pasta %s: K=%d, %d users, %d pairs, %d items",
+        args.variant,
+        n_types,
+        pairs.n_users,
+        pairs.n_pairs,
+        len(pairs.item_img),
+    )
     best, rows = fit_pasta(pairs, store, params, n_types, seed)
-    em = pd.DataFrame(rows, columns=["restart", "iteration", "objective", "loglik", "accepted",
-                                     "lr"])
+    em = pd.DataFrame(
+        rows, columns=["restart", "iteration", "objective", "loglik", "accepted", "lr"]
+    )
     with atomic_path(args.em_log) as tmp:
         em.to_csv(tmp, index=False)
     chosen = int(em.loc[em["objective"].idxmax(), "restart"])
-    meta = {"variant": args.variant, "n_users": pairs.n_users, "n_pairs": pairs.n_pairs,
-            "pi": torch.exp(best.log_pi).tolist(), "objective": best.objective,
-            "chosen_restart": chosen, "restarts": int(em["restart"].nunique()),
-            "fit_seconds": round(time.time() - t0, 2),
-            "stand_in": "small MLP reward heads on the stand-in CLIP features"}
+    meta = {
+        "variant": args.variant,
+        "n_users": pairs.n_users,
+        "n_pairs": pairs.n_pairs,
+        "pi": torch.exp(best.log_pi).tolist(),
+        "objective": best.objective,
+        "chosen_restart": chosen,
+        "restarts": int(em["restart"].nunique()),
+        "fit_seconds": round(time.time() - t0, 2),
+        "stand_in": "small MLP reward heads on the stand-in CLIP features",
+    }
     save_reward_model(best.model, args.model, meta)
-    log.info("fit_pasta %s: objective %.2f, π = %s, %.1fs", args.variant, best.objective,
-             np.round(meta["pi"], 3).tolist(), meta["fit_seconds"])
+    log.info(
+        "fit_pasta %s: objective %.2f, π = %s, %.1fs",
+        args.variant,
+        best.objective,
+        np.round(meta["pi"], 3).tolist(),
+        meta["fit_seconds"],
+    )

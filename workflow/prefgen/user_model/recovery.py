@@ -40,8 +40,16 @@ from prefgen.user_model.pasta import load_reward_model
 
 log = get_logger(__name__)
 
-COLUMNS = ["planted_type", "planted_name", "learned_type", "type_reward_corr",
-           "lambda_corr_matched", "lambda_corr_projected", "user_reward_corr_median", "n_users"]
+COLUMNS = [
+    "planted_type",
+    "planted_name",
+    "learned_type",
+    "type_reward_corr",
+    "lambda_corr_matched",
+    "lambda_corr_projected",
+    "user_reward_corr_median",
+    "n_users",
+]
 
 
 def corr_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -64,8 +72,13 @@ def to_simplex(w: np.ndarray) -> np.ndarray:
     return np.where(s > 0, w / np.where(s > 0, s, 1.0), 1.0 / w.shape[1])
 
 
-def recovery_table(phi: np.ndarray, truth_r: np.ndarray, lam: np.ndarray, lam_true: np.ndarray,
-                   type_names: list[str]) -> pd.DataFrame:
+def recovery_table(
+    phi: np.ndarray,
+    truth_r: np.ndarray,
+    lam: np.ndarray,
+    lam_true: np.ndarray,
+    type_names: list[str],
+) -> pd.DataFrame:
     """The recovery table from item rewards and (already filtered) user weights.
 
     ``phi [I,K]`` learned and ``truth_r [I,K*]`` planted type rewards on the same items;
@@ -88,25 +101,44 @@ def recovery_table(phi: np.ndarray, truth_r: np.ndarray, lam: np.ndarray, lam_tr
     rows = []
     for j in range(K_true):
         sel = dominant == j
-        rows.append({"planted_type": str(j), "planted_name": type_names[j],
-                     "learned_type": str(match[j]) if j in match else "",
-                     "type_reward_corr": float(C[match[j], j]) if j in match else float("nan"),
-                     "lambda_corr_matched": _corr(matched[:, j], lam_true[:, j]),
-                     "lambda_corr_projected": _corr(projected[:, j], lam_true[:, j]),
-                     "user_reward_corr_median": float(np.nanmedian(user_corr[sel]))
-                     if sel.any() else float("nan"),
-                     "n_users": int(sel.sum())})
-    rows.append({"planted_type": "all", "planted_name": "all",
-                 "learned_type": "", "type_reward_corr": float(np.mean(C[rows_l, cols_t])),
-                 "lambda_corr_matched": _corr(matched.ravel(), lam_true.ravel()),
-                 "lambda_corr_projected": _corr(projected.ravel(), lam_true.ravel()),
-                 "user_reward_corr_median": float(np.nanmedian(user_corr)),
-                 "n_users": len(lam)})
+        rows.append(
+            {
+                "planted_type": str(j),
+                "planted_name": type_names[j],
+                "learned_type": str(match[j]) if j in match else "",
+                "type_reward_corr": float(C[match[j], j]) if j in match else float("nan"),
+                "lambda_corr_matched": _corr(matched[:, j], lam_true[:, j]),
+                "lambda_corr_projected": _corr(projected[:, j], lam_true[:, j]),
+                "user_reward_corr_median": float(np.nanmedian(user_corr[sel]))
+                if sel.any()
+                else float("nan"),
+                "n_users": int(sel.sum()),
+            }
+        )
+    rows.append(
+        {
+            "planted_type": "all",
+            "planted_name": "all",
+            "learned_type": "",
+            "type_reward_corr": float(np.mean(C[rows_l, cols_t])),
+            "lambda_corr_matched": _corr(matched.ravel(), lam_true.ravel()),
+            "lambda_corr_projected": _corr(projected.ravel(), lam_true.ravel()),
+            "user_reward_corr_median": float(np.nanmedian(user_corr)),
+            "n_users": len(lam),
+        }
+    )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def compute(features: str | Path, pasta: str | Path, lambdas: str | Path, test_path: str | Path,
-            truth_dir: str | Path, images: str | Path, min_pairs: int) -> pd.DataFrame:
+def compute(
+    features: str | Path,
+    pasta: str | Path,
+    lambdas: str | Path,
+    test_path: str | Path,
+    truth_dir: str | Path,
+    images: str | Path,
+    min_pairs: int,
+) -> pd.DataFrame:
     from prefgen.data.world import load_truth, type_rewards
 
     store = FeatureStore.load(features)
@@ -120,8 +152,10 @@ def compute(features: str | Path, pasta: str | Path, lambdas: str | Path, test_p
     lam_df = read_lambdas(lambdas)
     keep = lam_df[(lam_df["n_pairs"] >= min_pairs) & ~lam_df["fallback"]].index.to_numpy()
     if len(keep) < 3:
-        raise ValueError(f"user-model-recovery: only {len(keep)} users have >= {min_pairs} "
-                         "training pairs; lower preference_accuracy.recovery_min_pairs")
+        raise ValueError(
+            f"user-model-recovery: only {len(keep)} users have >= {min_pairs} "
+            "training pairs; lower preference_accuracy.recovery_min_pairs"
+        )
     lam = lambda_matrix(lam_df, keep, where=str(lambdas))
     return recovery_table(phi, truth_r, lam, truth.lambdas(keep), list(truth.type_names))
 
@@ -138,8 +172,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     params: dict[str, Any] = args.params["preference_accuracy"]
-    table = compute(args.features, args.pasta, args.lambdas, args.test, args.truth, args.images,
-                    int(params["recovery_min_pairs"]))
+    table = compute(
+        args.features,
+        args.pasta,
+        args.lambdas,
+        args.test,
+        args.truth,
+        args.images,
+        int(params["recovery_min_pairs"]),
+    )
     with atomic_path(Path(args.table)) as tmp:
         table.to_csv(tmp, index=False)
     log.info("user model recovery:\n%s", table.to_string(index=False))

@@ -28,8 +28,13 @@ from prefgen.user_model.pasta import RewardModel, load_reward_model
 class UserModelScorer:
     """Scores images for users with the fitted user models (all frozen, CPU by default)."""
 
-    def __init__(self, embedder: ClipEmbedder, pasta: RewardModel, population: RewardModel,
-                 lambdas_path: str | Path) -> None:
+    def __init__(
+        self,
+        embedder: ClipEmbedder,
+        pasta: RewardModel,
+        population: RewardModel,
+        lambdas_path: str | Path,
+    ) -> None:
         self.embedder = embedder
         self.pasta = pasta
         self.population_model = population
@@ -40,13 +45,16 @@ class UserModelScorer:
     def from_run(cls, run_dir: str | Path, batch_size: int = 256) -> UserModelScorer:
         """Load ``models/clip``, ``user_model/{pasta,population}.safetensors``, ``lambda``."""
         run = Path(run_dir)
-        return cls(ClipEmbedder(run / "models" / "clip", batch_size),
-                   load_reward_model(run / "user_model" / "pasta.safetensors"),
-                   load_reward_model(run / "user_model" / "population.safetensors"),
-                   run / "user_model" / "lambda.parquet")
+        return cls(
+            ClipEmbedder(run / "models" / "clip", batch_size),
+            load_reward_model(run / "user_model" / "pasta.safetensors"),
+            load_reward_model(run / "user_model" / "population.safetensors"),
+            run / "user_model" / "lambda.parquet",
+        )
 
-    def embed(self, images: ImageBatch,
-              captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self, images: ImageBatch, captions: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen CLIP embeddings of the images and their captions (one caption per image)."""
         if len(images) != len(captions):
             raise ValueError(f"scorer: {len(images)} images but {len(captions)} captions")
@@ -63,8 +71,9 @@ class UserModelScorer:
         return self.pasta.phi(img, txt).double().numpy()
 
     @torch.no_grad()
-    def pipe(self, images: ImageBatch, captions: Sequence[str],
-             user_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    def pipe(
+        self, images: ImageBatch, captions: Sequence[str], user_ids: Sequence[int] | np.ndarray
+    ) -> np.ndarray:
         """``[N]`` PIPE rewards λ_{u_i}ᵀ φ(c_i, x_i) (error naming a user without a fitted λ)."""
         user_ids = np.asarray(user_ids, dtype=np.int64)
         if len(user_ids) != len(images):
