@@ -73,3 +73,12 @@ def test_the_check_finds_what_it_forbids() -> None:
         assert FORBIDDEN.search(text) or SCRATCH.search(text), text
     for text in ("ranking sessions", "pairs_per_session", "an issue with ties", "/tmp dir"):
         assert not (FORBIDDEN.search(text) or SCRATCH.search(text)), text
+
+
+def test_the_decision_record_and_experiments_are_checked() -> None:
+    """The record is where past work is most tempting to cite by number: it must stay covered."""
+    files = set(product_files())
+    assert REPO / "docs" / "experiments.md" in files
+    assert REPO / "docs" / "decisions" / "README.md" in files
+    entries = sorted((REPO / "docs" / "decisions").glob("[0-9][0-9]-*.md"))
+    assert entries and set(entries) <= files
