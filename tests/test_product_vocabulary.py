@@ -9,7 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 #: what a reader of the repository cannot follow
 FORBIDDEN = re.compile(
-    r"\b[Ii]ssues? #?\d+|\b[Ss]essions? \d+\b|\bDESIGN(\.md)?\s*§|\bDESIGN\.md\b|\.\./shared/"
+    r"\b[Ii]ssues? #?\d+|\b[Ss]essions? \d+\b|\b[Ff]ollow-ups? \d+\b|\bDESIGN(\.md)?\s*§"
+    r"|\bDESIGN\.md\b|\.\./shared/"
 )
 #: scratch folders cited as evidence (a runtime default such as the test cluster's state
 #: directory in a script is a path the code uses, not a citation)
@@ -65,6 +66,7 @@ def test_the_check_finds_what_it_forbids() -> None:
     for text in (
         "see issue 4",
         "Session 8 gave",
+        "levers tried in follow-up 2",
         "DESIGN §5",
         "(DESIGN.md)",
         "../shared/x",

@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> None:
             "kind) on seen users x prompts, one seed per prompt shared by all users. Mean with a "
             "two-way (users x prompts) bootstrap CI. Premier modulates FLUX MM-DiT; here its "
             "directions are added to the text tokens of each cross-attention layer of our "
-            f"SDXL-architecture {p['scale']} stand-in (docs/decisions.md)."
+            f"SDXL-architecture {p['scale']} stand-in (docs/decisions/25-premier-unet-host.md)."
         ),
     )
     log.info(

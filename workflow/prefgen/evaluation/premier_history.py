@@ -263,8 +263,8 @@ def run_history(args: argparse.Namespace) -> None:
             "base denoising loss - the arm's, on liked images not used for fitting (higher = "
             "better); oracle_gain_vs_base = true reward of samples minus the base model's (same "
             "seeds). Mean with two-way bootstrap CI. Premier's FLUX MM-DiT modulation is applied "
-            "to "
-            f"the text tokens of our SDXL-architecture {p['scale']} stand-in (docs/decisions.md)."
+            f"to the text tokens of our SDXL-architecture {p['scale']} stand-in "
+            "(docs/decisions/25-premier-unet-host.md)."
         ),
     )
     log.info(

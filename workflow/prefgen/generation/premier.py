@@ -6,7 +6,8 @@ distinct per block, added to each token's modulation vector. Our base model is a
 SDXL-architecture UNet, whose text tokens enter only through the cross-attention layers, so we
 add the directions to the text states each cross-attention layer sees (before its ``to_k`` /
 ``to_v``): ``c_k = c + Δ_shared + Δ_k`` for cross-attention layer ``k``. That is the same
-token-wise, per-block steering of the conditioning, on our architecture (docs/decisions.md).
+token-wise, per-block steering of the conditioning, on our architecture
+(docs/decisions/25-premier-unet-host.md).
 
 Pieces, each testable alone:
 - :class:`PreferenceAdapter`: text tokens are the queries, the user's tokens the keys/values
