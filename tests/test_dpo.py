@@ -12,7 +12,8 @@ import math
 
 import pytest
 import torch
-from prefgen.generation.dpo import diffusion_dpo_loss, per_sample_mse
+from prefgen.generation.denoising import per_sample_mse
+from prefgen.generation.dpo import diffusion_dpo_loss
 
 
 def test_equal_model_and_reference_give_log2_and_half_accuracy() -> None:

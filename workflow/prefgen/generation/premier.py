@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prefgen.embeddings.premier import UserEmbeddingTable
 from prefgen.generation.adapters import Conditioning, UserBatch, UserEmbeddings
+from prefgen.generation.denoising import noisy_and_target, per_sample_mse
 
 
 @dataclass(frozen=True)
@@ -298,9 +298,9 @@ def denoising_loss(
 
     Premier trains on a user's preference history with the generative loss (flow matching on
     FLUX); our base is a DDPM-trained SDXL-architecture UNet, so the same role is played by its
-    ε/v-prediction loss. ``user_tokens`` None = the base model.
+    ε/v-prediction loss (``generation/denoising.py``). ``user_tokens`` None = the base model.
     """
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noisy, target = noisy_and_target(scheduler, latents, noise, timesteps)
     extra = None if user_tokens is None else {USERS_KEY: user_tokens}
     pred = unet(
         noisy,
@@ -309,14 +309,7 @@ def denoising_loss(
         added_cond_kwargs=added_cond,
         cross_attention_kwargs=extra,
     ).sample
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ValueError(f"unsupported scheduler prediction_type {kind!r}")
-    return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return per_sample_mse(pred, target)
 
 
 # --- the trainer/sampler plug-in -------------------------------------------------------------

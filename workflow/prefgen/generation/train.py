@@ -50,7 +50,8 @@ from prefgen.generation.adapters import (
     UserEmbeddings,
     build_conditioning,
 )
-from prefgen.generation.dpo import diffusion_dpo_loss, per_sample_mse
+from prefgen.generation.denoising import noisy_and_target, per_sample_mse
+from prefgen.generation.dpo import diffusion_dpo_loss
 from prefgen.generation.pairs import cache_rows, training_pairs
 
 log = get_logger(__name__)
@@ -186,19 +187,19 @@ class DPOModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """``(model prediction, reference prediction, target)`` for the method's objective:
         winners then losers for ``dpo``; the preferred images only and no reference for
-        ``denoise``."""
+        ``denoise``. The target is ε or v, per the scheduler (``generation/denoising.py``)."""
         if self.cond.objective == "denoise":
-            noisy = self.noise_scheduler.add_noise(x_w, noise, t)
+            noisy, target = noisy_and_target(self.noise_scheduler, x_w, noise, t)
             pred = self.unet(noisy, t, **self.cond.unet_inputs(users, train=True)).sample
-            return pred, None, noise
+            return pred, None, target
         x0 = torch.cat([x_w, x_l])
         noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])  # a pair shares noise and t
-        noisy = self.noise_scheduler.add_noise(x0, noise2, t2)
+        noisy, target = noisy_and_target(self.noise_scheduler, x0, noise2, t2)
         both = users.repeat(2)
         with torch.no_grad(), self.cond.reference():
             ref = self.unet(noisy, t2, **self.cond.unet_inputs(both, train=True)).sample
         pred = self.unet(noisy, t2, **self.cond.unet_inputs(both, train=True)).sample
-        return pred, ref, noise2
+        return pred, ref, target
 
 
 def objective_loss(
