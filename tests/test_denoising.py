@@ -73,3 +73,24 @@ def test_an_unsupported_prediction_type_is_named() -> None:
     latents, noise, t = _draws()
     with pytest.raises(ValueError, match="'sample'"):
         noisy_and_target(sched, latents, noise, t)
+
+
+@pytest.mark.parametrize(("warmup", "start"), [(7, 0), (7, 4), (7, 9), (0, 0), (1, 3)])
+def test_trainer_lr_warms_up_linearly_then_stays_and_resumes_mid_schedule(
+    warmup: int, start: int
+) -> None:
+    from prefgen.generation.train import warmup_schedule
+
+    lr, steps = 3e-4, 12
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([param], lr=lr)
+    opt.param_groups[0]["lr"] = 123.0  # a resumed optimizer carries some mid-run lr
+    sched = warmup_schedule(opt, lr, warmup, start)
+    seen = []
+    for _ in range(start + 1, steps + 1):
+        seen.append(opt.param_groups[0]["lr"])
+        param.grad = torch.ones(3)
+        opt.step()
+        sched.step()
+    expected = [lr * min(1.0, s / max(1, warmup)) for s in range(start + 1, steps + 1)]
+    assert seen == expected

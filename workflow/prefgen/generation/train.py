@@ -321,6 +321,20 @@ def load_checkpoint(
 
 
 # --- the loop --------------------------------------------------------------------------------
+def warmup_schedule(
+    opt: torch.optim.Optimizer, lr: float, warmup: int, start: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """diffusers' ``constant_with_warmup`` schedule (linear warm-up over ``warmup`` steps, then
+    ``lr``), positioned so that step ``start + 1`` trains at ``lr * min(1, (start + 1) / warmup)``:
+    steps count from 1, and a run resumed at ``start`` continues the schedule. Call ``.step()``
+    after each training step."""
+    from diffusers.optimization import get_scheduler
+
+    for group in opt.param_groups:
+        group["initial_lr"] = lr  # the schedule's base; a resumed optimizer's lr is mid-schedule
+    return get_scheduler("constant_with_warmup", opt, num_warmup_steps=warmup, last_epoch=start)
+
+
 def trackers(log_with: list[str], log_dir: str | Path | None) -> list[str]:
     """accelerate trackers for ``train.log_with`` (none without a log folder); a tracker whose
     package is missing is an error naming the key, never a silently empty dashboard."""
@@ -417,6 +431,7 @@ def train(
             for old in out_dir.glob("checkpoint-*"):
                 shutil.rmtree(old)
     acc.wait_for_everyone()
+    schedule_lr = warmup_schedule(opt, float(cfg["lr"]), int(cfg["warmup_steps"]), start)
     model, opt = acc.prepare(model, opt)
     global_batch = int(cfg["batch_size"])
     schedule = BatchSchedule(
@@ -427,7 +442,7 @@ def train(
         int(pipe.scheduler.config.num_train_timesteps),
     )
     steps, every = int(cfg["steps"]), int(cfg["checkpoint_every"])
-    beta, lr, warmup = float(cfg["beta"]), float(cfg["lr"]), int(cfg["warmup_steps"])
+    beta, lr = float(cfg["beta"]), float(cfg["lr"])
     weight_dtype = torch.float32
     log.info(
         "%s: %d pairs, %d steps x %d pairs (%d processes, accumulation %d), beta %g, lr %g",
@@ -448,8 +463,6 @@ def train(
         mininterval=5,
         disable=not acc.is_local_main_process,
     ):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, step / max(1, warmup))
         logs: list[dict[str, float]] = []
         for k in range(accum):
             micro = (step - 1) * accum + k
@@ -478,6 +491,7 @@ def train(
             if acc.is_main_process:
                 save_checkpoint(out_dir, step, acc.unwrap_model(model).cond, opt, fp, history)
             acc.wait_for_everyone()
+        schedule_lr.step()
     elapsed = time.perf_counter() - t0
     if log_with:
         acc.end_training()
