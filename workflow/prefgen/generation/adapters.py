@@ -46,7 +46,7 @@ DIFFUSERS_IP_FILE = "ip_adapter.safetensors"
 #: conditioning name (``train.methods.<m>.conditioning``) -> "module:Class".
 CONDITIONINGS: dict[str, str] = {
     "ip_adapter": "prefgen.generation.adapters:IPAdapterConditioning",
-    "premier": "prefgen.generation.premier:PremierConditioning",
+    "premier": "prefgen.premier.modulation:PremierConditioning",
 }
 
 

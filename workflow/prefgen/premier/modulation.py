@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from prefgen.embeddings.premier import UserEmbeddingTable
 from prefgen.generation.adapters import Conditioning, UserBatch, UserEmbeddings
 from prefgen.generation.denoising import noisy_and_target, per_sample_mse
+from prefgen.premier.user_tokens import UserEmbeddingTable
 
 
 @dataclass(frozen=True)
@@ -571,8 +571,8 @@ def fit_new_users(
 
     The UNet and both preference adapters are frozen here (``requires_grad`` off for the
     duration, restored after), so the only numbers that move are ``embed``'s: the combination
-    weights of :class:`~prefgen.embeddings.premier.CombinationEmbedding` or the free tensor of a
-    :class:`~prefgen.embeddings.premier.UserEmbeddingTable`. Returns the loss curve.
+    weights of :class:`~prefgen.premier.user_tokens.CombinationEmbedding` or the free tensor of a
+    :class:`~prefgen.premier.user_tokens.UserEmbeddingTable`. Returns the loss curve.
     """
     params = [p for p in embed.parameters() if p.requires_grad]
     if not params:

@@ -26,9 +26,9 @@ import torch
 from prefgen.core.io import save_tensors
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed, training_seed
-from prefgen.embeddings.premier import bytes_per_user
 from prefgen.generation.pairs import training_pairs
-from prefgen.generation.premier import OPTIONS_KEY
+from prefgen.premier.modulation import OPTIONS_KEY
+from prefgen.premier.user_tokens import bytes_per_user
 
 log = get_logger(__name__)
 
