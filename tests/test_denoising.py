@@ -79,7 +79,7 @@ def test_an_unsupported_prediction_type_is_named() -> None:
 def test_trainer_lr_warms_up_linearly_then_stays_and_resumes_mid_schedule(
     warmup: int, start: int
 ) -> None:
-    from prefgen.generation.train import warmup_schedule
+    from prefgen.generation.train_adapter import warmup_schedule
 
     lr, steps = 3e-4, 12
     param = torch.nn.Parameter(torch.zeros(3))

@@ -396,8 +396,8 @@ def test_conditioning_is_built_from_its_init_file(tmp_path) -> None:
 
 
 def test_shared_trainer_trains_premier_with_the_denoising_objective(tmp_path) -> None:
-    """The real trainer loop (prefgen.generation.train) on a tiny pipeline."""
-    from prefgen.generation import train
+    """The real trainer loop (prefgen.generation.train_adapter) on a tiny pipeline."""
+    from prefgen.generation import train_adapter as train
     from prefgen.generation.models import build_tiny_sdxl
 
     cfg = {

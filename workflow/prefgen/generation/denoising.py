@@ -1,7 +1,7 @@
 """The one denoising objective: what the UNet is trained to predict, and how far off it is.
 
 Used by every trainer of the study: the stand-in foundation (``generation/foundation.py``), the
-Diffusion-DPO adapter trainer (``generation/train.py``, through ``generation/dpo.py``)
+Diffusion-DPO adapter trainer (``generation/train_adapter.py``, through ``generation/dpo.py``)
 and Premier (``premier/modulation.py``: its denoising loss on liked images, stage 2 and the
 held-out loss of its analyses). The target follows the scheduler's ``prediction_type``, as
 diffusers' training scripts do:

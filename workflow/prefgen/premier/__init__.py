@@ -6,5 +6,5 @@ the trainer/sampler plug-in ``PremierConditioning`` and stage 2's fitting), ``us
 rule: ``premier_init`` (``prefgen premier-init``), ``premier_new_users`` (``prefgen
 premier-new-users``: stage 2), ``premier_history`` and ``premier_ablation`` (the analysis
 tables). ``train_premier`` and ``sample_premier`` run the shared trainer and sampler
-(``prefgen.generation.train``, ``prefgen.generation.sample``) with this plug-in.
+(``prefgen.generation.train_adapter``, ``prefgen.generation.sample``) with this plug-in.
 """

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from prefgen.core.io import atomic_dir, load_tensors, save_tensors, write_json, write_parquet
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed
+from prefgen.generation.adapter_pairs import cache_rows, training_pairs
 from prefgen.generation.adapters import (
     DIFFUSERS_IP_FILE,
     Conditioning,
@@ -52,7 +53,6 @@ from prefgen.generation.adapters import (
 )
 from prefgen.generation.denoising import noisy_and_target, per_sample_mse
 from prefgen.generation.dpo import diffusion_dpo_loss
-from prefgen.generation.pairs import cache_rows, training_pairs
 
 log = get_logger(__name__)
 

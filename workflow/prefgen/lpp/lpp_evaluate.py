@@ -48,7 +48,7 @@ from prefgen.lpp.data import (
     read_references,
 )
 from prefgen.lpp.model import LPPModel, preference
-from prefgen.lpp.train import load_model
+from prefgen.lpp.train_lpp import load_model
 
 log = get_logger(__name__)
 
