@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 from prefgen.cli import main as prefgen_main
-from prefgen.data.world import load_truth, oracle_reward
+from prefgen.data.truth import load_truth, oracle_reward
 from prefgen.evaluation import external_judges as ext
 from prefgen.evaluation.judge_registry import CORE_JUDGES, build_judges, registry
 from prefgen.evaluation.judge_types import JudgeContext, checked_scores, group_by_caption

@@ -14,18 +14,15 @@ pairs, most a handful.
 
 Outputs: shards with exactly the Pick-a-Pic v2 columns (``pickapic_schema``), and ``truth/``
 (``world.json``: attributes, standardization, type weights, temperature, tie threshold,
-vocabularies; ``users.parquet``: lambda*_u per user). ``oracle_reward`` scores any RGB images for
-any world user with their true taste: the physical limit of every user model and the judge that
-knows the answer for generated images.
+vocabularies; ``users.parquet``: lambda*_u per user). Reading the truth back and scoring images
+with it (``load_truth``, ``type_rewards``, ``oracle_reward``) is :mod:`prefgen.data.truth`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm import tqdm
 
 from prefgen.core.io import atomic_dir, write_json, write_parquet
@@ -87,89 +83,6 @@ URL_PREFIX = "https://synthetic.prefgen.invalid/images/"
 RENDER_CHUNK = 4096  # fixed, so the pixel-noise streams do not depend on machine or config
 EPOCH_START = np.datetime64("2023-04-01T00:00:00", "ns")
 EPOCH_DAYS = 150
-
-
-# --- ground truth ---------------------------------------------------------------------------
-@dataclass
-class Truth:
-    """The world's answer key, as loaded from ``data/truth/``."""
-
-    attributes: list[str]
-    attr_mean: np.ndarray  # [A]
-    attr_std: np.ndarray  # [A]
-    type_names: list[str]
-    weights: np.ndarray  # [K, A] reward weights over standardized attributes
-    temperature: float
-    tie_threshold: float
-    users: pd.DataFrame  # index user_id; lambda_true_0..K-1, dominant_type, n_pairs, is_pure
-    meta: dict[str, Any]
-
-    @property
-    def n_types(self) -> int:
-        return len(self.type_names)
-
-    def lambdas(self, user_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """``[N, K]`` true mixture weights of the given users (error naming any unknown id)."""
-        ids = np.asarray(user_ids, dtype=np.int64)
-        known = self.users.index.to_numpy()
-        missing = np.setdiff1d(ids, known)
-        if len(missing):
-            raise KeyError(
-                f"user_id(s) not in the world's truth (users.parquet): "
-                f"{missing[:10].tolist()}{' ...' if len(missing) > 10 else ''}"
-            )
-        cols = [f"lambda_true_{k}" for k in range(self.n_types)]
-        return self.users.loc[ids, cols].to_numpy(dtype=np.float64)
-
-
-def load_truth(truth_dir: str | Path) -> Truth:
-    """Read ``world.json`` and ``users.parquet`` from a world's ``data/truth/`` directory."""
-    truth_dir = Path(truth_dir)
-    for name in ("world.json", "users.parquet"):
-        if not (truth_dir / name).exists():
-            raise FileNotFoundError(
-                f"{truth_dir / name}: missing; is {truth_dir} a world's "
-                "data/truth/ directory (written by `prefgen world`)?"
-            )
-    meta = json.loads((truth_dir / "world.json").read_text())
-    users = pd.read_parquet(truth_dir / "users.parquet").set_index("user_id")
-    attrs = list(meta["attributes"])
-    return Truth(
-        attributes=attrs,
-        attr_mean=np.array([meta["attribute_mean"][a] for a in attrs]),
-        attr_std=np.array([meta["attribute_std"][a] for a in attrs]),
-        type_names=[t["name"] for t in meta["types"]],
-        weights=np.array([[t["weights"][a] for a in attrs] for t in meta["types"]]),
-        temperature=float(meta["temperature"]),
-        tie_threshold=float(meta["tie_threshold"]),
-        users=users,
-        meta=meta,
-    )
-
-
-def standardize(attrs: pd.DataFrame, truth: Truth) -> np.ndarray:
-    """``[N, A]`` z-scores with the world's statistics; an unmeasurable value counts as average."""
-    z = (attrs[truth.attributes].to_numpy(np.float64) - truth.attr_mean) / truth.attr_std
-    return np.nan_to_num(z, nan=0.0)
-
-
-def type_rewards(
-    images: np.ndarray | Sequence[Image.Image], captions: Sequence[str], truth: Truth
-) -> np.ndarray:
-    """``[N, K*]`` reward of each image under each planted type (pixels + caption only)."""
-    return standardize(measure_attributes(images, captions), truth) @ truth.weights.T
-
-
-def oracle_reward(
-    images: np.ndarray | Sequence[Image.Image],
-    captions: Sequence[str],
-    user_ids: Sequence[int] | np.ndarray,
-    truth: Truth,
-) -> np.ndarray:
-    """``[N]`` each user's true reward ``lambda*_u . r(x, c)`` of their image: the oracle judge."""
-    if len(user_ids) != len(captions):
-        raise ValueError(f"oracle_reward: {len(captions)} captions but {len(user_ids)} user_ids")
-    return np.einsum("nk,nk->n", type_rewards(images, captions, truth), truth.lambdas(user_ids))
 
 
 # --- prompts --------------------------------------------------------------------------------
@@ -670,11 +583,4 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
-__all__ = [
-    "Truth",
-    "load_truth",
-    "measure_attributes",
-    "oracle_reward",
-    "type_rewards",
-    "build_world",
-]
+__all__ = ["build_world", "write_shards"]

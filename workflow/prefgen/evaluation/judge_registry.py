@@ -9,7 +9,7 @@ with it). What a judge is (``Judge``, ``JudgeSpec``, ``JudgeContext``) is define
 Core judges run in the core environment:
 
 - ``oracle``: the user's true reward ``lambda*_u . r(x, c)`` (synthetic world only, from
-  ``data/truth/``; ``prefgen.data.world.oracle_reward``);
+  ``data/truth/``; ``prefgen.data.truth.oracle_reward``);
 - ``pipe``: the PIPE user model ``lambda_u^T phi(c, x)``;
 - ``population``: the K=1 reward model (the PickScore analogue);
 - ``clip_score``: text-image similarity of the run's CLIP.
@@ -34,7 +34,7 @@ from prefgen.evaluation.judge_types import (
 
 # --- core judges ----------------------------------------------------------------------------
 def _oracle(ctx: JudgeContext) -> Judge:
-    from prefgen.data.world import load_truth, oracle_reward
+    from prefgen.data.truth import load_truth, oracle_reward
 
     if ctx.truth_dir is None:
         raise ValueError(

@@ -199,7 +199,7 @@ def user_model_scores(
 
 
 def oracle_scores(items: pd.DataFrame, bank: ImageBank, truth_dir: str) -> np.ndarray:
-    from prefgen.data.world import load_truth, oracle_reward
+    from prefgen.data.truth import load_truth, oracle_reward
 
     truth = load_truth(truth_dir)
     return oracle_reward(

@@ -175,7 +175,7 @@ def run_history(args: argparse.Namespace) -> None:
                 )
 
     if args.truth and int(cfg["prompts"]) > 0:
-        from prefgen.data.world import load_truth, oracle_reward
+        from prefgen.data.truth import load_truth, oracle_reward
 
         truth = load_truth(args.truth)
         prompts = (

@@ -201,7 +201,7 @@ def evaluate(
         "best_type": correct_from_margin(dphi[np.arange(test.n_pairs), k_best[test.user]]),
     }
     if truth_dir is not None:
-        from prefgen.data.world import load_truth, oracle_reward
+        from prefgen.data.truth import load_truth, oracle_reward
 
         truth = load_truth(truth_dir)
         pix = load_images(images, test.item_uid)
