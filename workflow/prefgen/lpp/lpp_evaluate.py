@@ -66,7 +66,6 @@ COLUMNS = [
 ]
 #: (kind, k) cells of the table: LPP Tab. 1 (1v1 top-1) and Tab. 3 (1v3 top-1, top-2).
 CELLS = [("1v1", 1), ("1v3", 1), ("1v3", 2)]
-BASELINES = ["pipe", "population", "clip_score", "oracle"]
 
 
 # --- LPP scores ----------------------------------------------------------------------------------

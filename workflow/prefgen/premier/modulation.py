@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,9 +56,6 @@ class PremierSpec:
     adapter_layers: int  #: cross-attention blocks per adapter (Premier: 3)
     adapter_heads: int
     out_init_std: float = 1e-3  #: init std of the output layer (small: starts near the base)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class _CrossBlock(nn.Module):
@@ -201,7 +198,6 @@ class PremierController:
         self.unet = unet
         self.modulator = modulator
         self.state = PremierState()
-        self.block_names = names
         self._original = dict(unet.attn_processors)
         procs = dict(self._original)
         for i, name in enumerate(names):

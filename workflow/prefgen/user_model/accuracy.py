@@ -39,7 +39,6 @@ from prefgen.user_model.pasta import load_reward_model, user_loglik
 
 log = get_logger(__name__)
 
-METHODS = ("pipe", "population", "mean_lambda", "best_type", "oracle")
 COLUMNS = ["method", "split", "n_users", "n_pairs", "accuracy", "ci_low", "ci_high"]
 
 

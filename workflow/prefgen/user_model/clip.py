@@ -127,10 +127,6 @@ def load_clip(folder: str | Path, device: str = "cpu") -> tuple[torch.nn.Module,
     return model, preprocess, tokenizer
 
 
-def clip_metadata(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / CONFIG_NAME).read_text())
-
-
 # --------------------------------------------------------------------------- pixels and embeddings
 def pixel_tensor(
     images: ImageBatch, preprocess: Any, preprocess_cfg: dict[str, Any]
