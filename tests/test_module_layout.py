@@ -116,3 +116,21 @@ def test_the_package_has_no_import_cycle() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_architecture_table_names_each_commands_module() -> None:
+    """docs/architecture.md's rule → module tables name, for every rule, the module that
+    ``prefgen.cli.COMMANDS`` runs; every workflow command is in them."""
+    import re
+
+    from prefgen.cli import COMMANDS, READER_COMMANDS
+
+    doc = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| `(\w+)`[^|]*\| `([a-z-]+)` → `([\w/]+\.py)`", doc, flags=re.M)
+    assert len(rows) > 30
+    for rule, command, path in rows:
+        assert command in COMMANDS, f"rule {rule}: unknown command {command}"
+        module = COMMANDS[command].removeprefix("prefgen.").replace(".", "/") + ".py"
+        assert path == module, f"rule {rule}: the table says {path}, the CLI runs {module}"
+        assert (PACKAGE / path).exists(), path
+    assert set(COMMANDS) - READER_COMMANDS <= {c for _, c, _ in rows}
