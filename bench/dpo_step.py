@@ -95,7 +95,7 @@ def worker(
         load_denoiser,
         load_pipeline,
     )
-    from prefgen.generation.train import DPOModel
+    from prefgen.generation.train_adapter import DPOModel
 
     torch.set_num_threads(1)
     tcfg = load_config(config)["train"]

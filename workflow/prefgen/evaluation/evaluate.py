@@ -260,7 +260,7 @@ def grid_types(
     if grid["types_from"] == "truth":
         if not args.truth:
             raise ConfigError("evaluate.grid.types_from='truth' needs --truth (synthetic world)")
-        from prefgen.data.world import load_truth
+        from prefgen.data.truth import load_truth
 
         truth = load_truth(args.truth)
         truth_users, names = truth.users.reset_index(), truth.type_names
