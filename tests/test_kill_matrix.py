@@ -1,7 +1,7 @@
 """Kill anywhere, rerun, same result: the CI share of the kill matrix (tests/faults/kill_matrix.py,
 the whole matrix is `make kill-matrix`).
 
-On a copy of the session's finished smoke run, one `train_adapter` job (it resumes from its
+On a copy of the finished smoke run (the e2e tests' `smoke_run`), one `train_adapter` job (it resumes from its
 checkpoints) and one `judge` job are forced to run again and SIGKILLed at a seeded moment; the
 rerun a user would make completes without manual cleanup, every table except the measured wall
 seconds is byte-identical to the uninterrupted run's, and the rerun's bundle verifies.

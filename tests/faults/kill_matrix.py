@@ -95,6 +95,8 @@ DEFAULT_SCOPE = {
 }
 #: rules whose jobs write checkpoints and resume from the last one (prefgen.generation.train)
 TRAINERS = ("train_adapter", "train_premier")
+#: copies tried per case when the job ends before its kill moment (each halves the moment)
+MAX_TRIES = 3
 RESUMED = re.compile(r"resuming from \S*checkpoint-(\d+) \(step (\d+)\)")
 #: tqdm's progress in a trainer's log: "train pipe:  50%|...| 6/12 [..."
 PROGRESS = re.compile(r"(\d+)/(\d+) \[")
@@ -289,36 +291,21 @@ def table_paths(workdir: Path, run: str) -> list[str]:
     ]
 
 
-def run_case(ref: Path, root: Path, rule: str, mode: str, scope: str, seed: int, log) -> Case:
-    run = run_name(ref)
-    job = pick_job(metadata_jobs(ref), rule)
-    forced = sorted(job.outputs)[0]
-    rng = random.Random(f"{seed}:{rule}:{mode}")
-    case = Case(
-        rule=rule,
-        mode=mode,
-        scope=scope,
-        seed=seed,
-        forced=forced,
-        reference_seconds=round(job.seconds, 1),
-        kill_fraction=round(rng.uniform(0.1, 0.8), 3),
-    )
-    case_dir = root / "cases" / f"{rule}-{mode}"
+def attempt(
+    case: Case, job: Job, ref: Path, case_dir: Path, command: list[str], forced: str, log_dir: Path
+) -> None:
+    """Copy the reference, start the forced command, kill the job at its moment (or not, if it
+    ended first); fills the kill fields of ``case``."""
     shutil.rmtree(case_dir, ignore_errors=True)
     shutil.copytree(ref, case_dir, symlinks=True)
-    if rule in TRAINERS and out_folder(job) is not None:
+    if case.rule in TRAINERS and out_folder(job) is not None:
         # the copy holds the reference's checkpoints (undeclared outputs): without them the
         # forced job trains from the start, as the job did the first time
         for old in (case_dir / out_folder(job)).glob("checkpoint-*"):
             shutil.rmtree(old)
-    targets = ["all"] if scope == "dependants" else sorted(job.outputs)
-    command = snakemake_cmd(*targets)
-    log_dir = root / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-
     # 1. the interrupted attempt
     t0 = time.time()
-    with open(log_dir / f"{rule}-{mode}.attempt.log", "w") as out:
+    with open(log_dir / f"{case.rule}-{case.mode}.attempt.log", "w") as out:
         snake = subprocess.Popen(
             [*command, "--forcerun", forced],
             cwd=case_dir,
@@ -337,7 +324,11 @@ def run_case(ref: Path, root: Path, rule: str, mode: str, scope: str, seed: int,
         started = time.time()
         while snake.poll() is None and time.time() - started < delay:
             time.sleep(0.02)
-        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
         if snake.poll() is None and alive:
             case.kill_seconds = round(time.time() - started, 1)
             case.checkpoints_at_kill = (
@@ -346,9 +337,9 @@ def run_case(ref: Path, root: Path, rule: str, mode: str, scope: str, seed: int,
             logfile = case_dir / job.log
             if logfile.exists():
                 steps = PROGRESS.findall(logfile.read_text(errors="replace"))
-                if steps and rule in TRAINERS:
+                if steps and case.rule in TRAINERS:
                     case.step_at_kill = f"{steps[-1][0]}/{steps[-1][1]}"
-            if mode == "node":
+            if case.mode == "node":
                 os.killpg(snake.pid, signal.SIGKILL)
             else:
                 for p in alive:
@@ -358,10 +349,42 @@ def run_case(ref: Path, root: Path, rule: str, mode: str, scope: str, seed: int,
         snake.wait()
     case.attempt_exit = snake.returncode
     case.attempt_wall = round(time.time() - t0, 1)
+
+
+def run_case(ref: Path, root: Path, rule: str, mode: str, scope: str, seed: int, log) -> Case:
+    run = run_name(ref)
+    job = pick_job(metadata_jobs(ref), rule)
+    forced = sorted(job.outputs)[0]
+    rng = random.Random(f"{seed}:{rule}:{mode}")
+    case = Case(
+        rule=rule,
+        mode=mode,
+        scope=scope,
+        seed=seed,
+        forced=forced,
+        reference_seconds=round(job.seconds, 1),
+        kill_fraction=round(rng.uniform(0.1, 0.8), 3),
+    )
+    case_dir = root / "cases" / f"{rule}-{mode}"
+    targets = ["all"] if scope == "dependants" else sorted(job.outputs)
+    command = snakemake_cmd(*targets)
+    log_dir = root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    drawn = case.kill_fraction
+    # the job may run faster than in the reference (another load on the machine): a job that
+    # ends before its kill moment is tried again on a fresh copy with the moment halved
+    for tries in range(MAX_TRIES):
+        case.kill_fraction = round(drawn * 0.5**tries, 3)
+        attempt(case, job, ref, case_dir, command, forced, log_dir)
+        if case.killed:
+            break
+        log(f"{rule}/{mode}: the job ended before {case.kill_fraction} of its reference time")
     if not case.killed:
-        case.note = "the job ended before the kill moment; not killed"
+        case.note = f"the job ended before the kill moment {MAX_TRIES} times; not killed"
         log(f"{rule}/{mode}: {case.note}")
         return case
+    if tries:
+        case.note = f"killed on try {tries + 1} (moment halved {tries}x)"
 
     # 2. the rerun a user would make
     t0 = time.time()
@@ -461,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         help="dependants: rerun the job and everything after it, compare tables/; outputs: "
         "the job alone, compare its outputs; default: DEFAULT_SCOPE per rule",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the finished cases of root/matrix.json (same seed) and run only the others",
+    )
     args = parser.parse_args(argv)
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -477,18 +505,34 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(r, "job") for r in args.rules if "job" in args.modes]
     node_rules = args.rules if args.node_rules is None else args.node_rules
     plan += [(r, "node") for r in node_rules if "node" in args.modes]
-    cases = run_matrix(ref, root, plan, args.seed, args.scope, log)
+    kept = []
+    if args.keep and (root / "matrix.json").exists():
+        kept = [
+            Case(**c)
+            for c in json.loads((root / "matrix.json").read_text())
+            if c["killed"] and c["seed"] == args.seed
+        ]
+        done = {(c.rule, c.mode) for c in kept}
+        plan = [case for case in plan if case not in done]
+        log(f"kept {sorted(done)} from {root / 'matrix.json'}")
+    cases = run_matrix(ref, root, plan, args.seed, args.scope, log, kept)
     print(markdown(cases))
     failed = [c for c in cases if c.killed and not c.identical]
     return 1 if failed else 0
 
 
 def run_matrix(
-    ref: Path, root: Path, plan: list[tuple[str, str]], seed: int, scope: str = "default", log=print
+    ref: Path,
+    root: Path,
+    plan: list[tuple[str, str]],
+    seed: int,
+    scope: str = "default",
+    log=print,
+    kept: list[Case] | None = None,
 ) -> list[Case]:
     """Run each (rule, mode) case on copies of the finished reference folder ``ref``; the table
-    so far is rewritten after every case (``root/matrix.{md,json}``)."""
-    cases: list[Case] = []
+    so far (``kept`` cases first) is rewritten after every case (``root/matrix.{md,json}``)."""
+    cases: list[Case] = list(kept or [])
     for rule, mode in plan:
         chosen = DEFAULT_SCOPE.get(rule, "dependants") if scope == "default" else scope
         case = run_case(ref, root, rule, mode, chosen, seed, log)
