@@ -1,10 +1,11 @@
 """Kill anywhere, rerun, same result: the CI share of the kill matrix (tests/faults/kill_matrix.py,
 the whole matrix is `make kill-matrix`).
 
-On a copy of the finished smoke run (the e2e tests' `smoke_run`), one `train_adapter` job (it resumes from its
-checkpoints) and one `judge` job are forced to run again and SIGKILLed at a seeded moment; the
-rerun a user would make completes without manual cleanup, every table except the measured wall
-seconds is byte-identical to the uninterrupted run's, and the rerun's bundle verifies.
+On a copy of the finished smoke run (the e2e tests' `smoke_run`), one `train_adapter` job (it
+resumes from its checkpoints) and one `judge` job are forced to run again and SIGKILLed at a
+seeded moment; the rerun a user would make completes without manual cleanup, every table except
+the measured wall seconds is byte-identical to the uninterrupted run's, and the rerun's bundle
+verifies.
 """
 
 from __future__ import annotations

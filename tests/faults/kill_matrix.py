@@ -14,9 +14,13 @@ rule is forced to run again (``--forcerun <one of its outputs>``):
      outputs and exits non-zero;
    - ``node``: Snakemake's process group, Snakemake and every job with it, as on a node death;
      Snakemake's lock and incomplete-output markers stay behind;
-2. it reruns what the README tells a user to run after such a stop: the same command (without
-   the harness's ``--forcerun``); after a ``node`` kill first ``snakemake --unlock`` and then
-   the same command with ``--rerun-incomplete`` (README "When a run is killed");
+2. it reruns what the README tells a user to run after such a stop: the same command; after a
+   ``node`` kill first ``snakemake --unlock`` and then the same command with
+   ``--rerun-incomplete`` (README "When a run is killed"). The same command keeps its
+   ``--forcerun``: in the copy every file after the killed job is still there from the
+   reference, and Snakemake does not remake a missing file whose consumers are present, so
+   without it the rerun would leave the killed job's outputs missing and the tables untested
+   (in a real first run those consumers do not exist yet, so the plain command remakes them);
 3. it compares every table in ``tables/`` with the reference's, byte for byte, except the files
    the manifest declares measured (``prefgen.evaluation.manifest.MEASURED``: wall seconds), and
    checks the rerun's bundle with ``manifest verify``.
@@ -396,7 +400,11 @@ def run_case(ref: Path, root: Path, rule: str, mode: str, scope: str, seed: int,
             )
             extra = ["--rerun-incomplete"]
         proc = subprocess.run(
-            [*command, *extra], cwd=case_dir, env=env(), stdout=out, stderr=subprocess.STDOUT
+            [*command, "--forcerun", forced, *extra],
+            cwd=case_dir,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     case.rerun_exit = proc.returncode
     case.rerun_wall = round(time.time() - t0, 1)
