@@ -14,6 +14,9 @@ rule is forced to run again (``--forcerun <one of its outputs>``):
      outputs and exits non-zero;
    - ``node``: Snakemake's process group, Snakemake and every job with it, as on a node death;
      Snakemake's lock and incomplete-output markers stay behind;
+   - ``ckpt`` (trainers): the job's process tree once its first checkpoint is on disk plus a
+     seeded fraction of a second, so the rerun's resume is exercised (a smoke trainer spends
+     most of its job loading, and a moment drawn over the whole job falls before any checkpoint);
 2. it reruns what the README tells a user to run after such a stop: the same command; after a
    ``node`` kill first ``snakemake --unlock`` and then the same command with
    ``--rerun-incomplete`` (README "When a run is killed"). The same command keeps its
@@ -326,6 +329,13 @@ def attempt(
             if not procs:
                 time.sleep(0.05)
         started = time.time()
+        if case.mode == "ckpt":
+            # a trainer killed between checkpoints: once its first checkpoint is on disk, a
+            # seeded fraction of a second later (steps take ~0.5 s at smoke scale)
+            folder = case_dir / out_folder(job)
+            while snake.poll() is None and not checkpoints(folder):
+                time.sleep(0.01)
+            delay = time.time() - started + case.kill_fraction
         while snake.poll() is None and time.time() - started < delay:
             time.sleep(0.02)
         alive = []
@@ -477,7 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="work folder (created)")
     parser.add_argument("--rules", nargs="+", default=RULES)
-    parser.add_argument("--modes", nargs="+", default=["job"], choices=["job", "node"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["job"],
+        choices=["job", "node", "ckpt"],
+        help="job: the job's process tree; node: Snakemake with its jobs; ckpt: a trainer's "
+        "job once its first checkpoint is written (TRAINERS only)",
+    )
     parser.add_argument(
         "--node-rules",
         nargs="*",
@@ -513,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(r, "job") for r in args.rules if "job" in args.modes]
     node_rules = args.rules if args.node_rules is None else args.node_rules
     plan += [(r, "node") for r in node_rules if "node" in args.modes]
+    plan += [(r, "ckpt") for r in args.rules if r in TRAINERS and "ckpt" in args.modes]
     kept = []
     if args.keep and (root / "matrix.json").exists():
         kept = [
