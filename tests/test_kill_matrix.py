@@ -1,11 +1,11 @@
 """Kill anywhere, rerun, same result: the CI share of the kill matrix (tests/faults/kill_matrix.py,
 the whole matrix is `make kill-matrix`).
 
-On a copy of the finished smoke run (the e2e tests' `smoke_run`), one `train_adapter` job (it
-resumes from its checkpoints) and one `judge` job are forced to run again and SIGKILLed at a
-seeded moment; the rerun a user would make completes without manual cleanup, every table except
-the measured wall seconds is byte-identical to the uninterrupted run's, and the rerun's bundle
-verifies.
+On a copy of the finished smoke run (the e2e tests' `smoke_run`), one `train_adapter` job (killed
+a seeded fraction of a second after its first checkpoint, so it resumes) and one `judge` job (at
+a seeded moment of its reference duration) are forced to run again and SIGKILLed; the rerun a
+user would make completes without manual cleanup, every table except the measured wall seconds
+is byte-identical to the uninterrupted run's, and the rerun's bundle verifies.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.faults.kill_matrix import run_matrix
 def test_killed_jobs_rerun_to_identical_tables(smoke_run: Path, tmp_path: Path) -> None:
     log: list[str] = []
     cases = run_matrix(
-        smoke_run, tmp_path, [("train_adapter", "job"), ("judge", "job")], seed=0, log=log.append
+        smoke_run, tmp_path, [("train_adapter", "ckpt"), ("judge", "job")], seed=0, log=log.append
     )
     for case in cases:
         assert case.killed, (case.rule, case.note, log)
@@ -32,9 +32,7 @@ def test_killed_jobs_rerun_to_identical_tables(smoke_run: Path, tmp_path: Path) 
         assert case.differing == [] and case.manifest_problems == [], case
         assert case.identical
     train = cases[0]
-    # a trainer resumes from the last checkpoint it had written, else starts from scratch
-    expected = (
-        f"checkpoint {train.checkpoints_at_kill[-1]}" if train.checkpoints_at_kill else ("scratch")
-    )
-    assert train.resumed_from == expected, train
+    # killed after its first checkpoint: the rerun resumes from the last checkpoint written
+    assert train.checkpoints_at_kill, train
+    assert train.resumed_from == f"checkpoint {train.checkpoints_at_kill[-1]}", train
     assert cases[1].resumed_from == "scratch"

@@ -36,8 +36,8 @@ they are identical). The upstream rules whose dependants are the whole DAG run w
 Cases run cheapest first (``--rules`` order, default ``RULES``), so a stopped matrix has its
 table so far in ``root/matrix.md``.
 
-Reported per case: kill moment (seconds into the job, and for trainers the step the log had
-reached and the checkpoints on disk), what the rerun resumed from (a checkpoint step, from the
+Reported per case: kill moment (seconds into the job, and for trainers the checkpoints on disk,
+so the step it had passed), what the rerun resumed from (a checkpoint step, from the
 trainer's ``resuming from`` log line, or scratch), whether the compared files are identical,
 and the time lost: seconds the killed job had run + the rerun job's seconds - the reference
 job's seconds (the job's cost of the kill; Snakemake's restart is listed apart).
@@ -105,8 +105,6 @@ TRAINERS = ("train_adapter", "train_premier")
 #: copies tried per case when the job ends before its kill moment (each halves the moment)
 MAX_TRIES = 3
 RESUMED = re.compile(r"resuming from \S*checkpoint-(\d+) \(step (\d+)\)")
-#: tqdm's progress in a trainer's log: "train pipe:  50%|...| 6/12 [..."
-PROGRESS = re.compile(r"(\d+)/(\d+) \[")
 
 
 @dataclass
@@ -129,7 +127,6 @@ class Case:
     kill_fraction: float
     killed: bool = False
     kill_seconds: float | None = None
-    step_at_kill: str = "-"
     checkpoints_at_kill: list[int] = field(default_factory=list)
     attempt_exit: int | None = None
     rerun_exit: int | None = None
@@ -348,11 +345,6 @@ def attempt(
             case.checkpoints_at_kill = (
                 checkpoints(case_dir / out_folder(job)) if out_folder(job) else []
             )
-            logfile = case_dir / job.log
-            if logfile.exists():
-                steps = PROGRESS.findall(logfile.read_text(errors="replace"))
-                if steps and case.rule in TRAINERS:
-                    case.step_at_kill = f"{steps[-1][0]}/{steps[-1][1]}"
             if case.mode == "node":
                 os.killpg(snake.pid, signal.SIGKILL)
             else:
@@ -459,24 +451,31 @@ def yes_no(value: bool | None) -> str:
 
 def markdown(cases: list[Case]) -> str:
     lines = [
-        "| rule | kill | scope | forced job's output | kill moment (s into the job / "
-        "reference s) | trainer step at kill (checkpoints on disk) | resumed from | "
-        "files compared | identical | time lost (s) | attempt + rerun wall (s) |",
+        "| rule | kill | scope | forced job's output | kill moment: s into the job "
+        "(reference job s) | trainer at kill | resumed from | files compared | identical | "
+        "time lost (s) | attempt + rerun wall (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cases:
         if not c.killed:
             moment = f"not killed ({c.note})"
+        elif c.mode == "ckpt":
+            moment = f"{c.kill_seconds} ({c.reference_seconds}): {c.kill_fraction} s after the "
+            moment += "first checkpoint"
         else:
-            moment = f"{c.kill_seconds} / {c.reference_seconds} (fraction {c.kill_fraction})"
-        step = c.step_at_kill
-        if c.checkpoints_at_kill:
-            step += f" ({', '.join(map(str, c.checkpoints_at_kill))})"
-        elif c.rule in TRAINERS and c.killed:
-            step += " (none)"
+            moment = f"{c.kill_seconds} ({c.reference_seconds}): fraction {c.kill_fraction}"
+            if c.note:
+                moment += f", {c.note}"
+        if c.rule not in TRAINERS or not c.killed:
+            trainer = "-"
+        elif c.checkpoints_at_kill:
+            last = c.checkpoints_at_kill[-1]
+            trainer = f"past step {last} (checkpoint {last} written)"
+        else:
+            trainer = "before the first checkpoint"
         lines.append(
             f"| `{c.rule}` | {c.mode} | {c.scope} | `{c.forced.split('/', 2)[-1]}` | {moment} | "
-            f"{step} | {c.resumed_from} | {c.compared} | {yes_no(c.identical)} | "
+            f"{trainer} | {c.resumed_from} | {c.compared} | {yes_no(c.identical)} | "
             f"{c.time_lost if c.time_lost is not None else '-'} | "
             f"{c.attempt_wall} + {c.rerun_wall} |"
         )
