@@ -42,7 +42,7 @@ test-fast: $(STAMP)
 KILL_SEED ?= 0
 kill-matrix: $(STAMP)
 	nice -n 10 $(PY) -m tests.faults.kill_matrix --root results/kill-matrix --seed $(KILL_SEED) \
-		--modes job node --node-rules train_adapter evaluate
+		--modes job node ckpt --node-rules train_adapter evaluate
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check workflow tests bench
