@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # Rules call `prefgen ...`: the venv's bin must be on PATH for Snakemake's shell jobs.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test test-fast lint format slurm-profile judges-env clean-smoke
+.PHONY: install run test test-fast lint format slurm-profile judges-env clean-smoke kill-matrix
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,14 @@ test: $(STAMP)
 # Unit and small integration tests: the markers are registered in pyproject.toml.
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow and not e2e and not slurm"
+
+# Kill anywhere, rerun, same result: one uninterrupted smoke run, then per long rule a copy of it
+# in which one job is SIGKILLed at a seeded random moment and the run redone
+# (tests/faults/kill_matrix.py; table in docs/reliability.md). Heavy: about an hour on 2 cores.
+KILL_SEED ?= 0
+kill-matrix: $(STAMP)
+	nice -n 10 $(PY) -m tests.faults.kill_matrix --root results/kill-matrix --seed $(KILL_SEED) \
+		--modes job node ckpt --node-rules train_adapter evaluate
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check workflow tests bench

@@ -180,3 +180,23 @@ def test_headline_is_read_from_the_csv(tmp_path: Path, config: dict) -> None:
     (run / "tables" / "win_rates.csv").unlink()
     assert bundle(run, config) == 0
     assert "_tables/win_rates.csv is not in this bundle._" in (run / "README.md").read_text()
+
+
+def test_measured_wall_seconds_are_declared_and_leave_the_readme_unchanged(
+    tmp_path: Path, config: dict
+) -> None:
+    """tables/wall_seconds is hashed but declared measured; a rerun that measured other seconds
+    (another size, too) changes that file and its hash only: README.md stays the same bytes."""
+    run = make_run(tmp_path)
+    wall = run / "tables" / "wall_seconds.csv"
+    wall.write_text("method,train_seed,stage,wall_seconds\npipe,0,train,9.8\n")
+    assert bundle(run, config) == 0
+    manifest = json.loads((run / "MANIFEST.json").read_text())
+    assert manifest["measured"]["files"] == ["tables/wall_seconds.csv"]
+    assert "tables/wall_seconds.csv" in {f["path"] for f in manifest["files"]}
+    readme = (run / "README.md").read_text()
+    assert "| `tables/wall_seconds.csv` | measured |" in readme
+    wall.write_text("method,train_seed,stage,wall_seconds\npipe,0,train,1234.5\n")
+    assert bundle(run, config) == 0
+    assert (run / "README.md").read_text() == readme
+    assert verify_manifest(run) == []

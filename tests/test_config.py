@@ -279,3 +279,19 @@ def test_check_command_reports_a_missing_shard_path(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(SystemExit, match=r"real\.yaml: data\.source=pickapic but data\.path="):
         main(["check", str(path)])
+
+
+@pytest.mark.parametrize("scale", ["config.yaml", "smoke.yaml"])
+def test_pickapic_overlay_over_a_scale_config_is_a_valid_real_data_config(scale: str) -> None:
+    """config/overlays/pickapic.yaml after a synthetic scale config: schema-valid, every key
+    that needs the truth switched, and only data.path left for the user to set."""
+    overlay = REPO / "config" / "overlays" / "pickapic.yaml"
+    check_unique_keys([overlay])
+    cfg = load_config(REPO / "config" / scale, overrides=yaml.safe_load(overlay.read_text()))
+    assert cfg["data"]["source"] == "pickapic" and cfg["run_name"] == "pickapic"
+    assert cross_key_errors(cfg, root=REPO) == [
+        "data.source=pickapic but data.path is null: set it to the directory, file or glob of "
+        "your Pick-a-Pic v2 parquet shards"
+    ]
+    cfg["data"]["path"] = SAMPLE_GLOB
+    assert cross_key_errors(cfg, root=REPO) == []

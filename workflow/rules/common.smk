@@ -7,7 +7,7 @@ import os
 RUN = f"results/{config['run_name']}"
 LOGS = f"logs/{config['run_name']}"
 # Snakemake `benchmark:` files of the training rules: measured wall time, so outside the results
-# bundle (a rerun changes them); tables/budgets reads them.
+# bundle (a rerun changes them); tables/wall_seconds reads them.
 BENCHMARKS = f"benchmarks/{config['run_name']}"
 # Training seeds (train.seeds): every trained generation method is trained, sampled and judged
 # once per seed; base (untrained) is sampled once. Upstream stages read config["seed"] only.
@@ -89,7 +89,11 @@ def all_targets():
     targets += ppd_targets()
     targets += lpp_targets()
     targets += premier_targets()
-    targets += [f"{RUN}/tables/contamination.csv", f"{RUN}/tables/budgets.csv"]
+    targets += [
+        f"{RUN}/tables/contamination.csv",
+        f"{RUN}/tables/budgets.csv",
+        f"{RUN}/tables/wall_seconds.csv",
+    ]
     return targets
 
 

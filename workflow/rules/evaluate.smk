@@ -172,6 +172,14 @@ rule budgets:
             subcategory="Tables",
         ),
         other=multiext(f"{RUN}/tables/budgets", ".md", ".tex"),
+        # measured, differs between runs: MANIFEST.json declares it (manifest.MEASURED)
+        wall=report(
+            f"{RUN}/tables/wall_seconds.csv",
+            caption="../report/evaluate_wall_seconds.rst",
+            category="Evaluation",
+            subcategory="Tables",
+        ),
+        wall_other=multiext(f"{RUN}/tables/wall_seconds", ".md", ".tex"),
     log:
         f"{LOGS}/budgets/budgets.log",
     conda:
@@ -184,7 +192,7 @@ rule budgets:
         models=budget_models,
     shell:
         "prefgen budgets --params {params.cfg:q} {params.models} --out {output.table}"
-        " > {log} 2>&1"
+        " --wall-seconds {output.wall} > {log} 2>&1"
 
 
 rule bundle:

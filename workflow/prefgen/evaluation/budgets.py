@@ -4,10 +4,14 @@ One row per trained model and training stage: trainable parameters, optimizer st
 per step (batch × gradient accumulation) and examples seen = steps × batch × accumulation
 (preference pairs for the Diffusion-DPO methods; liked images for Premier, whose stage 1
 denoises preferred images and whose stage 2 fits each held-out user's combination weights on
-their support likes, once per sampled checkpoint), and the job's wall seconds. Everything but
-the wall time comes from the trainer's ``final.json``; the wall time from the rule's Snakemake
-``benchmark:`` file (its ``s`` column), so it is measured, not recomputed, and is the one column
-of the run's tables that changes between two runs of the same config.
+their support likes, once per sampled checkpoint). All of it comes from the trainer's
+``final.json``, so two runs of the same config write the same bytes.
+
+The job's wall seconds go to their own table, ``tables/wall_seconds`` (method, training seed,
+stage, wall seconds), read from the rule's Snakemake ``benchmark:`` file (its ``s`` column): a
+measurement, not a result, and the one table of a run that differs between two runs of the same
+config. The manifest declares it measured (``prefgen.evaluation.manifest.MEASURED``), so the
+byte-identity promise covers every other table.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ BUDGET_COLUMNS = [
     "optimizer_steps",
     "examples_per_step",
     "examples_seen",
-    "wall_seconds",
 ]
+#: tables/wall_seconds: one row per row of tables/budgets, the measured wall time of its job
+WALL_COLUMNS = ["method", "train_seed", "stage", "wall_seconds"]
 #: what one training example is, per (method kind, stage)
 PAIRS, LIKED = "preference pair", "liked image"
 
@@ -49,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "new_users), its final.json and its rule's benchmark tsv",
     )
     parser.add_argument("--out", required=True, help="tables/budgets.csv (.md, .tex beside)")
+    parser.add_argument(
+        "--wall-seconds",
+        required=True,
+        help="tables/wall_seconds.csv (.md, .tex beside): the measured wall time per row",
+    )
 
 
 def benchmark_seconds(path: str | Path) -> float:
@@ -59,9 +69,7 @@ def benchmark_seconds(path: str | Path) -> float:
     return float(table["s"].mean())
 
 
-def budget_row(
-    method: str, seed: int, stage: str, final: dict[str, Any], seconds: float
-) -> dict[str, Any]:
+def budget_row(method: str, seed: int, stage: str, final: dict[str, Any]) -> dict[str, Any]:
     """One row of the table from a trainer's (or Premier stage 2's) ``final.json``."""
     if stage == "train":
         if not final.get("complete", False):
@@ -87,13 +95,29 @@ def budget_row(
         "optimizer_steps": steps,
         "examples_per_step": per_step,
         "examples_seen": steps * per_step,
-        "wall_seconds": round(seconds, 1),
     }
 
 
-def budgets(entries: list[tuple[str, int, str, dict[str, Any], float]]) -> pd.DataFrame:
+def budgets(entries: list[tuple[str, int, str, dict[str, Any]]]) -> pd.DataFrame:
     rows = [budget_row(*e) for e in entries]
     return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
+
+
+def wall_seconds(entries: list[tuple[str, int, str, float]]) -> pd.DataFrame:
+    """The measured wall seconds of each trained model's job, one row per ``budgets`` row."""
+    rows = [
+        {"method": m, "train_seed": int(s), "stage": stage, "wall_seconds": round(sec, 1)}
+        for m, s, stage, sec in entries
+    ]
+    return pd.DataFrame(rows, columns=WALL_COLUMNS)
+
+
+WALL_CAPTION = (
+    "Measured wall seconds of each trained model's job (Snakemake benchmark, column s), one row "
+    "per row of tables/budgets. A measurement of this run on this machine: it differs between "
+    "two runs of the same config, so MANIFEST.json declares this table measured and it is the "
+    "one table outside the byte-identity promise (docs/reliability.md)."
+)
 
 
 def caption(table: pd.DataFrame) -> str:
@@ -115,16 +139,16 @@ def caption(table: pd.DataFrame) -> str:
         "steps, examples per step (batch × gradient accumulation) and examples seen = "
         "steps × batch × accumulation (preference pairs for the DPO methods, liked images "
         "for Premier; its stage 2 fits the held-out users once per sampled checkpoint). "
-        f"{equal} wall_seconds is the job's measured wall time (Snakemake benchmark) and "
-        "differs between runs."
+        f"{equal} Each job's measured wall seconds are in tables/wall_seconds (they differ "
+        "between runs; this table does not)."
     )
 
 
 def run(args: argparse.Namespace) -> None:
-    entries = [
-        (m, int(s), stage, read_json(final), benchmark_seconds(bench))
-        for m, s, stage, final, bench in args.entry
-    ]
-    table = budgets(entries)
+    table = budgets([(m, int(s), stage, read_json(final)) for m, s, stage, final, _ in args.entry])
+    wall = wall_seconds(
+        [(m, int(s), stage, benchmark_seconds(bench)) for m, s, stage, _, bench in args.entry]
+    )
     write_table(table, Path(args.out).with_suffix(""), caption=caption(table))
-    log.info("budgets: %d rows -> %s", len(table), args.out)
+    write_table(wall, Path(args.wall_seconds).with_suffix(""), caption=WALL_CAPTION)
+    log.info("budgets: %d rows -> %s, wall seconds -> %s", len(table), args.out, args.wall_seconds)

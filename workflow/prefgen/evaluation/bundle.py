@@ -18,7 +18,14 @@ import pandas as pd
 
 from prefgen.core.io import atomic_path, write_json
 from prefgen.core.logging import get_logger
-from prefgen.evaluation.manifest import NOT_HASHED, build_manifest, scan, verify_manifest
+from prefgen.evaluation.manifest import (
+    MEASURED,
+    NOT_HASHED,
+    build_manifest,
+    matches,
+    scan,
+    verify_manifest,
+)
 
 log = get_logger(__name__)
 
@@ -40,7 +47,11 @@ DESCRIPTIONS: list[tuple[str, str]] = [
     (
         "tables/budgets.*",
         "training budget per trained method and seed: trainable parameters, "
-        "optimizer steps, examples seen, measured wall seconds",
+        "optimizer steps, examples seen (fixed by the config)",
+    ),
+    (
+        "tables/wall_seconds.*",
+        "measured wall seconds of each training job, per method and seed (differs between runs)",
     ),
     (
         "tables/checkpoint_metrics.*",
@@ -165,7 +176,8 @@ HEADLINE_NOTE = (
     "comparisons in all); the CI resamples training seeds, users and prompts. verdict: "
     "**shown** = the CI excludes 0.5 in the method's favour, **reversed** = it excludes 0.5 "
     "against the method, **not shown** = the CI contains 0.5 (no claim either way). Per-seed "
-    "win rates: `tables/win_rates_per_seed.md`; training budgets: `tables/budgets.md`."
+    "win rates: `tables/win_rates_per_seed.md`; training budgets: `tables/budgets.md`, and "
+    "the measured wall seconds of each training job: `tables/wall_seconds.md`."
 )
 
 
@@ -210,9 +222,17 @@ def readme_text(
         "|---|---|---|",
         "| `README.md` | - | this file |",
     ]
-    lines += [f"| `{p}` | {s} | {t} |" for p, s, t in file_rows(run_dir, files)]
+    # measured files get no size: theirs changes between runs, and this README is hashed
+    measured = [f for f in files if matches(f, MEASURED)]
+    steady = [f for f in files if f not in measured]
+    lines += [f"| `{p}` | {s} | {t} |" for p, s, t in file_rows(run_dir, steady)]
+    lines += [f"| `{p}` | measured | {describe(p)} |" for p in measured]
     lines += [
         "",
+        "Measured, so they differ between two runs of the same config (hashed, and listed under "
+        "`measured` in `MANIFEST.json`): "
+        + "; ".join(f"`{k}` ({v})" for k, v in MEASURED.items())
+        + ". Every other table is the same bytes for the same config and code.",
         "Not hashed: " + "; ".join(f"`{k}` ({v})" for k, v in NOT_HASHED.items()) + ".",
         f"Excluded from the manifest by `bundle.exclude` ({len(excluded)} files): "
         + ", ".join(f"`{p}`" for p in exclude)

@@ -12,6 +12,11 @@ file in ``results/<run_name>/`` except:
   bundle rule (it embeds the tables and figures listed here, so hashing them covers its content);
 - hidden files (temporary files of atomic writes, Snakemake's timestamps).
 
+Files matched by ``MEASURED`` are hashed like the rest but declared measured (the manifest's
+``measured`` key lists them with the reason): their bytes differ between two runs of the same
+config, so the byte-identity promise (docs/reliability.md) covers every other file of
+``tables/``. ``measured_files(manifest)`` names them.
+
 ``verify_manifest(run_dir)`` recomputes every hash and lists each discrepancy (an empty list
 means the bundle is intact): ``python -m prefgen.evaluation.manifest verify results/mini``.
 Patterns are ``fnmatch`` globs on paths relative to the run directory (``*`` crosses folders).
@@ -36,6 +41,11 @@ NOT_HASHED = {
     MANIFEST_NAME: "this file (a file cannot contain its own hash)",
     "report.html": "written by `snakemake --report` after the bundle rule; it embeds the tables "
     "and figures hashed here",
+}
+#: files hashed but declared measured: they differ between two runs of the same config
+MEASURED = {
+    "tables/wall_seconds.*": "wall seconds of the training jobs (Snakemake benchmark files): "
+    "a measurement of this run on this machine, not a result",
 }
 #: the packages whose versions decide the numbers (core environment)
 KEY_PACKAGES = [
@@ -147,10 +157,21 @@ def build_manifest(
             "caches: large, and not results",
         },
         "not_hashed": {**NOT_HASHED, ".*": "hidden files (temporary and Snakemake bookkeeping)"},
+        "measured": {
+            "patterns": MEASURED,
+            "files": [rel for rel in included if matches(rel, MEASURED)],
+            "why": "measured on this run (wall time): they differ between two runs of the same "
+            "config; every other table is the same bytes for the same config and code",
+        },
         "n_files": len(files),
         "bytes": sum(f["bytes"] for f in files),
         "files": files,
     }
+
+
+def measured_files(manifest: dict[str, Any]) -> list[str]:
+    """The files a manifest declares measured (an older manifest without the key: none)."""
+    return list(manifest.get("measured", {}).get("files", []))
 
 
 def verify_manifest(run_dir: str | Path) -> list[str]:

@@ -277,8 +277,8 @@ def train_foundation(
             name: sum(p.numel() for p in getattr(pipe, name).parameters())
             for name in ("vae", "unet", "text_encoder", "text_encoder_2")
         },
-        "timings": timings,
     }
+    # timings are logged above, not written: the same config gives the same foundation.json
     return pipe, info
 
 

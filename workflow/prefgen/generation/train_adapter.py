@@ -496,8 +496,11 @@ def train(
     if log_with:
         acc.end_training()
     cond = acc.unwrap_model(model).cond
+    # logged, not in final.json: the same config gives the same bytes (tables/wall_seconds has
+    # the job's measured wall time)
+    log.info("%s: steps %d-%d in %.1fs", method, start + 1, steps, elapsed)
     return summary(
-        method, method_cfg, cfg, out_dir, history, elapsed, schedule.n, cond, fp, acc.num_processes
+        method, method_cfg, cfg, out_dir, history, schedule.n, cond, fp, acc.num_processes
     )
 
 
@@ -507,7 +510,6 @@ def summary(
     cfg: dict[str, Any],
     out_dir: Path,
     history: list[dict[str, float]],
-    elapsed: float,
     n_pairs: int,
     cond: Conditioning,
     fp: str,
@@ -539,7 +541,6 @@ def summary(
         "processes": processes,
         "pairs_per_step": int(cfg["batch_size"]) * int(cfg["gradient_accumulation_steps"]),
         "beta": float(cfg["beta"]),
-        "seconds_this_run": elapsed,
         "trainable_parameters": sum(p.numel() for p in cond.parameters()),
         "user_input": cond.user_input,
         "checkpoints": ckpts,

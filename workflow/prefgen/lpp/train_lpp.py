@@ -314,7 +314,6 @@ def run(args: argparse.Namespace) -> None:
     info = {
         "n_users": len(users),
         "excluded_users": excluded,
-        "seconds": time.time() - t0,
         "last_step": last,
         "stand_in": model.stand_in,
     }

@@ -256,7 +256,6 @@ def run_new_users(args: argparse.Namespace) -> None:
                 "train_seed": p.get("train_seed"),
                 # the combination weights [new users, training users], fitted per checkpoint
                 "trainable_parameters": len(new_users) * len(cond.table.user_ids),
-                "seconds": time.perf_counter() - t0,
                 "bytes_per_training_user": bytes_per_user(spec.user_tokens, spec.user_dim),
                 "bytes_per_new_user": 4 * len(cond.table.user_ids),
             },
