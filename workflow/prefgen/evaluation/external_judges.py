@@ -154,8 +154,12 @@ class AestheticJudge:
     @classmethod
     def load(cls, options: dict[str, Any], device: str) -> AestheticJudge:
         open_clip = _import("open_clip", "aesthetic")
+        from prefgen.user_model.clip import open_clip_name
+
         model, _, preprocess = open_clip.create_model_and_transforms(
-            options["clip_model"], pretrained=options["clip_pretrained"], device=device
+            open_clip_name(options["clip_model"]),
+            pretrained=options["clip_pretrained"],
+            device=device,
         )
         weights = options["mlp_weights"]
         if options.get("mlp_repo"):
