@@ -485,7 +485,8 @@ def lpp_clip_input():
 
 def lpp_clip_arg(wildcards, input):
     """--clip <models/clip> when the rule takes it (lpp_clip_input); nothing for a checkpoint
-    VLM, whose rules have no CLIP input (an empty `--clip` would be an argument error)."""
+    VLM, whose rules have no CLIP input (an empty `--clip` would be an argument error).
+    """
     return f"--clip {input.clip}" if input.clip else ""
 
 
