@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # Rules call `prefgen ...`: the venv's bin must be on PATH for Snakemake's shell jobs.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test test-fast lint format slurm-profile judges-env clean-smoke kill-matrix
+.PHONY: install run rehearsal test test-fast lint format slurm-profile judges-env clean-smoke kill-matrix
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/snakemake all --cores $(CORES) --configfile $(CONFIG)
 	$(VENV)/bin/snakemake all --cores $(CORES) --report results/$$($(PY) -m prefgen.core.config run-name $(CONFIG))/report.html --configfile $(CONFIG)
+
+# The paper config's code paths on two CPU cores: tiny random-weight models in the paper models'
+# real formats and synthetic Pick-a-Pic shards (written once, nothing downloaded), then `all`.
+rehearsal: $(STAMP)
+	$(VENV)/bin/prefgen rehearsal-assets --config config/rehearsal.yaml
+	$(VENV)/bin/snakemake all --cores $(CORES) --configfile config/rehearsal.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

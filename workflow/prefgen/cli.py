@@ -56,9 +56,12 @@ COMMANDS: dict[str, str] = {
     "lpp-prototypes": "prefgen.lpp.prototypes",
     "generate": "prefgen.generation.generate",
     "score": "prefgen.evaluation.score",
+    "rehearsal-assets": "prefgen.rehearsal",
 }
 #: commands for readers of a finished run (no --params; see the module docstring)
 READER_COMMANDS = {"generate", "score"}
+#: commands run before a workflow, not by a rule (no --params: they read a config file)
+SETUP_COMMANDS = {"rehearsal-assets"}
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -68,7 +71,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         description=module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    if command not in READER_COMMANDS:
+    if command not in READER_COMMANDS | SETUP_COMMANDS:
         parser.add_argument(
             "--params",
             required=True,
@@ -95,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     from prefgen.core.io import OutputWriteError
 
     reader = argv[0] in READER_COMMANDS
+    setup = argv[0] in SETUP_COMMANDS
     # a bad config, refused input data or an output that cannot be written: one line, exit 2
     errors: tuple[type[Exception], ...] = (ConfigError, InputError, OutputWriteError)
     if reader:
         errors += (ValueError, KeyError, FileNotFoundError)
     try:
-        if not reader:
+        if not (reader or setup):
             args.params = parse_params(args.params)
         args._run(args)
     except errors as exc:

@@ -529,6 +529,13 @@ def lpp_clip_input():
     return []
 
 
+def lpp_clip_arg(wildcards, input):
+    """--clip <models/clip> when the rule takes it (lpp_clip_input); nothing for a checkpoint
+    VLM, whose rules have no CLIP input (an empty `--clip` would be an argument error).
+    """
+    return f"--clip {input.clip}" if input.clip else ""
+
+
 def lpp_model_params(**extra):
     """What building an LPP model reads: the seed, the lpp keys training uses and, for the
     stand-in, PPD's stand-in shape (evaluation settings are left out: they never retrain).

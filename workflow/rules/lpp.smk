@@ -23,9 +23,10 @@ rule train_lpp:
         **scale_resources("train_lpp"),
     params:
         cfg=lpp_train_params,
+        clip=lpp_clip_arg,
     shell:
         "prefgen train-lpp --params {params.cfg:q} --references {input.references:q}"
-        " --train-items {input.train_items:q} --images {input.images:q} --clip {input.clip:q}"
+        " --train-items {input.train_items:q} --images {input.images:q} {params.clip}"
         " --out {output.model:q} --threads {threads} > {log} 2>&1"
 
 
@@ -110,9 +111,10 @@ rule lpp_prototypes:
         ),
         stem=lambda wildcards, output: os.path.splitext(output.table)[0],
         truth=truth_users_arg,
+        clip=lpp_clip_arg,
     shell:
         "prefgen lpp-prototypes --params {params.cfg:q} --model {input.model:q}"
         " --episodes {input.episodes:q} --references {input.references:q}"
-        " --images {input.images:q} --clip {input.clip:q} {params.truth} --table {params.stem:q}"
+        " --images {input.images:q} {params.clip} {params.truth} --table {params.stem:q}"
         " --patterns {output.patterns:q} --figure {output.figure:q} --threads {threads}"
         " > {log} 2>&1"

@@ -193,6 +193,13 @@ def readme_text(
         "inside the workflow on the synthetic world; the `oracle` judge is the users' "
         "true reward. Numbers show the pipeline works, not the papers' results.\n"
     )
+    if scale == "rehearsal":
+        stand_in = (
+            "\n> **Rehearsal.** Scale `rehearsal`: the paper's code paths run on random-weight "
+            "stand-ins of its models, written in their real formats by `prefgen "
+            "rehearsal-assets`, and on synthetic Pick-a-Pic shards. The numbers mean nothing; "
+            "the run shows that the paper configuration executes.\n"
+        )
     lines = [
         f"# Artifact bundle: run `{name}` (scale `{scale}`)",
         "",

@@ -114,6 +114,11 @@ def load_scores(core: list[str], external: list[str], judges: list[str]) -> pd.D
 def stand_in_note(scale: str) -> str:
     if scale == "paper":
         return ""
+    if scale == "rehearsal":
+        return (
+            "Scale 'rehearsal': random-weight stand-ins of the paper's models in their real "
+            "formats (prefgen rehearsal-assets); the numbers mean nothing."
+        )
     return (
         f"Scale '{scale}': stand-in models trained on the synthetic world; 'oracle' is the "
         "users' true reward."

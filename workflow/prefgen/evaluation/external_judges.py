@@ -154,8 +154,13 @@ class AestheticJudge:
     @classmethod
     def load(cls, options: dict[str, Any], device: str) -> AestheticJudge:
         open_clip = _import("open_clip", "aesthetic")
+        name = str(options["clip_model"])
+        if name.endswith(".json"):  # an architecture file (the rehearsal's tiny CLIP)
+            from prefgen.user_model.clip import open_clip_name
+
+            name = open_clip_name(name)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            options["clip_model"], pretrained=options["clip_pretrained"], device=device
+            name, pretrained=options["clip_pretrained"], device=device
         )
         weights = options["mlp_weights"]
         if options.get("mlp_repo"):

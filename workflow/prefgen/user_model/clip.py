@@ -59,6 +59,21 @@ def write_open_clip_config(
     (folder / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def open_clip_name(model: str) -> str:
+    """An open_clip architecture name; a path to an architecture ``.json`` file (a custom
+    architecture, e.g. the rehearsal's tiny one) is registered with ``open_clip.add_model_config``
+    and named by its stem, as open_clip names its bundled configs."""
+    import open_clip
+
+    path = Path(model)
+    if path.suffix != ".json":
+        return model
+    if not path.is_file():
+        raise FileNotFoundError(f"clip.pretrained_model={model!r}: no such architecture file")
+    open_clip.add_model_config(path)
+    return path.stem
+
+
 def build_clip(params: dict[str, Any], folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Create the CLIP model named by ``params`` and write its config into ``folder``.
 
@@ -91,7 +106,7 @@ def build_clip(params: dict[str, Any], folder: Path) -> tuple[torch.nn.Module, d
             f"local-dir:{folder}", load_weights=False
         )
     elif source == "pretrained":
-        name, tag = params["pretrained_model"], params["pretrained_tag"]
+        name, tag = open_clip_name(params["pretrained_model"]), params["pretrained_tag"]
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=tag)
         model_cfg = open_clip.get_model_config(name)
         preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
