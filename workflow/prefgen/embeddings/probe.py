@@ -365,7 +365,10 @@ def run(args: argparse.Namespace) -> None:
         )
     if "ppd_label_shuffled" in ranks:
         diff = difference_table(
-            ranks["ppd"], ranks["ppd_label_shuffled"], probe_cfg["top_k"], derive_seed(seed, "probe")
+            ranks["ppd"],
+            ranks["ppd_label_shuffled"],
+            probe_cfg["top_k"],
+            derive_seed(seed, "probe"),
         )
         add(
             "ppd_minus_label_shuffled",
@@ -390,8 +393,7 @@ def run(args: argparse.Namespace) -> None:
     )
     if "ppd_label_shuffled" in ranks:
         caption += (
-            " ppd_minus_label_shuffled: accuracy difference with a paired bootstrap CI "
-            "(chance 0)."
+            " ppd_minus_label_shuffled: accuracy difference with a paired bootstrap CI (chance 0)."
         )
     if vlm.stand_in:
         caption += f" PPD rows: {vlm.label}."
