@@ -40,10 +40,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("adapter_off", "copy_ref", "full_copy", "encode_each_step")
-#: The two regimes worth measuring (docs/decisions.md). ``weights``: 16x the config's UNet
-#: channels (141M parameters from the mini [24, 48]) at 4 pairs/step with gradient checkpointing,
-#: the paper recipe (config/paper.yaml), where the weights outweigh the kept activations as they
-#: do for SDXL. ``None``: the config's value.
+#: The two regimes worth measuring (docs/decisions/20-train-dpo-step-benchmark.md).
+#: ``weights``: 16x the config's UNet channels (141M parameters from the mini [24, 48]) at 4
+#: pairs/step with gradient checkpointing, the paper recipe (config/paper.yaml), where the weights
+#: outweigh the kept activations as they do for SDXL. ``None``: the config's value.
 PRESETS: dict[str, dict[str, int | bool | None]] = {
     "mini": {"width": 1, "batch": None, "steps": 20, "gradient_checkpointing": None},
     "weights": {"width": 16, "batch": 4, "steps": 8, "gradient_checkpointing": True},
@@ -95,7 +95,7 @@ def worker(
         load_denoiser,
         load_pipeline,
     )
-    from prefgen.generation.train import DPOModel
+    from prefgen.generation.train_adapter import DPOModel
 
     torch.set_num_threads(1)
     tcfg = load_config(config)["train"]

@@ -25,7 +25,7 @@ import yaml
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from prefgen.generation.models import build_tiny_sdxl
-from prefgen.generation.premier import PremierModulator, PremierSpec, cross_attention_names
+from prefgen.premier.modulation import PremierModulator, PremierSpec, cross_attention_names
 from torch.utils.flop_counter import FlopCounterMode
 
 #: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the keys that set the compute).

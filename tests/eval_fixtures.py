@@ -20,7 +20,7 @@ TYPE_NAMES = ["bright_lover", "dark_lover"]
 
 
 def write_truth(truth_dir: Path, user_ids: list[int]) -> pd.DataFrame:
-    """A minimal ``data/truth/`` in the format ``prefgen.data.world.load_truth`` reads.
+    """A minimal ``data/truth/`` in the format ``prefgen.data.truth.load_truth`` reads.
 
     Users alternate between pure type-0 and pure type-1 tastes, so the oracle's preference
     between a bright and a dark image flips with the user.

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prefgen.data.captions import describe
 from prefgen.user_model.clip import (
     build_clip,
-    describe,
     encode_captions,
     encode_images,
     load_clip,

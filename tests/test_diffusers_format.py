@@ -158,7 +158,7 @@ def test_tensorboard_holds_the_dpo_curves(trained) -> None:
 
 
 def test_missing_tracker_package_is_a_clear_error(tmp_path) -> None:
-    from prefgen.generation.train import trackers
+    from prefgen.generation.train_adapter import trackers
 
     assert trackers(["tensorboard"], None) == []
     assert trackers([], tmp_path) == []

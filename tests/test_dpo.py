@@ -1,9 +1,9 @@
 """Diffusion-DPO: the pure loss on hand-made tensors, and a short training run that learns.
 
-The run uses the real trainer (``generation.train.train``) on a tiny untrained pipeline and the
-fixture world whose users prefer bright (odd ids) or dark (even ids) images; the check is on a
-*fixed* evaluation batch before and after training, so it measures learning, not the noise of
-per-step logs.
+The run uses the real trainer (``generation.train_adapter.train``) on a tiny untrained pipeline
+and the fixture world whose users prefer bright (odd ids) or dark (even ids) images; the check
+is on a *fixed* evaluation batch before and after training, so it measures learning, not the
+noise of per-step logs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import math
 
 import pytest
 import torch
-from prefgen.generation.dpo import diffusion_dpo_loss, per_sample_mse
+from prefgen.generation.denoising import per_sample_mse
+from prefgen.generation.dpo import diffusion_dpo_loss
 
 
 def test_equal_model_and_reference_give_log2_and_half_accuracy() -> None:
@@ -83,7 +84,7 @@ def dpo_model(foundation, method_cfg, adapter=None):
     from prefgen.core.io import load_tensors
     from prefgen.generation.adapters import build_conditioning
     from prefgen.generation.models import load_pipeline
-    from prefgen.generation.train import DPOModel
+    from prefgen.generation.train_adapter import DPOModel
 
     pipe = load_pipeline(foundation)
     cond = build_conditioning(pipe.unet, method_cfg, None)
@@ -96,7 +97,7 @@ def test_short_run_lowers_loss_and_raises_implicit_accuracy(tmp_path_factory) ->
     """Population DPO (``dpo``) on pairs where everyone prefers the brighter image: after 40
     steps the loss on training pairs is below log 2 and the implicit accuracy above 0.5."""
     from prefgen.generation.models import add_time_ids, load_pipeline
-    from prefgen.generation.train import BatchSchedule, TrainData, train
+    from prefgen.generation.train_adapter import BatchSchedule, TrainData, train
 
     from tests.generation_helpers import shared_setup, smoke_config
 
@@ -144,7 +145,7 @@ def test_gradient_checkpointing_recomputes_blocks_and_keeps_the_weights(tmp_path
     the same adapter weights as without it (tolerance 1e-6: recomputation repeats the same ops)."""
     from prefgen.core.io import load_tensors
     from prefgen.generation.models import load_pipeline
-    from prefgen.generation.train import TrainData, train
+    from prefgen.generation.train_adapter import TrainData, train
 
     from tests.generation_helpers import shared_setup, smoke_config
 

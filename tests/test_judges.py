@@ -15,16 +15,10 @@ import pytest
 import torch
 from PIL import Image
 from prefgen.cli import main as prefgen_main
-from prefgen.data.world import load_truth, oracle_reward
+from prefgen.data.truth import load_truth, oracle_reward
 from prefgen.evaluation import external_judges as ext
-from prefgen.evaluation.judges import (
-    CORE_JUDGES,
-    JudgeContext,
-    build_judges,
-    checked_scores,
-    group_by_caption,
-    registry,
-)
+from prefgen.evaluation.judge_registry import CORE_JUDGES, build_judges, registry
+from prefgen.evaluation.judge_types import JudgeContext, checked_scores, group_by_caption
 
 from tests.eval_fixtures import FakeUserModelScorer, write_samples, write_truth
 
@@ -38,7 +32,7 @@ def grey(level: int, size: int = 8) -> Image.Image:
 
 @pytest.fixture()
 def fake_scorer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Install the fake UserModelScorer where judges.py imports it from."""
+    """Install the fake UserModelScorer where judge_registry.py imports it from."""
     module = types.ModuleType("prefgen.user_model.scorer")
     module.UserModelScorer = FakeUserModelScorer
     monkeypatch.setitem(sys.modules, "prefgen.user_model.scorer", module)

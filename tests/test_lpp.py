@@ -21,11 +21,11 @@ from prefgen.cli import main as cli_main
 from prefgen.core.io import load_tensors
 from prefgen.data.splits import liked_items, load_pairs, split_lpp
 from prefgen.lpp.data import ImageBank, episode_items, read_episodes, read_references
-from prefgen.lpp.evaluate import accuracy_table, episode_hits, lpp_scores, topk_hits
 from prefgen.lpp.losses import aux_loss, base_loss, lpp_loss
+from prefgen.lpp.lpp_evaluate import accuracy_table, episode_hits, lpp_scores, topk_hits
 from prefgen.lpp.model import build_model, set_stage
 from prefgen.lpp.prototypes import analyse
-from prefgen.lpp.train import load_model
+from prefgen.lpp.train_lpp import load_model
 
 from tests.data_world import make_clean, make_world, smoke_config, world_params
 

@@ -14,15 +14,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from prefgen.core.io import save_tensors
-from prefgen.embeddings.premier import (
-    CombinationEmbedding,
-    UserEmbeddingTable,
-    load_user_embeddings,
-    save_user_embeddings,
-)
-from prefgen.evaluation.premier_ablation import cross_user_distances
 from prefgen.generation.adapters import UserBatch, UserEmbeddings, build_conditioning
-from prefgen.generation.premier import (
+from prefgen.premier.modulation import (
     MASK_KEY,
     OPTIONS_KEY,
     USERS_KEY,
@@ -36,7 +29,14 @@ from prefgen.generation.premier import (
     dispersion_loss,
     fit_new_users,
 )
-from prefgen.generation.premier_new_users import liked_history
+from prefgen.premier.premier_ablation import cross_user_distances
+from prefgen.premier.premier_new_users import liked_history
+from prefgen.premier.user_tokens import (
+    CombinationEmbedding,
+    UserEmbeddingTable,
+    load_user_embeddings,
+    save_user_embeddings,
+)
 
 TEXT_DIM, SEQ, POOLED = 16, 5, 16
 TIME_IDS = torch.tensor([[8.0, 8, 0, 0, 8, 8]])
@@ -396,8 +396,8 @@ def test_conditioning_is_built_from_its_init_file(tmp_path) -> None:
 
 
 def test_shared_trainer_trains_premier_with_the_denoising_objective(tmp_path) -> None:
-    """The real trainer loop (prefgen.generation.train) on a tiny pipeline."""
-    from prefgen.generation import train
+    """The real trainer loop (prefgen.generation.train_adapter) on a tiny pipeline."""
+    from prefgen.generation import train_adapter as train
     from prefgen.generation.models import build_tiny_sdxl
 
     cfg = {

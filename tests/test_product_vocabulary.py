@@ -9,7 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 #: what a reader of the repository cannot follow
 FORBIDDEN = re.compile(
-    r"\b[Ii]ssues? #?\d+|\b[Ss]essions? \d+\b|\bDESIGN(\.md)?\s*§|\bDESIGN\.md\b|\.\./shared/"
+    r"\b[Ii]ssues? #?\d+|\b[Ss]essions? \d+\b|\b[Ff]ollow-ups? \d+\b|\bDESIGN(\.md)?\s*§"
+    r"|\bDESIGN\.md\b|\.\./shared/"
 )
 #: scratch folders cited as evidence (a runtime default such as the test cluster's state
 #: directory in a script is a path the code uses, not a citation)
@@ -65,6 +66,7 @@ def test_the_check_finds_what_it_forbids() -> None:
     for text in (
         "see issue 4",
         "Session 8 gave",
+        "levers tried in follow-up 2",
         "DESIGN §5",
         "(DESIGN.md)",
         "../shared/x",
@@ -73,3 +75,12 @@ def test_the_check_finds_what_it_forbids() -> None:
         assert FORBIDDEN.search(text) or SCRATCH.search(text), text
     for text in ("ranking sessions", "pairs_per_session", "an issue with ties", "/tmp dir"):
         assert not (FORBIDDEN.search(text) or SCRATCH.search(text)), text
+
+
+def test_the_decision_record_and_experiments_are_checked() -> None:
+    """The record is where past work is most tempting to cite by number: it must stay covered."""
+    files = set(product_files())
+    assert REPO / "docs" / "experiments.md" in files
+    assert REPO / "docs" / "decisions" / "README.md" in files
+    entries = sorted((REPO / "docs" / "decisions").glob("[0-9][0-9]-*.md"))
+    assert entries and set(entries) <= files

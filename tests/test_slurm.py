@@ -5,8 +5,13 @@
 types from the repo root: `snakemake --profile slurm all --configfile config/smoke.yaml`.
 While it runs, a background thread records every job from Slurm's own view
 (`scontrol show job -o`), and the tests check what each job asked Slurm for: `train_adapter` the
-GPU partition and a GPU, every CPU rule the CPU partition and no GPU. The captured table is
-written to logs/test_slurm/jobs.md and printed.
+GPU partition and a GPU, every CPU rule the CPU partition and no GPU, and every job exactly the
+CPUs, memory, time limit and GPUs that config/smoke.yaml's `resources:` declares for its rule.
+(The controller's job record is read rather than `sacct`: the test cluster has no accounting
+database, and `sacct --completion` over a job completion log reports only names and time
+limits. `MinMemoryNode`, `TimeLimit`, `NumCPUs` and `TresPerJob` are the values `sacct` shows as
+ReqMem, Timelimit, ReqCPUS and the GPU part of ReqTRES.) The captured table is written to
+logs/test_slurm/jobs.md and printed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ pytestmark = pytest.mark.slurm
 
 CLUSTER = REPO / "tests" / "cluster" / "slurm.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
+SMOKE = REPO / "config" / "smoke.yaml"
 TABLE = REPO / "logs" / "test_slurm" / "jobs.md"
 # Seconds; the smoke DAG through Slurm takes minutes on 2 free cores (more on a busy machine).
 RUN_TIMEOUT = int(os.environ.get("PREFGEN_SLURM_TIMEOUT", "3600"))
@@ -184,21 +190,44 @@ class SlurmRun:
         return out
 
 
-def workflow_rules() -> dict[str, str]:
-    """Rule name -> its source block, from workflow/rules/*.smk (one `rule name:` per block)."""
-    blocks: dict[str, str] = {}
-    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        parts = re.split(r"^(?:rule|checkpoint) (\w+):", path.read_text(), flags=re.M)
-        blocks.update(zip(parts[1::2], parts[2::2], strict=True))
-    return blocks
+def smoke_amounts() -> dict[str, dict[str, int]]:
+    """config/smoke.yaml's `resources:`: rule -> threads, mem_mb, runtime (min), gpu."""
+    return yaml.safe_load(SMOKE.read_text())["resources"]
 
 
 def gpu_rules() -> set[str]:
-    """Rules that declare a GPU (`gpu=` under resources): the ones that must reach a GPU."""
+    """Rules whose smoke amounts ask for a GPU: the ones that must reach a GPU."""
+    return {rule for rule, a in smoke_amounts().items() if a["gpu"] > 0}
+
+
+def slurm_minutes(limit: str) -> int:
+    """A Slurm time limit (`MM:SS`, `HH:MM:SS`, `D-HH:MM:SS`) in whole minutes."""
+    days, _, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts
+    return (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+
+
+def slurm_mb(memory: str) -> int:
+    """Slurm's `MinMemoryNode` (`4000M`, `2G`, `1T`) in MB as sbatch --mem counts them."""
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
+    number, unit = memory[:-1], memory[-1]
+    if unit not in units:
+        return int(memory)
+    return round(float(number) * units[unit])
+
+
+def requested(job: SlurmJob) -> dict[str, int]:
+    """What one job asked Slurm for, in the config's units."""
+    r = job.record
+    gpus = re.search(r"gpu(?::[\w.]+)?[:=](\d+)", job.gres)
     return {
-        name
-        for name, block in workflow_rules().items()
-        if re.search(r"^\s+gpu\s*=", block, flags=re.M)
+        "threads": int(r.get("CPUs/Task") or r["NumCPUs"]),
+        "mem_mb": slurm_mb(r["MinMemoryNode"]),
+        "runtime": slurm_minutes(r["TimeLimit"]),
+        "gpu": int(gpus.group(1)) if gpus else 0,
     }
 
 
@@ -327,14 +356,14 @@ def slurm_run(
     return run
 
 
-def test_profile_names_only_rules_of_the_workflow() -> None:
-    """A misspelt rule in set-threads/set-resources is silently ignored by Snakemake."""
+def test_profile_states_no_amounts() -> None:
+    """Amounts depend on the scale, so they live in the config (`resources:`): per-rule
+    set-threads/set-resources in the profile would override every scale's alike."""
     profile = yaml.safe_load(PROFILE.read_text())
-    named = set(profile["set-threads"]) | set(profile["set-resources"])
-    assert named - set(workflow_rules()) == set()
+    assert not {"set-threads", "set-resources"} & set(profile), sorted(profile)
 
 
-def test_profile_routes_by_the_rules_gpu_declaration() -> None:
+def test_profile_routes_by_the_jobs_gpu_request() -> None:
     """Partitions come from partitions.yaml by fit: nothing may pin a partition for all jobs
     (that turns the selection off), and no GPU rule may be pinned to a partition without GPUs."""
     profile = yaml.safe_load(PROFILE.read_text())
@@ -396,6 +425,30 @@ def test_gpu_jobs_never_shared_the_single_gpu(slurm_run: SlurmRun) -> None:
     assert spans
     for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
         assert start_b >= end_a, f"GPU jobs {a} and {b} overlapped"
+
+
+def test_every_job_asked_slurm_for_its_smoke_amounts(slurm_run: SlurmRun) -> None:
+    """CPUs, memory, time limit and GPUs as Slurm recorded them equal what config/smoke.yaml
+    declares for the job's rule (first attempt: the run retried nothing)."""
+    amounts = smoke_amounts()
+    assert slurm_run.jobs
+    wrong = []
+    for job in slurm_run.jobs:
+        want = {k: int(v) for k, v in amounts[job.rule].items()}
+        got = requested(job)
+        if got != want:
+            wrong.append(f"{job.rule}[{job.wildcards}] job {job.job_id}: {got} != {want}")
+    assert not wrong, "\n".join(wrong) + "\n" + job_table(slurm_run)
+
+
+def test_slurm_time_and_memory_parsers() -> None:
+    assert [slurm_minutes(t) for t in ("00:30:00", "2:00:00", "1-00:00:00", "05:30")] == [
+        30,
+        120,
+        1440,
+        6,
+    ]
+    assert [slurm_mb(m) for m in ("4000M", "2G", "1T")] == [4000, 2048, 1024**2]
 
 
 def test_job_table_is_written(slurm_run: SlurmRun, capsys: pytest.CaptureFixture[str]) -> None:

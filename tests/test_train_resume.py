@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from prefgen.core.io import load_tensors, write_json
-from prefgen.generation.train import latest_checkpoint
+from prefgen.generation.train_adapter import latest_checkpoint
 
 from tests.generation_helpers import shared_setup, smoke_config, train_args
 
@@ -194,7 +194,7 @@ def test_checkpoints_of_another_config_are_not_resumed(tmp_path) -> None:
 def test_batch_schedule_is_the_same_however_it_is_split(tmp_path_factory, world) -> None:
     """Every process's slice of step s comes from one global draw of pairs and noise."""
     from prefgen.generation.models import add_time_ids, load_pipeline
-    from prefgen.generation.train import BatchSchedule, TrainData
+    from prefgen.generation.train_adapter import BatchSchedule, TrainData
 
     setup = shared_setup(tmp_path_factory, "personal")
     data = TrainData.load(

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from prefgen.generation.adapters import UserEmbeddings
-from prefgen.generation.train import TrainData, users_with_embeddings
+from prefgen.generation.train_adapter import TrainData, users_with_embeddings
 
 
 def data(user_ids: list[int]) -> TrainData:

@@ -15,7 +15,8 @@ from prefgen.core.seeding import rng
 from prefgen.data.attributes import ATTRIBUTES, measure_attributes
 from prefgen.data.pickapic_schema import PICKAPIC_V2_SCHEMA
 from prefgen.data.render import decode_jpeg, encode_jpeg, jpeg_roundtrip
-from prefgen.data.world import allocate_pairs, load_truth, oracle_reward, type_rewards
+from prefgen.data.truth import load_truth, oracle_reward, type_rewards
+from prefgen.data.world import allocate_pairs
 
 from tests.data_world import make_world, smoke_config, world_params
 

@@ -16,10 +16,9 @@ rule audit_contamination:
         f"{LOGS}/audit_contamination/audit_contamination.log",
     conda:
         "../../envs/core.yaml"
-    threads: 1
+    threads: scale_threads("audit_contamination")
     resources:
-        mem_mb=3000,
-        runtime=20,
+        **scale_resources("audit_contamination"),
     params:
         spec=lambda wildcards: json.dumps(contamination_spec(), sort_keys=True),
         stem=lambda wildcards, output: os.path.splitext(output.table)[0],

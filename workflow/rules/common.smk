@@ -26,6 +26,48 @@ def stage_params(**subsets):
     return json.dumps(subsets, sort_keys=True)
 
 
+# ---- Job amounts (the config's `resources:` block) -------------------------------------
+# How much each job asks for comes from the config that chose the scale: `resources:` has one
+# entry per rule (threads, mem_mb, runtime in minutes, gpu), so one Slurm profile serves smoke,
+# mini and paper. mem_mb and runtime grow with each retry (the profile's `retries`).
+
+
+def scale_amounts(rule):
+    """The config's `resources` entry of `rule`; a clear error names a rule without one."""
+    try:
+        return config["resources"][rule]
+    except KeyError:
+        raise ValueError(
+            f"config key resources.{rule} is missing: every rule that runs as a job needs its "
+            f"threads, mem_mb, runtime and gpu under `resources:` (config from "
+            f"{', '.join(map(str, workflow.configfiles))})"
+        ) from None
+
+
+def scale_threads(rule):
+    """`threads:` of `rule` at this scale (resources.<rule>.threads)."""
+    return int(scale_amounts(rule)["threads"])
+
+
+def _grows_with_attempt(amount):
+    """A resource callable: `amount` on the first attempt, `amount * k` on the k-th."""
+    return lambda wildcards, attempt: amount * attempt
+
+
+def scale_resources(rule):
+    """`resources:` of `rule` at this scale: mem_mb and runtime (minutes) times the attempt,
+    and `gpu` (GPUs for `sbatch --gpus`) only when the entry asks for one, so CPU jobs carry
+    no GPU request at all."""
+    amounts = scale_amounts(rule)
+    resources = {
+        "mem_mb": _grows_with_attempt(int(amounts["mem_mb"])),
+        "runtime": _grows_with_attempt(int(amounts["runtime"])),
+    }
+    if int(amounts["gpu"]) > 0:
+        resources["gpu"] = int(amounts["gpu"])
+    return resources
+
+
 # Scheduling priorities. On a 2-core laptop `all` is bound by total work, and the only idle
 # time is a serial tail: if a chain that ends in `evaluate` starts late, one core waits for it.
 # So the long chains go first (foundation -> encode -> adapters/Premier -> sample -> judge, and

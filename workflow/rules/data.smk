@@ -18,10 +18,9 @@ rule world:
         "../../envs/core.yaml"
     params:
         cfg=stage_params(seed=config["seed"], world=config.get("world")),
-    threads: 1
+    threads: scale_threads("world")
     resources:
-        mem_mb=3000,
-        runtime=30,
+        **scale_resources("world"),
     shell:
         "prefgen world --params {params.cfg:q} --shards {output.shards}"
         " --world-json {output.world_json} --users {output.users} > {log} 2>&1"
@@ -46,10 +45,9 @@ rule ingest:
     params:
         cfg=stage_params(data=config["data"]),
         shards=ingest_shards,
-    threads: 2
+    threads: scale_threads("ingest")
     resources:
-        mem_mb=3000,
-        runtime=120,
+        **scale_resources("ingest"),
     shell:
         "prefgen ingest --params {params.cfg:q} --shards {params.shards:q}"
         " --pairs {output.pairs} --images {output.images} --quarantine {output.quarantine}"
@@ -79,10 +77,9 @@ rule split_pipe:
             pipe=config["split"]["pipe"],
         ),
         out=lambda wildcards, output: os.path.dirname(output.stats),
-    threads: 1
+    threads: scale_threads("split_pipe")
     resources:
-        mem_mb=2000,
-        runtime=20,
+        **scale_resources("split_pipe"),
     shell:
         "prefgen split-pipe --params {params.cfg:q} --pairs {input.pairs} --out {params.out}"
         " > {log} 2>&1"
@@ -113,10 +110,9 @@ rule split_ppd:
             ppd=config["split"]["ppd"],
         ),
         out=lambda wildcards, output: os.path.dirname(output.stats),
-    threads: 1
+    threads: scale_threads("split_ppd")
     resources:
-        mem_mb=2000,
-        runtime=20,
+        **scale_resources("split_ppd"),
     shell:
         "prefgen split-ppd --params {params.cfg:q} --pairs {input.pairs} --out {params.out}"
         " > {log} 2>&1"
@@ -147,10 +143,9 @@ rule split_lpp:
             lpp=config["split"]["lpp"],
         ),
         out=lambda wildcards, output: os.path.dirname(output.stats),
-    threads: 1
+    threads: scale_threads("split_lpp")
     resources:
-        mem_mb=2000,
-        runtime=20,
+        **scale_resources("split_lpp"),
     shell:
         "prefgen split-lpp --params {params.cfg:q} --pairs {input.pairs}"
         " --pipe-train {input.pipe_train} --out {params.out}"
@@ -174,10 +169,9 @@ rule eval_set:
         cfg=stage_params(seed=config["seed"], eval_set=config["eval_set"]),
         truth=truth_users_arg,
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("eval_set")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **scale_resources("eval_set"),
     shell:
         "prefgen eval-set --params {params.cfg:q} --pipe-train {input.pipe_train}"
         " --unseen-prompts {input.unseen_prompts} --ppd-train {input.ppd_train}"

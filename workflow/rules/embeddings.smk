@@ -14,10 +14,9 @@ rule user_embeddings:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("user_embeddings")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **scale_resources("user_embeddings"),
     params:
         cfg=stage_params(),
     shell:
@@ -75,11 +74,9 @@ rule vlm_embeddings:
     conda:
         "../../envs/vlm.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("vlm_embeddings")
     resources:
-        mem_mb=4000,
-        runtime=30,
-        gpu=1,
+        **scale_resources("vlm_embeddings"),
     params:
         cfg=stage_params(
             seed=config["seed"],
@@ -116,11 +113,9 @@ rule user_embedding_probe:
         f"{LOGS}/user_embedding_probe/user_embedding_probe.log",
     conda:
         "../../envs/vlm.yaml"
-    threads: 1
+    threads: scale_threads("user_embedding_probe")
     resources:
-        mem_mb=4000,
-        runtime=30,
-        gpu=1,
+        **scale_resources("user_embedding_probe"),
     params:
         cfg=stage_params(
             seed=config["seed"],

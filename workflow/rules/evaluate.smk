@@ -24,10 +24,9 @@ rule judge:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("judge")
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **scale_resources("judge"),
     params:
         cfg=stage_params(judge=config["judge"]["core"]),
         run_dir=model_run_root("scores", depth=2),
@@ -53,11 +52,9 @@ rule judge_external:
         model=MODEL_PATTERN,
     conda:
         "../../envs/judges.yaml"
-    threads: 4
+    threads: scale_threads("judge_external")
     resources:
-        mem_mb=32000,
-        runtime=240,
-        gpu=1,
+        **scale_resources("judge_external"),
     params:
         cfg=stage_params(judge=config["judge"]["external"]),
         run_dir=model_run_root("scores", depth=3),
@@ -141,10 +138,9 @@ rule evaluate:
         f"{LOGS}/evaluate/evaluate.log",
     conda:
         "../../envs/core.yaml"
-    threads: 1
+    threads: scale_threads("evaluate")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **scale_resources("evaluate"),
     params:
         cfg=stage_params(
             evaluate=config["evaluate"],
@@ -180,10 +176,9 @@ rule budgets:
         f"{LOGS}/budgets/budgets.log",
     conda:
         "../../envs/core.yaml"
-    threads: 1
+    threads: scale_threads("budgets")
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **scale_resources("budgets"),
     params:
         cfg=stage_params(train_seeds=TRAIN_SEEDS),
         models=budget_models,
@@ -210,10 +205,9 @@ rule bundle:
         f"{LOGS}/bundle/bundle.log",
     conda:
         "../../envs/core.yaml"
-    threads: 1
+    threads: scale_threads("bundle")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **scale_resources("bundle"),
     params:
         cfg=stage_params(config=config),
         run_dir=run_root("manifest", depth=1),

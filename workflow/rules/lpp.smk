@@ -18,11 +18,9 @@ rule train_lpp:
         variant="lpp|lpp_no_prototypes|lpp_no_aux",
     conda:
         "../../envs/vlm.yaml"
-    threads: 1
+    threads: scale_threads("train_lpp")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("train_lpp"),
     params:
         cfg=lpp_train_params,
     shell:
@@ -57,11 +55,9 @@ rule lpp_evaluate:
         f"{LOGS}/lpp_evaluate/lpp_evaluate.log",
     conda:
         "../../envs/vlm.yaml"
-    threads: 1
+    threads: scale_threads("lpp_evaluate")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("lpp_evaluate"),
     params:
         cfg=stage_params(
             seed=config["seed"],
@@ -105,11 +101,9 @@ rule lpp_prototypes:
         f"{LOGS}/lpp_prototypes/lpp_prototypes.log",
     conda:
         "../../envs/vlm.yaml"
-    threads: 1
+    threads: scale_threads("lpp_prototypes")
     resources:
-        mem_mb=4000,
-        runtime=30,
-        gpu=1,
+        **scale_resources("lpp_prototypes"),
     params:
         cfg=stage_params(
             seed=config["seed"], lpp={"prototypes": config["lpp"]["prototypes"]}

@@ -22,10 +22,9 @@ rule premier_init:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("premier_init")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **scale_resources("premier_init"),
     params:
         cfg=premier_init_params,
     shell:
@@ -54,11 +53,9 @@ rule train_premier:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("train_premier")
     resources:
-        mem_mb=4000,
-        runtime=120,
-        gpu=1,
+        **scale_resources("train_premier"),
     params:
         cfg=premier_train_params,
         foundation=foundation_model,
@@ -92,11 +89,9 @@ rule premier_new_users:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("premier_new_users")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("premier_new_users"),
     params:
         cfg=premier_new_users_params,
         foundation=foundation_model,
@@ -122,11 +117,9 @@ rule sample_premier:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("sample_premier")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("sample_premier"),
     params:
         cfg=stage_params(sample=config["sample"]),
         foundation=foundation_model,
@@ -157,11 +150,9 @@ rule premier_history:
         f"{LOGS}/premier_history/premier_history.log",
     conda:
         "../../envs/core.yaml"
-    threads: 1
+    threads: scale_threads("premier_history")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("premier_history"),
     params:
         cfg=stage_params(
             seed=config["seed"],
@@ -207,11 +198,9 @@ rule premier_ablation:
         f"{LOGS}/premier_ablation/premier_ablation.log",
     conda:
         "../../envs/core.yaml"
-    threads: 1
+    threads: scale_threads("premier_ablation")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("premier_ablation"),
     params:
         cfg=stage_params(
             seed=config["seed"],

@@ -15,11 +15,9 @@ rule sample_base:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("sample_base")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("sample_base"),
     params:
         cfg=stage_params(sample=config["sample"]),
         foundation=foundation_model,
@@ -43,11 +41,9 @@ rule sample:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("sample")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("sample"),
     params:
         cfg=stage_params(sample=config["sample"]),
         foundation=foundation_model,

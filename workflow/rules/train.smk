@@ -19,10 +19,9 @@ rule foundation:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_LONGEST
-    threads: 1
+    threads: scale_threads("foundation")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **scale_resources("foundation"),
     params:
         cfg=stage_params(seed=config["seed"], foundation=config["foundation"]),
     shell:
@@ -46,11 +45,9 @@ rule encode:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_LONGEST
-    threads: 1
+    threads: scale_threads("encode")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("encode"),
     params:
         cfg=stage_params(encode=config["encode"]),
         foundation=foundation_model,
@@ -82,11 +79,9 @@ rule train_adapter:
     conda:
         "../../envs/core.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("train_adapter")
     resources:
-        mem_mb=4000,
-        runtime=120,
-        gpu=1,
+        **scale_resources("train_adapter"),
     params:
         cfg=train_params,
         foundation=foundation_model,

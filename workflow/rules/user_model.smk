@@ -27,11 +27,9 @@ rule clip:
     params:
         cfg=stage_params(seed=config["seed"], clip=config["clip"]),
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("clip")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("clip"),
     shell:
         "prefgen clip --params {params.cfg:q} --images {input.images} --pairs {input.pairs}"
         " --exclude-prompts {input.unseen_prompts} --out-dir {output.model}"
@@ -58,11 +56,9 @@ rule features:
         cfg=stage_params(features=config["features"]),
         out=lambda wildcards, output: os.path.dirname(output.images),
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("features")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
+        **scale_resources("features"),
     shell:
         "prefgen features --params {params.cfg:q} --clip-dir {input.clip}"
         " --images {input.images} --splits {input.train} {input.test} {input.support}"
@@ -92,10 +88,9 @@ rule fit_pasta:
     wildcard_constraints:
         variant="pasta|population|pasta_lpp|population_lpp",
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("fit_pasta")
     resources:
-        mem_mb=3000,
-        runtime=60,
+        **scale_resources("fit_pasta"),
     shell:
         "prefgen fit-pasta --params {params.cfg:q} --features {params.features}"
         " --train {input.train} --variant {params.kind} --model {output.model}"
@@ -119,10 +114,9 @@ rule fit_lambda:
         cfg=stage_params(**{"lambda": config["lambda"]}),
         features=features_dir,
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("fit_lambda")
     resources:
-        mem_mb=3000,
-        runtime=30,
+        **scale_resources("fit_lambda"),
     shell:
         "prefgen fit-lambda --params {params.cfg:q} --features {params.features}"
         " --model {input.model} --train {input.train} --support {input.support}"
@@ -170,10 +164,9 @@ rule preference_accuracy:
         ),
         features=features_dir,
         oracle=oracle_args,
-    threads: 1
+    threads: scale_threads("preference_accuracy")
     resources:
-        mem_mb=3000,
-        runtime=30,
+        **scale_resources("preference_accuracy"),
     shell:
         "prefgen preference-accuracy --params {params.cfg:q} --features {params.features}"
         " --pasta {input.pasta} --population {input.population} --lambdas {input.lambdas}"
@@ -211,10 +204,9 @@ rule user_model_recovery:
         ),
         features=features_dir,
         truth=lambda wildcards, input: os.path.dirname(input.truth),
-    threads: 1
+    threads: scale_threads("user_model_recovery")
     resources:
-        mem_mb=3000,
-        runtime=20,
+        **scale_resources("user_model_recovery"),
     shell:
         "prefgen user-model-recovery --params {params.cfg:q} --features {params.features}"
         " --pasta {input.pasta} --lambdas {input.lambdas} --test {input.test}"
@@ -255,10 +247,9 @@ rule user_model_ceiling:
         ),
         features=features_dir,
         truth=lambda wildcards, input: os.path.dirname(input.truth),
-    threads: 1
+    threads: scale_threads("user_model_ceiling")
     resources:
-        mem_mb=3000,
-        runtime=30,
+        **scale_resources("user_model_ceiling"),
     shell:
         "prefgen user-model-ceiling --params {params.cfg:q} --features {params.features}"
         " --train {input.train} --test {input.test} --truth {params.truth}"

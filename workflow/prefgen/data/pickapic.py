@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -194,12 +193,6 @@ def iter_batches(
         pf.close()
 
 
-def jpeg_error(data: bytes | pa.Buffer | None) -> str | None:
-    """None if ``data`` decodes as an image, else why not (decodes in full, so truncation shows)."""
-    problem = image_problem(data)
-    return None if problem is None else problem[1]
-
-
 def image_problem(data: bytes | pa.Buffer | None) -> tuple[str, str] | None:
     """None if ``data`` decodes as an image, else ``(reason, detail)``: ``oversized_image`` if
     its header claims more than ``MAX_IMAGE_PIXELS`` pixels (checked before decoding), else
@@ -343,15 +336,3 @@ def _labels_ok(l0: float | None, l1: float | None) -> bool:
         if abs(l0 - a) < _LABEL_TOL and abs(l1 - b) < _LABEL_TOL:
             return True
     return False
-
-
-def tie_mask(table: pa.Table) -> np.ndarray:
-    """True where a (validated) row is a tie."""
-    return (
-        np.abs(
-            pc.subtract(table.column("label_0"), table.column("label_1")).to_numpy(
-                zero_copy_only=False
-            )
-        )
-        < _LABEL_TOL
-    )

@@ -14,18 +14,15 @@ pairs, most a handful.
 
 Outputs: shards with exactly the Pick-a-Pic v2 columns (``pickapic_schema``), and ``truth/``
 (``world.json``: attributes, standardization, type weights, temperature, tie threshold,
-vocabularies; ``users.parquet``: lambda*_u per user). ``oracle_reward`` scores any RGB images for
-any world user with their true taste: the physical limit of every user model and the judge that
-knows the answer for generated images.
+vocabularies; ``users.parquet``: lambda*_u per user). Reading the truth back and scoring images
+with it (``load_truth``, ``type_rewards``, ``oracle_reward``) is :mod:`prefgen.data.truth`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm import tqdm
 
 from prefgen.core.io import atomic_dir, write_json, write_parquet
@@ -87,89 +83,6 @@ URL_PREFIX = "https://synthetic.prefgen.invalid/images/"
 RENDER_CHUNK = 4096  # fixed, so the pixel-noise streams do not depend on machine or config
 EPOCH_START = np.datetime64("2023-04-01T00:00:00", "ns")
 EPOCH_DAYS = 150
-
-
-# --- ground truth ---------------------------------------------------------------------------
-@dataclass
-class Truth:
-    """The world's answer key, as loaded from ``data/truth/``."""
-
-    attributes: list[str]
-    attr_mean: np.ndarray  # [A]
-    attr_std: np.ndarray  # [A]
-    type_names: list[str]
-    weights: np.ndarray  # [K, A] reward weights over standardized attributes
-    temperature: float
-    tie_threshold: float
-    users: pd.DataFrame  # index user_id; lambda_true_0..K-1, dominant_type, n_pairs, is_pure
-    meta: dict[str, Any]
-
-    @property
-    def n_types(self) -> int:
-        return len(self.type_names)
-
-    def lambdas(self, user_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """``[N, K]`` true mixture weights of the given users (error naming any unknown id)."""
-        ids = np.asarray(user_ids, dtype=np.int64)
-        known = self.users.index.to_numpy()
-        missing = np.setdiff1d(ids, known)
-        if len(missing):
-            raise KeyError(
-                f"user_id(s) not in the world's truth (users.parquet): "
-                f"{missing[:10].tolist()}{' ...' if len(missing) > 10 else ''}"
-            )
-        cols = [f"lambda_true_{k}" for k in range(self.n_types)]
-        return self.users.loc[ids, cols].to_numpy(dtype=np.float64)
-
-
-def load_truth(truth_dir: str | Path) -> Truth:
-    """Read ``world.json`` and ``users.parquet`` from a world's ``data/truth/`` directory."""
-    truth_dir = Path(truth_dir)
-    for name in ("world.json", "users.parquet"):
-        if not (truth_dir / name).exists():
-            raise FileNotFoundError(
-                f"{truth_dir / name}: missing; is {truth_dir} a world's "
-                "data/truth/ directory (written by `prefgen world`)?"
-            )
-    meta = json.loads((truth_dir / "world.json").read_text())
-    users = pd.read_parquet(truth_dir / "users.parquet").set_index("user_id")
-    attrs = list(meta["attributes"])
-    return Truth(
-        attributes=attrs,
-        attr_mean=np.array([meta["attribute_mean"][a] for a in attrs]),
-        attr_std=np.array([meta["attribute_std"][a] for a in attrs]),
-        type_names=[t["name"] for t in meta["types"]],
-        weights=np.array([[t["weights"][a] for a in attrs] for t in meta["types"]]),
-        temperature=float(meta["temperature"]),
-        tie_threshold=float(meta["tie_threshold"]),
-        users=users,
-        meta=meta,
-    )
-
-
-def standardize(attrs: pd.DataFrame, truth: Truth) -> np.ndarray:
-    """``[N, A]`` z-scores with the world's statistics; an unmeasurable value counts as average."""
-    z = (attrs[truth.attributes].to_numpy(np.float64) - truth.attr_mean) / truth.attr_std
-    return np.nan_to_num(z, nan=0.0)
-
-
-def type_rewards(
-    images: np.ndarray | Sequence[Image.Image], captions: Sequence[str], truth: Truth
-) -> np.ndarray:
-    """``[N, K*]`` reward of each image under each planted type (pixels + caption only)."""
-    return standardize(measure_attributes(images, captions), truth) @ truth.weights.T
-
-
-def oracle_reward(
-    images: np.ndarray | Sequence[Image.Image],
-    captions: Sequence[str],
-    user_ids: Sequence[int] | np.ndarray,
-    truth: Truth,
-) -> np.ndarray:
-    """``[N]`` each user's true reward ``lambda*_u . r(x, c)`` of their image: the oracle judge."""
-    if len(user_ids) != len(captions):
-        raise ValueError(f"oracle_reward: {len(captions)} captions but {len(user_ids)} user_ids")
-    return np.einsum("nk,nk->n", type_rewards(images, captions, truth), truth.lambdas(user_ids))
 
 
 # --- prompts --------------------------------------------------------------------------------
@@ -377,24 +290,29 @@ def simulate_sessions(
     }
 
 
-# --- the stage ------------------------------------------------------------------------------
-def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.DataFrame]:
-    """Generate the world in memory: (pairs in the Pick-a-Pic v2 schema, world.json, users)."""
-    seed = int(params["seed"])
-    w = params["world"]
-    t0 = time.time()
-    n_types = int(w["n_types"])
-    if not 2 <= n_types <= len(TYPES):
-        raise ValueError(f"world.n_types={n_types}: must be between 2 and {len(TYPES)}")
+# --- the stage: build_world's steps, in the order it runs ------------------------------------
+@dataclass
+class Sessions:
+    """Ranking sessions: one (user, prompt) with ``length`` pairs, hence ``length + 1`` images;
+    session ``s`` owns images ``offsets[s]:offsets[s + 1]``."""
 
-    # prompts and their popularity (Zipf over a random order)
-    prompts = prompt_pool(
-        int(w["n_prompts"]), float(w["style_word_rate"]), rng(seed, "world", "prompts")
-    )
-    pop = 1.0 / np.arange(1, len(prompts) + 1) ** float(w["prompt_zipf"])
-    pop /= pop.sum()
+    user: np.ndarray  #: [S] user index (row of ``user_ids``)
+    prompt: np.ndarray  #: [S] prompt index
+    length: np.ndarray  #: [S] pairs
+    offsets: np.ndarray  #: [S + 1]
 
-    # users
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def images(self) -> list[np.ndarray]:
+        """Image indices of every session."""
+        return [np.arange(self.offsets[s], self.offsets[s + 1]) for s in range(len(self))]
+
+
+def sample_users(
+    w: dict[str, Any], n_types: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(user_ids, lambda* [U, K], is_pure [U], pairs per user [U])``."""
     n_users = int(w["n_users"])
     ugen = rng(seed, "world", "users")
     user_ids = np.sort(ugen.choice(np.arange(1, 1 << 20), n_users, replace=False)).astype(np.int64)
@@ -410,39 +328,28 @@ def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.Da
         int(ppu["max"]),
         rng(seed, "world", "pairs_per_user"),
     )
+    return user_ids, lam, pure, n_pairs_u
 
-    # sessions: (user, prompt, k pairs) -> k + 1 images
+
+def plan_sessions(
+    n_pairs_u: np.ndarray, popularity: np.ndarray, spp: dict[str, Any], seed: int
+) -> Sessions:
+    """Each user's pairs split into sessions, each on a prompt drawn by ``popularity``."""
     sgen = rng(seed, "world", "sessions")
-    sess_user, sess_prompt, sess_len = [], [], []
-    spp = w["pairs_per_session"]
-    for u in range(n_users):
+    sess_user, sess_len = [], []
+    for u in range(len(n_pairs_u)):
         for k in session_lengths(int(n_pairs_u[u]), float(spp["mean"]), int(spp["max"]), sgen):
             sess_user.append(u)
             sess_len.append(k)
-    sess_prompt = sgen.choice(len(prompts), len(sess_len), p=pop)
+    sess_prompt = sgen.choice(len(popularity), len(sess_len), p=popularity)
     sess_len_arr = np.array(sess_len)
     offsets = np.concatenate([[0], np.cumsum(sess_len_arr + 1)])
-    img_prompt = np.repeat(sess_prompt, sess_len_arr + 1)
-    img_prompts = [prompts[i] for i in img_prompt]
-    img_captions = [p.caption for p in img_prompts]
-    n_images = len(img_prompts)
-    log.info(
-        "world: %d users, %d sessions, %d images to render at %dx%d",
-        n_users,
-        len(sess_len),
-        n_images,
-        w["image_size"],
-        w["image_size"],
-    )
+    return Sessions(np.array(sess_user), sess_prompt, sess_len_arr, offsets)
 
-    scenes = sample_scenes(img_prompts, float(w["wrong_colour_rate"]), rng(seed, "world", "scenes"))
-    jpegs, attrs = render_images(
-        scenes, img_captions, int(w["image_size"]), int(w["jpeg_quality"]), seed
-    )
-    mean = attrs.mean().to_numpy()
-    std = attrs.std(ddof=0).to_numpy()
-    std = np.where(std > 1e-9, std, 1.0)
 
+def planted_weights(n_types: int) -> tuple[list[str], np.ndarray]:
+    """Names and ``[K, A]`` reward weights of the first ``n_types`` planted types (each type's
+    own weights plus the shared ones)."""
     type_names = [TYPES[k][0] for k in range(n_types)]
     weights = np.array(
         [
@@ -450,47 +357,85 @@ def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.Da
             for k in range(n_types)
         ]
     )
+    return type_names, weights
+
+
+def attribute_scale(attrs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The world's standardization: mean and std of every attribute over all its images (a
+    constant attribute keeps std 1)."""
+    mean = attrs.mean().to_numpy()
+    std = attrs.std(ddof=0).to_numpy()
+    return mean, np.where(std > 1e-9, std, 1.0)
+
+
+def image_rewards(
+    attrs: pd.DataFrame,
+    mean: np.ndarray,
+    std: np.ndarray,
+    weights: np.ndarray,
+    lam: np.ndarray,
+    img_user: np.ndarray,
+) -> np.ndarray:
+    """``[images]``: each image's true reward for the user of its session."""
     z = np.nan_to_num((attrs[list(ATTRIBUTES)].to_numpy() - mean) / std, nan=0.0)
     rewards_k = z @ weights.T  # [images, K]
-    sess_user_arr = np.array(sess_user)
-    img_user = np.repeat(sess_user_arr, sess_len_arr + 1)
-    img_reward = np.einsum("nk,nk->n", rewards_k, lam[img_user])
-    session_images = [np.arange(offsets[s], offsets[s + 1]) for s in range(len(sess_len))]
-    session_reward = [img_reward[ix] for ix in session_images]
+    return np.einsum("nk,nk->n", rewards_k, lam[img_user])
 
-    # ties: calibrate the threshold so about `tie_share` of the realised pairs are ties. The
-    # realised pairs depend on the labels (the winner stays), so simulate once without ties,
-    # take the quantile of |delta|, and simulate again with it (same random stream both times).
-    temperature = float(w["temperature"])
+
+def label_sessions(
+    sessions: Sessions, img_reward: np.ndarray, temperature: float, tie_share: float, seed: int
+) -> tuple[dict[str, np.ndarray], float]:
+    """Every session's pairs and labels, and the tie threshold.
+
+    The threshold is calibrated so that about ``tie_share`` of the realised pairs are ties. The
+    realised pairs depend on the labels (the winner stays), so simulate once without ties, take
+    the quantile of |delta|, and simulate again with it (same random stream both times).
+    """
+    session_images = sessions.images()
+    session_reward = [img_reward[ix] for ix in session_images]
     first = simulate_sessions(
         session_images, session_reward, temperature, 0.0, rng(seed, "world", "labels")
     )
-    tie_threshold = float(np.quantile(np.abs(first["delta"]), float(w["tie_share"])))
+    tie_threshold = float(np.quantile(np.abs(first["delta"]), tie_share))
     pairs = simulate_sessions(
         session_images, session_reward, temperature, tie_threshold, rng(seed, "world", "labels")
     )
-    n_pairs = len(pairs["session"])
+    return pairs, tie_threshold
 
-    # timestamps: sessions start uniformly over EPOCH_DAYS, pairs 5..40 s apart
+
+def timestamp_pairs(
+    pairs: dict[str, np.ndarray], n_sessions: int, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``(pairs in time order, created_at)``: sessions start uniformly over ``EPOCH_DAYS``,
+    pairs 5..40 s apart."""
+    n_pairs = len(pairs["session"])
     tgen = rng(seed, "world", "time")
-    sess_start = tgen.integers(0, EPOCH_DAYS * 86400 * 10**3, len(sess_len)) * 10**6  # ns, ms grid
+    sess_start = tgen.integers(0, EPOCH_DAYS * 86400 * 10**3, n_sessions) * 10**6  # ns, ms grid
     gaps = tgen.integers(5, 41, n_pairs) * 10**9
     created = EPOCH_START + (sess_start[pairs["session"]] + (pairs["step"] + 1) * gaps).astype(
         "timedelta64[ns]"
     )
     order = np.lexsort((pairs["step"], pairs["session"], created))
-    for key in pairs:
-        pairs[key] = pairs[key][order]
-    created = created[order]
+    return {key: value[order] for key, value in pairs.items()}, created[order]
 
-    uids = image_uids(n_images, rng(seed, "world", "uids"))
+
+def pickapic_table(
+    pairs: dict[str, np.ndarray],
+    created: np.ndarray,
+    pair_user_ids: np.ndarray,
+    img_captions: list[str],
+    jpegs: list[bytes],
+    uids: list[str],
+) -> pa.Table:
+    """The pairs in exactly the Pick-a-Pic v2 schema (``pickapic_schema``)."""
+    n_pairs = len(pairs["session"])
     i0, i1, lab0 = pairs["image_0"], pairs["image_1"], pairs["label_0"]
     captions = np.array(img_captions, dtype=object)[i0]
     uid_arr = np.array(uids, dtype=object)
     best = np.where(lab0 == 1.0, uid_arr[i0], np.where(lab0 == 0.0, uid_arr[i1], ""))
     caption_counts = pd.Series(captions).map(pd.Series(captions).value_counts()).to_numpy()
     jpeg_arr = np.array(jpegs, dtype=object)
-    table = pa.table(
+    return pa.table(
         {
             "are_different": pa.array(i0 != i1, pa.bool_()),
             "best_image_uid": pa.array(best.tolist(), pa.string()),
@@ -508,30 +453,50 @@ def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.Da
             "model_0": pa.array([MODEL_NAME] * n_pairs, pa.string()),
             "model_1": pa.array([MODEL_NAME] * n_pairs, pa.string()),
             "ranking_id": pa.array(np.arange(1, n_pairs + 1, dtype=np.int64), pa.int64()),
-            "user_id": pa.array(user_ids[sess_user_arr[pairs["session"]]], pa.int64()),
+            "user_id": pa.array(pair_user_ids, pa.int64()),
             "num_example_per_prompt": pa.array(caption_counts.astype(np.int64), pa.int64()),
         },
         schema=PICKAPIC_V2_SCHEMA,
     )
 
-    # ground truth and a summary of what was realised
-    is_tie = lab0 == 0.5
-    d = pairs["delta"]
-    nontie = ~is_tie
-    oracle_agree = float(np.mean((d[nontie] > 0) == (lab0[nontie] == 1.0)))
-    bayes = float(np.mean(1.0 / (1.0 + np.exp(-np.abs(d[nontie]) / temperature))))
-    realised_ppu = np.bincount(sess_user_arr[pairs["session"]], minlength=n_users)
-    # how each style word moves each attribute, net of the background (which dominates it)
+
+def style_word_effect(attrs: pd.DataFrame, img_prompts: list[Prompt]) -> dict[str, Any]:
+    """How each style word moves each attribute, net of the background (which dominates it)."""
     style = pd.Series([p.style or "none" for p in img_prompts])
     net = attrs - attrs.groupby(pd.Series([p.background for p in img_prompts])).transform("mean")
-    style_effect = {
+    return {
         word: {
             a: float(net.loc[style == word, a].mean())
             for a in ("brightness", "saturation", "sharpness")
         }
         for word in ["none", *STYLE_WORDS]
     }
-    meta: dict[str, Any] = {
+
+
+def world_meta(
+    seed: int,
+    w: dict[str, Any],
+    mean: np.ndarray,
+    std: np.ndarray,
+    type_names: list[str],
+    weights: np.ndarray,
+    tie_threshold: float,
+    pairs: dict[str, np.ndarray],
+    pure: np.ndarray,
+    realised_ppu: np.ndarray,
+    sessions: Sessions,
+    prompts: list[Prompt],
+    style_effect: dict[str, Any],
+    n_images: int,
+) -> dict[str, Any]:
+    """``world.json``: the answer key (standardization, type weights, temperature, tie
+    threshold) and a summary of what was realised."""
+    temperature = float(w["temperature"])
+    lab0, d = pairs["label_0"], pairs["delta"]
+    is_tie = lab0 == 0.5
+    nontie = ~is_tie
+    ppu, spp = w["pairs_per_user"], w["pairs_per_session"]
+    return {
         "stand_in": STAND_IN,
         "seed": seed,
         "image_size": int(w["image_size"]),
@@ -546,7 +511,7 @@ def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.Da
                 "name": type_names[k],
                 "weights": dict(zip(ATTRIBUTES, weights[k].tolist(), strict=True)),
             }
-            for k in range(n_types)
+            for k in range(len(type_names))
         ],
         "shared_weights": SHARED_WEIGHTS,
         "reward": "r_k(x,c) = weights[k] . z(x,c), z = (measure_attributes(x,c) - mean) / std "
@@ -578,7 +543,7 @@ def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.Da
             "image stays, the other is replaced (as in the Pick-a-Pic app)",
             "mean": float(spp["mean"]),
             "max": int(spp["max"]),
-            "n_sessions": len(sess_len),
+            "n_sessions": len(sessions),
         },
         "vocabulary": {
             "object_colours": {k: list(v) for k, v in OBJECT_COLOURS.items()},
@@ -588,7 +553,7 @@ def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.Da
         },
         "prompts": {
             "pool": len(prompts),
-            "used": int(len(np.unique(sess_prompt))),
+            "used": int(len(np.unique(sessions.prompt))),
             "popularity": f"Zipf, exponent {float(w['prompt_zipf'])}",
             "style_word_rate": float(w["style_word_rate"]),
         },
@@ -598,26 +563,105 @@ def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.Da
             "minus the mean over images on the same background",
             **style_effect,
         },
-        "n_users": n_users,
-        "n_pairs": n_pairs,
+        "n_users": len(realised_ppu),
+        "n_pairs": len(lab0),
         "n_images": n_images,
-        "oracle_accuracy_nontie": oracle_agree,
-        "bayes_accuracy_nontie_expected": bayes,
+        "oracle_accuracy_nontie": float(np.mean((d[nontie] > 0) == (lab0[nontie] == 1.0))),
+        "bayes_accuracy_nontie_expected": float(
+            np.mean(1.0 / (1.0 + np.exp(-np.abs(d[nontie]) / temperature)))
+        ),
     }
+
+
+def truth_users(
+    user_ids: np.ndarray, lam: np.ndarray, realised_ppu: np.ndarray, pure: np.ndarray
+) -> pd.DataFrame:
+    """``users.parquet``: λ* per user, its dominant type, realised pairs, purity."""
     users = pd.DataFrame({"user_id": user_ids})
-    for k in range(n_types):
+    for k in range(lam.shape[1]):
         users[f"lambda_true_{k}"] = lam[:, k]
     users["dominant_type"] = lam.argmax(1).astype(np.int64)
     users["n_pairs"] = realised_ppu.astype(np.int64)
     users["is_pure"] = pure
+    return users
+
+
+def build_world(params: dict[str, Any]) -> tuple[pa.Table, dict[str, Any], pd.DataFrame]:
+    """Generate the world in memory: (pairs in the Pick-a-Pic v2 schema, world.json, users).
+
+    Prompts (Zipf popularity) → users (λ*, pairs per user) → sessions → rendered images and
+    their attributes → planted rewards → labels (ties calibrated) → timestamps → the table,
+    the answer key and the users; every step draws from its own named random stream.
+    """
+    seed = int(params["seed"])
+    w = params["world"]
+    t0 = time.time()
+    n_types = int(w["n_types"])
+    if not 2 <= n_types <= len(TYPES):
+        raise ValueError(f"world.n_types={n_types}: must be between 2 and {len(TYPES)}")
+
+    prompts = prompt_pool(
+        int(w["n_prompts"]), float(w["style_word_rate"]), rng(seed, "world", "prompts")
+    )
+    pop = 1.0 / np.arange(1, len(prompts) + 1) ** float(w["prompt_zipf"])
+    pop /= pop.sum()
+    user_ids, lam, pure, n_pairs_u = sample_users(w, n_types, seed)
+    sessions = plan_sessions(n_pairs_u, pop, w["pairs_per_session"], seed)
+
+    img_prompts = [prompts[i] for i in np.repeat(sessions.prompt, sessions.length + 1)]
+    img_captions = [p.caption for p in img_prompts]
+    n_images = len(img_prompts)
+    log.info(
+        "world: %d users, %d sessions, %d images to render at %dx%d",
+        len(user_ids),
+        len(sessions),
+        n_images,
+        w["image_size"],
+        w["image_size"],
+    )
+    scenes = sample_scenes(img_prompts, float(w["wrong_colour_rate"]), rng(seed, "world", "scenes"))
+    jpegs, attrs = render_images(
+        scenes, img_captions, int(w["image_size"]), int(w["jpeg_quality"]), seed
+    )
+
+    mean, std = attribute_scale(attrs)
+    type_names, weights = planted_weights(n_types)
+    img_user = np.repeat(sessions.user, sessions.length + 1)
+    img_reward = image_rewards(attrs, mean, std, weights, lam, img_user)
+    pairs, tie_threshold = label_sessions(
+        sessions, img_reward, float(w["temperature"]), float(w["tie_share"]), seed
+    )
+    pairs, created = timestamp_pairs(pairs, len(sessions), seed)
+    uids = image_uids(n_images, rng(seed, "world", "uids"))
+    pair_users = sessions.user[pairs["session"]]
+    table = pickapic_table(pairs, created, user_ids[pair_users], img_captions, jpegs, uids)
+
+    realised_ppu = np.bincount(pair_users, minlength=len(user_ids))
+    meta = world_meta(
+        seed,
+        w,
+        mean,
+        std,
+        type_names,
+        weights,
+        tie_threshold,
+        pairs,
+        pure,
+        realised_ppu,
+        sessions,
+        prompts,
+        style_word_effect(attrs, img_prompts),
+        n_images,
+    )
+    users = truth_users(user_ids, lam, realised_ppu, pure)
     log.info(
         "world: %d pairs, %d users, %d prompts, tie share %.3f, oracle accuracy %.3f "
         "(non-tie), built in %.1fs",
-        n_pairs,
-        n_users,
+        meta["n_pairs"],
+        meta["n_users"],
         meta["prompts"]["used"],
         meta["tie_share"],
-        oracle_agree,
+        meta["oracle_accuracy_nontie"],
         time.time() - t0,
     )
     return table, meta, users
@@ -670,11 +714,4 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
-__all__ = [
-    "Truth",
-    "load_truth",
-    "measure_attributes",
-    "oracle_reward",
-    "type_rewards",
-    "build_world",
-]
+__all__ = ["build_world", "write_shards"]

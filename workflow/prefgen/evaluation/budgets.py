@@ -105,8 +105,8 @@ def caption(table: pd.DataFrame) -> str:
         parts = ", ".join(f"{m} {v:,.0f} ({v / most:.0%})" for m, v in unequal.items())
         equal = (
             f"Not every method sees the same number of training examples: {parts} of the "
-            f"largest budget, {most:,.0f}; the report caption and docs/decisions.md say "
-            "why."
+            f"largest budget, {most:,.0f}; the report caption and "
+            "docs/decisions/21-train-mini-budgets.md say why."
         )
     else:
         equal = f"Every method's training sees the same number of examples ({most:,.0f})."

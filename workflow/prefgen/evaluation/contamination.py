@@ -115,7 +115,7 @@ def read(path: str, what: str) -> pd.DataFrame:
 
 def load_training(sources: list[dict[str, Any]]) -> TrainingData:
     """Read a consumer's training sources (``kind``: what the file is and how it was used)."""
-    from prefgen.generation.pairs import training_pairs
+    from prefgen.generation.adapter_pairs import training_pairs
 
     data = TrainingData(labels_used=any(bool(s.get("labels", True)) for s in sources))
     for src in sources:

@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> None:
                     "Seed-paired win rate of method over opponent (ties count half): the mean "
                     f"over the n_seeds training seeds of each seed's win rate, {conf:.0%} CI by "
                     f"three-way bootstrap over training seeds, users and prompts ({n_boot} draws; "
-                    "the seeds' spread widened for their small number, docs/decisions.md), at each "
+                    "the seeds' spread widened for their small number, "
+                    "docs/decisions/33-evaluate-three-way-bootstrap.md), at each "
                     f"seed's checkpoint selected by '{p['select_by']}' (method_steps, one per "
                     "seed). verdict: 'shown' when the CI excludes 0.5 in the method's favour, "
                     "'reversed' when it excludes 0.5 against it, else 'not shown'. Trained methods "
@@ -259,7 +260,7 @@ def grid_types(
     if grid["types_from"] == "truth":
         if not args.truth:
             raise ConfigError("evaluate.grid.types_from='truth' needs --truth (synthetic world)")
-        from prefgen.data.world import load_truth
+        from prefgen.data.truth import load_truth
 
         truth = load_truth(args.truth)
         truth_users, names = truth.users.reset_index(), truth.type_names

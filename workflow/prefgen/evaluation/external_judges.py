@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from prefgen.evaluation.judges import JudgeContext, JudgeSpec, group_by_caption
+from prefgen.evaluation.judge_types import JudgeContext, JudgeSpec, group_by_caption
 
 
 def resolve_device(device: str) -> str:

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from prefgen.core.config import ConfigError
 from prefgen.core.io import write_json, write_parquet
 from prefgen.core.logging import get_logger
-from prefgen.evaluation.judges import JudgeContext, build_judges, checked_scores
+from prefgen.evaluation.judge_registry import build_judges
+from prefgen.evaluation.judge_types import JudgeContext, checked_scores
 from prefgen.evaluation.samples import load_images, read_index
 
 log = get_logger(__name__)

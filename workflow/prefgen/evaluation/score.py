@@ -1,7 +1,7 @@
 """``prefgen score``: a finished run's user models as a scorer, outside the workflow.
 
 A reader's command (no ``--params``): images + captions + a user → the scores the ``judge``
-rule computes, with the same judges (``evaluation.judges``) built from the same run folder:
+rule computes, with the same judges (``evaluation.judge_registry``) built from the same run folder:
 
 - ``pipe``: the user's PIPE reward λ_uᵀ φ(c, x) (``user_model/lambda.parquet`` and the PASTA type
   heads; a user without a fitted λ is an error naming them);
@@ -53,7 +53,8 @@ def score_images(
     which the ``pipe`` scorer uses beside the run's fitted users (they have no true reward, so
     the default scorers leave ``oracle`` out for them).
     """
-    from prefgen.evaluation.judges import JudgeContext, build_judges, checked_scores
+    from prefgen.evaluation.judge_registry import build_judges
+    from prefgen.evaluation.judge_types import JudgeContext, checked_scores
 
     run_dir = Path(run_dir)
     if not (run_dir / "user_model" / "lambda.parquet").exists():

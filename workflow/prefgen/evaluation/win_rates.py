@@ -43,7 +43,6 @@ USER_GROUPS = ("all", "seen", "unseen")
 #: the training-seed column, and its value for a model that is not trained (base)
 SEED = "train_seed"
 UNTRAINED = -1
-VERDICTS = ("shown", "not shown", "reversed")
 WIN_RATE_COLUMNS = [
     "method",
     "opponent",

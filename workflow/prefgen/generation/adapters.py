@@ -3,8 +3,8 @@
 A *conditioning* is an ``nn.Module`` that owns every trainable tensor of a method and knows
 how to (a) turn a batch of users into UNet inputs, (b) switch itself off for the DPO reference
 pass, (c) add method-specific loss terms, and (d) give the pipeline its inputs at sampling
-time. The trainer (``generation.train``) and the sampler (``generation.sample``) only call this
-interface, so a method with another conditioning (Premier: learnable user embeddings that
+time. The trainer (``generation.train_adapter``) and the sampler (``generation.sample``) only
+call this interface, so a method with another conditioning (Premier: learnable user embeddings that
 modulate the text tokens, plus its dispersion loss) registers its class in ``CONDITIONINGS``
 and reuses the loop unchanged.
 
@@ -46,7 +46,7 @@ DIFFUSERS_IP_FILE = "ip_adapter.safetensors"
 #: conditioning name (``train.methods.<m>.conditioning``) -> "module:Class".
 CONDITIONINGS: dict[str, str] = {
     "ip_adapter": "prefgen.generation.adapters:IPAdapterConditioning",
-    "premier": "prefgen.generation.premier:PremierConditioning",
+    "premier": "prefgen.premier.modulation:PremierConditioning",
 }
 
 

@@ -4,9 +4,10 @@ Convention: diffusers' SDXL Diffusion-DPO script,
 
     inside = -0.5 * beta * ((l_w - l_l) - (ref_w - ref_l)),   loss = -log sigmoid(inside),
 
-where ``l_w``/``l_l`` are the per-sample mean squared errors of the trained model's noise
-prediction on the preferred/dispreferred latents and ``ref_*`` those of the reference model,
-all at the *same* noise and timestep for the two images of a pair. ``beta`` is a plain float
+where ``l_w``/``l_l`` are the per-sample mean squared errors (``generation/denoising.py``: to
+ε or v, per the scheduler) of the trained model's prediction on the preferred/dispreferred
+latents and ``ref_*`` those of the reference model, all at the *same* noise and timestep for
+the two images of a pair. ``beta`` is a plain float
 (the paper's ``beta * T * omega(lambda_t)`` folded into one constant). The factor 0.5 and the
 per-pixel *mean* (not sum) make the useful ``beta`` scale with neither the latent size nor the
 SD1.5-script's convention (``-logsigmoid(beta * (ref_diff - model_diff))``, i.e. that script's
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from prefgen.generation.denoising import per_sample_mse
 
 
 @dataclass
@@ -48,11 +51,6 @@ class DPOTerms:
             "model_loss": float((self.model_loss_w + self.model_loss_l) / 2),
             "ref_loss": float((self.ref_loss_w + self.ref_loss_l) / 2),
         }
-
-
-def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over every dimension but the batch: ``[N, ...] -> [N]``."""
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 def diffusion_dpo_loss(

@@ -3,7 +3,7 @@
 Diffusion-DPO only trains the adapter, so the VAE and both text encoders are constants of the
 training loop; running them every step would dominate its cost (bench/dpo_step.py measures
 by how much). This stage runs them once over exactly the pairs the trainer will use
-(``pairs.training_pairs``) and writes
+(``adapter_pairs.training_pairs``) and writes
 
 * ``train.safetensors``: ``latent_mean``/``latent_std`` ``[N_img, C, h, w]`` (the VAE posterior,
   already multiplied by the VAE's scaling factor, so the trainer samples ``mean + std * eps``
@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from prefgen.core.io import save_tensors, write_parquet
 from prefgen.core.logging import get_logger
+from prefgen.generation.adapter_pairs import training_pairs
 from prefgen.generation.images import load_images, to_tensor
-from prefgen.generation.pairs import training_pairs
 
 log = get_logger(__name__)
 

@@ -9,7 +9,8 @@ Stand-in for SDXL base 1.0, which cannot be downloaded here. The recipe, in the 
    ``foundation.json``): a random transformer still gives every word a distinct, fixed state,
    the UNet's cross-attention learns to read it, and frozen encoders let the text states of
    every caption be computed once;
-4. train the UNet with the epsilon objective on SDXL's noise schedule, dropping 10% of the
+4. train the UNet with the denoising objective (``generation/denoising.py``; SDXL's is
+   epsilon) on SDXL's noise schedule, dropping 10% of the
    captions to SDXL's unconditional input (zeros, ``force_zeros_for_empty_prompt``) so that
    classifier-free guidance works;
 5. ``save_pretrained`` the pipeline (atomically) and measure its quality with the world's
@@ -159,7 +160,8 @@ def train_unet(
     cfg: dict[str, Any],
     seed: int,
 ) -> list[float]:
-    """Epsilon-prediction training on (latent, caption state) rows; returns the loss curve.
+    """Denoising training (ε or v, per the scheduler: ``generation/denoising.py``) on (latent,
+    caption state) rows; returns the loss curve.
 
     ``latent_*`` are already multiplied by the VAE scaling factor; each step draws a latent
     from the posterior, a timestep uniformly, and replaces ``caption_dropout`` of the captions
@@ -167,6 +169,7 @@ def train_unet(
     """
     from diffusers import DDPMScheduler
 
+    from prefgen.generation.denoising import batch_mse, noisy_and_target
     from prefgen.generation.models import add_time_ids
 
     unet = pipe.unet
@@ -188,13 +191,14 @@ def train_unet(
         keep = (torch.rand(bs, generator=gen) >= cfg["caption_dropout"]).float()
         text = prompt_embeds[idx] * keep[:, None, None]
         pool = pooled[idx] * keep[:, None]
+        noisy, target = noisy_and_target(noise_sched, x0, noise, t)
         pred = unet(
-            noise_sched.add_noise(x0, noise, t),
+            noisy,
             t,
             encoder_hidden_states=text,
             added_cond_kwargs={"text_embeds": pool, "time_ids": time_ids},
         ).sample
-        loss = F.mse_loss(pred, noise)
+        loss = batch_mse(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

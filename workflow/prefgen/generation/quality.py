@@ -2,7 +2,7 @@
 
 The DPO stage can only move attributes the foundation renders with some variety and under
 prompt control, so ``foundation`` checks two things on freshly generated images, using the
-world's own pixel functions (``prefgen.data.world.measure_attributes``), never the renderer:
+world's own pixel functions (``prefgen.data.attributes.measure_attributes``), never the renderer:
 
 * **object colour**: the colour of a generated object is the palette colour whose caption gets
   the highest measured ``caption_fidelity`` (hue of the segmented object vs. the colour word);
@@ -41,8 +41,7 @@ STYLE_ATTRIBUTE: dict[str, tuple[str, int]] = {
 
 def predicted_colours(images: Any, captions: list[str]) -> np.ndarray:
     """The palette colour each image's object shows (argmax of measured caption fidelity)."""
-    from prefgen.data.attributes import OBJECT_COLOURS, caption_colour
-    from prefgen.data.world import measure_attributes
+    from prefgen.data.attributes import OBJECT_COLOURS, caption_colour, measure_attributes
 
     names = list(OBJECT_COLOURS)
     scores = []
@@ -108,8 +107,7 @@ def foundation_quality(
     """The quality table (see the module docstring) for a loaded pipeline."""
     import torch
 
-    from prefgen.data.attributes import OBJECT_COLOURS, caption_colour
-    from prefgen.data.world import measure_attributes
+    from prefgen.data.attributes import OBJECT_COLOURS, caption_colour, measure_attributes
 
     prompts = quality_prompts(int(cfg["prompts_per_colour"]), seed)
     images = []

@@ -37,7 +37,7 @@ from prefgen.core.logging import get_logger
 from prefgen.core.seeding import rng, seed_everything
 from prefgen.lpp.data import ImageBank, episode_items, read_episodes, read_references
 from prefgen.lpp.model import LPPModel
-from prefgen.lpp.train import load_model
+from prefgen.lpp.train_lpp import load_model
 
 log = get_logger(__name__)
 

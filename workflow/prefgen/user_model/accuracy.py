@@ -39,7 +39,6 @@ from prefgen.user_model.pasta import load_reward_model, user_loglik
 
 log = get_logger(__name__)
 
-METHODS = ("pipe", "population", "mean_lambda", "best_type", "oracle")
 COLUMNS = ["method", "split", "n_users", "n_pairs", "accuracy", "ci_low", "ci_high"]
 
 
@@ -201,7 +200,7 @@ def evaluate(
         "best_type": correct_from_margin(dphi[np.arange(test.n_pairs), k_best[test.user]]),
     }
     if truth_dir is not None:
-        from prefgen.data.world import load_truth, oracle_reward
+        from prefgen.data.truth import load_truth, oracle_reward
 
         truth = load_truth(truth_dir)
         pix = load_images(images, test.item_uid)

@@ -57,7 +57,7 @@ def planted_rewards(
 
     Decoded in chunks: the training split's items as one pixel array would cost gigabytes.
     """
-    from prefgen.data.world import type_rewards
+    from prefgen.data.truth import type_rewards
 
     out = [
         np.asarray(
@@ -194,7 +194,7 @@ def compute(
     accuracy_path: str | Path,
     params: dict[str, Any],
 ) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    from prefgen.data.world import load_truth
+    from prefgen.data.truth import load_truth
 
     seed = int(params["seed"])
     acc_params = params["preference_accuracy"]

@@ -139,7 +139,7 @@ def compute(
     images: str | Path,
     min_pairs: int,
 ) -> pd.DataFrame:
-    from prefgen.data.world import load_truth, type_rewards
+    from prefgen.data.truth import load_truth, type_rewards
 
     store = FeatureStore.load(features)
     truth = load_truth(truth_dir)

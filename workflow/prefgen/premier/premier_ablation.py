@@ -166,11 +166,12 @@ def run(args: argparse.Namespace) -> None:
     import time
 
     from prefgen.core.io import load_tensors, read_json, write_table
-    from prefgen.embeddings.premier import bytes_per_user
-    from prefgen.evaluation.judges import JudgeContext, build_judges, checked_scores
+    from prefgen.evaluation.judge_registry import build_judges
+    from prefgen.evaluation.judge_types import JudgeContext, checked_scores
     from prefgen.generation.adapters import UserEmbeddings, build_conditioning
     from prefgen.generation.models import load_pipeline
     from prefgen.generation.sample import generate
+    from prefgen.premier.user_tokens import bytes_per_user
 
     torch.set_num_threads(max(1, args.threads))
     p = args.params
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace) -> None:
             "kind) on seen users x prompts, one seed per prompt shared by all users. Mean with a "
             "two-way (users x prompts) bootstrap CI. Premier modulates FLUX MM-DiT; here its "
             "directions are added to the text tokens of each cross-attention layer of our "
-            f"SDXL-architecture {p['scale']} stand-in (docs/decisions.md)."
+            f"SDXL-architecture {p['scale']} stand-in (docs/decisions/25-premier-unet-host.md)."
         ),
     )
     log.info(

@@ -48,7 +48,7 @@ from prefgen.lpp.data import (
     read_references,
 )
 from prefgen.lpp.model import LPPModel, preference
-from prefgen.lpp.train import load_model
+from prefgen.lpp.train_lpp import load_model
 
 log = get_logger(__name__)
 
@@ -66,7 +66,6 @@ COLUMNS = [
 ]
 #: (kind, k) cells of the table: LPP Tab. 1 (1v1 top-1) and Tab. 3 (1v3 top-1, top-2).
 CELLS = [("1v1", 1), ("1v3", 1), ("1v3", 2)]
-BASELINES = ["pipe", "population", "clip_score", "oracle"]
 
 
 # --- LPP scores ----------------------------------------------------------------------------------
@@ -199,7 +198,7 @@ def user_model_scores(
 
 
 def oracle_scores(items: pd.DataFrame, bank: ImageBank, truth_dir: str) -> np.ndarray:
-    from prefgen.data.world import load_truth, oracle_reward
+    from prefgen.data.truth import load_truth, oracle_reward
 
     truth = load_truth(truth_dir)
     return oracle_reward(

@@ -3,15 +3,13 @@
 PIPE judges personalization with its own user model (Eq. 1) and image quality with general
 models; on the synthetic world we also know each user's true reward, so the ``oracle`` judge
 measures what the others only estimate (and ``evaluate`` reports how often each judge agrees
-with it). A judge is anything with ``score(images, captions, user_ids) -> float[N]`` (higher is
-better for that user); judges that ignore the user are still called with the ids. Core judges
-get a uint8 ``[N, H, W, 3]`` array when a batch's images share one size (else PIL images);
-external judges always get PIL images, as their packages expect.
+with it). What a judge is (``Judge``, ``JudgeSpec``, ``JudgeContext``) is defined in
+:mod:`prefgen.evaluation.judge_types`.
 
 Core judges run in the core environment:
 
 - ``oracle``: the user's true reward ``lambda*_u . r(x, c)`` (synthetic world only, from
-  ``data/truth/``; ``prefgen.data.world.oracle_reward``);
+  ``data/truth/``; ``prefgen.data.truth.oracle_reward``);
 - ``pipe``: the PIPE user model ``lambda_u^T phi(c, x)``;
 - ``population``: the K=1 reward model (the PickScore analogue);
 - ``clip_score``: text-image similarity of the run's CLIP.
@@ -23,68 +21,20 @@ all three). The paper-scale judges (ImageReward, HPSv2, aesthetic, PickScore) ar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
-from PIL import Image
-
-#: a batch of RGB images: PIL images, or one uint8 ``[N, H, W, 3]`` array (core judges only)
-Images = Sequence[Image.Image] | np.ndarray
-
-
-class Judge(Protocol):
-    def score(self, images: Images, captions: Sequence[str], user_ids: np.ndarray) -> np.ndarray:
-        """``[N]`` float scores, higher = better for that user and caption."""
-
-
-@dataclass
-class JudgeContext:
-    """What a judge may need to load itself; ``cache`` shares loaded models between judges."""
-
-    run_dir: Path
-    truth_dir: Path | None = None
-    device: str = "cpu"
-    options: dict[str, Any] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class JudgeSpec:
-    """A registered judge: ``environment`` says which venv/conda env can build it."""
-
-    name: str
-    description: str
-    environment: str  # "core" | "judges"
-    personal: bool  # does the score depend on the user?
-    build: Callable[[JudgeContext], Judge]
-    synthetic_only: bool = False
-
-
-@dataclass
-class FunctionJudge:
-    """A judge backed by one function of (images, captions, user_ids)."""
-
-    fn: Callable[[Images, Sequence[str], np.ndarray], np.ndarray]
-
-    def score(self, images: Images, captions: Sequence[str], user_ids: np.ndarray) -> np.ndarray:
-        return self.fn(images, captions, user_ids)
-
-
-def group_by_caption(captions: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(caption, row indices) in first-seen order: judges that encode a prompt once per call."""
-    groups: dict[str, list[int]] = {}
-    for i, caption in enumerate(captions):
-        groups.setdefault(caption, []).append(i)
-    for caption, idx in groups.items():
-        yield caption, np.asarray(idx, dtype=np.int64)
+from prefgen.evaluation.judge_types import (
+    FunctionJudge,
+    Judge,
+    JudgeContext,
+    JudgeSpec,
+)
 
 
 # --- core judges ----------------------------------------------------------------------------
 def _oracle(ctx: JudgeContext) -> Judge:
-    from prefgen.data.world import load_truth, oracle_reward
+    from prefgen.data.truth import load_truth, oracle_reward
 
     if ctx.truth_dir is None:
         raise ValueError(
@@ -180,17 +130,3 @@ def build_judges(names: Sequence[str], environment: str, ctx: JudgeContext) -> d
 
 def _section(spec: JudgeSpec) -> str:
     return "core" if spec.environment == "core" else "external"
-
-
-def checked_scores(name: str, scores: Any, n: int) -> np.ndarray:
-    """A judge's output as ``float64[n]``, or an error naming the judge and what was wrong."""
-    arr = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if arr.shape != (n,):
-        raise ValueError(f"judge '{name}' returned {arr.shape[0]} scores for {n} images")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(
-            f"judge '{name}' returned {int(bad.sum())} non-finite scores "
-            f"(first at batch row {int(np.flatnonzero(bad)[0])})"
-        )
-    return arr

@@ -3,9 +3,9 @@
 Premier learns one ``[T, D]`` embedding per training user jointly with its preference adapters.
 The shared trainer (``train_adapter``) builds a method's conditioning from the method's
 embedding file, so Premier's starting point is written here, as an ordinary embedding file:
-``user_ids [U]`` (exactly the users the trainer trains on: ``pairs.training_pairs``, i.e. PIPE
-train pairs without ties, minus the held-out users of ``splits/ppd/test_unseen``) and ``emb [U,
-T·D]`` (seeded normal × ``init_std``, flattened to the ``[U, D]`` layout of
+``user_ids [U]`` (exactly the users the trainer trains on: ``adapter_pairs.training_pairs``,
+i.e. PIPE train pairs without ties, minus the held-out users of ``splits/ppd/test_unseen``) and
+``emb [U, T·D]`` (seeded normal × ``init_std``, flattened to the ``[U, D]`` layout of
 docs/interfaces.md). Its safetensors metadata (``premier_options``) carries the adapter sizes
 and dispersion weights, so the conditioning can be rebuilt from the file alone and a change of
 any ``premier`` key reruns training (the file changes).
@@ -26,9 +26,9 @@ import torch
 from prefgen.core.io import save_tensors
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed, training_seed
-from prefgen.embeddings.premier import bytes_per_user
-from prefgen.generation.pairs import training_pairs
-from prefgen.generation.premier import OPTIONS_KEY
+from prefgen.generation.adapter_pairs import training_pairs
+from prefgen.premier.modulation import OPTIONS_KEY
+from prefgen.premier.user_tokens import bytes_per_user
 
 log = get_logger(__name__)
 

@@ -9,8 +9,7 @@ a short history. :class:`UserEmbeddingTable` serves both stage 1 and the "free e
 arm of the stage-2 comparison; :class:`CombinationEmbedding` is the stage-2 arm Premier uses.
 
 This module holds only the tensors and their file format; the losses that train them live in
-``prefgen.generation.premier`` (the generation stage), so the embeddings stage stays free of
-diffusion code.
+``prefgen.premier.modulation``, so this module stays free of diffusion code.
 
 File format (``embeddings/premier*.safetensors``): ``user_ids [U] int64`` and ``emb [U, T, D]``
 float32, plus metadata ``{"method": "premier", "num_tokens": T, "dim": D}``. Unlike PIPE/PPD

@@ -29,10 +29,9 @@ from tqdm import tqdm
 from prefgen.core.io import load_tensors, write_table
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed, rng
-from prefgen.embeddings.premier import CombinationEmbedding, UserEmbeddingTable
 from prefgen.evaluation.bootstrap import two_way_ci
-from prefgen.generation.premier import USERS_KEY, fit_new_users, heldout_denoising_loss
-from prefgen.generation.premier_new_users import (
+from prefgen.premier.modulation import USERS_KEY, fit_new_users, heldout_denoising_loss
+from prefgen.premier.premier_new_users import (
     add_stage2_inputs,
     encode_liked,
     liked_history,
@@ -40,6 +39,7 @@ from prefgen.generation.premier_new_users import (
     noise_scheduler,
     subset,
 )
+from prefgen.premier.user_tokens import CombinationEmbedding, UserEmbeddingTable
 
 log = get_logger(__name__)
 
@@ -175,7 +175,7 @@ def run_history(args: argparse.Namespace) -> None:
                 )
 
     if args.truth and int(cfg["prompts"]) > 0:
-        from prefgen.data.world import load_truth, oracle_reward
+        from prefgen.data.truth import load_truth, oracle_reward
 
         truth = load_truth(args.truth)
         prompts = (
@@ -263,8 +263,8 @@ def run_history(args: argparse.Namespace) -> None:
             "base denoising loss - the arm's, on liked images not used for fitting (higher = "
             "better); oracle_gain_vs_base = true reward of samples minus the base model's (same "
             "seeds). Mean with two-way bootstrap CI. Premier's FLUX MM-DiT modulation is applied "
-            "to "
-            f"the text tokens of our SDXL-architecture {p['scale']} stand-in (docs/decisions.md)."
+            f"to the text tokens of our SDXL-architecture {p['scale']} stand-in "
+            "(docs/decisions/25-premier-unet-host.md)."
         ),
     )
     log.info(

@@ -35,12 +35,12 @@ from prefgen.core.io import (
 )
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed, rng, training_seed
-from prefgen.embeddings.premier import CombinationEmbedding, bytes_per_user
-from prefgen.generation.premier import (
+from prefgen.premier.modulation import (
     LikedImages,
     PremierConditioning,
     fit_new_users,
 )
+from prefgen.premier.user_tokens import CombinationEmbedding, bytes_per_user
 
 log = get_logger(__name__)
 

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from prefgen.core.io import atomic_dir, load_tensors, save_tensors, write_json, write_parquet
 from prefgen.core.logging import get_logger
 from prefgen.core.seeding import derive_seed
+from prefgen.generation.adapter_pairs import cache_rows, training_pairs
 from prefgen.generation.adapters import (
     DIFFUSERS_IP_FILE,
     Conditioning,
@@ -50,8 +51,8 @@ from prefgen.generation.adapters import (
     UserEmbeddings,
     build_conditioning,
 )
-from prefgen.generation.dpo import diffusion_dpo_loss, per_sample_mse
-from prefgen.generation.pairs import cache_rows, training_pairs
+from prefgen.generation.denoising import noisy_and_target, per_sample_mse
+from prefgen.generation.dpo import diffusion_dpo_loss
 
 log = get_logger(__name__)
 
@@ -186,19 +187,19 @@ class DPOModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """``(model prediction, reference prediction, target)`` for the method's objective:
         winners then losers for ``dpo``; the preferred images only and no reference for
-        ``denoise``."""
+        ``denoise``. The target is ε or v, per the scheduler (``generation/denoising.py``)."""
         if self.cond.objective == "denoise":
-            noisy = self.noise_scheduler.add_noise(x_w, noise, t)
+            noisy, target = noisy_and_target(self.noise_scheduler, x_w, noise, t)
             pred = self.unet(noisy, t, **self.cond.unet_inputs(users, train=True)).sample
-            return pred, None, noise
+            return pred, None, target
         x0 = torch.cat([x_w, x_l])
         noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])  # a pair shares noise and t
-        noisy = self.noise_scheduler.add_noise(x0, noise2, t2)
+        noisy, target = noisy_and_target(self.noise_scheduler, x0, noise2, t2)
         both = users.repeat(2)
         with torch.no_grad(), self.cond.reference():
             ref = self.unet(noisy, t2, **self.cond.unet_inputs(both, train=True)).sample
         pred = self.unet(noisy, t2, **self.cond.unet_inputs(both, train=True)).sample
-        return pred, ref, noise2
+        return pred, ref, target
 
 
 def objective_loss(
@@ -320,6 +321,20 @@ def load_checkpoint(
 
 
 # --- the loop --------------------------------------------------------------------------------
+def warmup_schedule(
+    opt: torch.optim.Optimizer, lr: float, warmup: int, start: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """diffusers' ``constant_with_warmup`` schedule (linear warm-up over ``warmup`` steps, then
+    ``lr``), positioned so that step ``start + 1`` trains at ``lr * min(1, (start + 1) / warmup)``:
+    steps count from 1, and a run resumed at ``start`` continues the schedule. Call ``.step()``
+    after each training step."""
+    from diffusers.optimization import get_scheduler
+
+    for group in opt.param_groups:
+        group["initial_lr"] = lr  # the schedule's base; a resumed optimizer's lr is mid-schedule
+    return get_scheduler("constant_with_warmup", opt, num_warmup_steps=warmup, last_epoch=start)
+
+
 def trackers(log_with: list[str], log_dir: str | Path | None) -> list[str]:
     """accelerate trackers for ``train.log_with`` (none without a log folder); a tracker whose
     package is missing is an error naming the key, never a silently empty dashboard."""
@@ -416,6 +431,7 @@ def train(
             for old in out_dir.glob("checkpoint-*"):
                 shutil.rmtree(old)
     acc.wait_for_everyone()
+    schedule_lr = warmup_schedule(opt, float(cfg["lr"]), int(cfg["warmup_steps"]), start)
     model, opt = acc.prepare(model, opt)
     global_batch = int(cfg["batch_size"])
     schedule = BatchSchedule(
@@ -426,7 +442,7 @@ def train(
         int(pipe.scheduler.config.num_train_timesteps),
     )
     steps, every = int(cfg["steps"]), int(cfg["checkpoint_every"])
-    beta, lr, warmup = float(cfg["beta"]), float(cfg["lr"]), int(cfg["warmup_steps"])
+    beta, lr = float(cfg["beta"]), float(cfg["lr"])
     weight_dtype = torch.float32
     log.info(
         "%s: %d pairs, %d steps x %d pairs (%d processes, accumulation %d), beta %g, lr %g",
@@ -447,8 +463,6 @@ def train(
         mininterval=5,
         disable=not acc.is_local_main_process,
     ):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, step / max(1, warmup))
         logs: list[dict[str, float]] = []
         for k in range(accum):
             micro = (step - 1) * accum + k
@@ -477,6 +491,7 @@ def train(
             if acc.is_main_process:
                 save_checkpoint(out_dir, step, acc.unwrap_model(model).cond, opt, fp, history)
             acc.wait_for_everyone()
+        schedule_lr.step()
     elapsed = time.perf_counter() - t0
     if log_with:
         acc.end_training()

@@ -6,7 +6,8 @@ distinct per block, added to each token's modulation vector. Our base model is a
 SDXL-architecture UNet, whose text tokens enter only through the cross-attention layers, so we
 add the directions to the text states each cross-attention layer sees (before its ``to_k`` /
 ``to_v``): ``c_k = c + Δ_shared + Δ_k`` for cross-attention layer ``k``. That is the same
-token-wise, per-block steering of the conditioning, on our architecture (docs/decisions.md).
+token-wise, per-block steering of the conditioning, on our architecture
+(docs/decisions/25-premier-unet-host.md).
 
 Pieces, each testable alone:
 - :class:`PreferenceAdapter`: text tokens are the queries, the user's tokens the keys/values
@@ -32,16 +33,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from prefgen.embeddings.premier import UserEmbeddingTable
 from prefgen.generation.adapters import Conditioning, UserBatch, UserEmbeddings
+from prefgen.generation.denoising import noisy_and_target, per_sample_mse
+from prefgen.premier.user_tokens import UserEmbeddingTable
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,6 @@ class PremierSpec:
     adapter_layers: int  #: cross-attention blocks per adapter (Premier: 3)
     adapter_heads: int
     out_init_std: float = 1e-3  #: init std of the output layer (small: starts near the base)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class _CrossBlock(nn.Module):
@@ -201,7 +199,6 @@ class PremierController:
         self.unet = unet
         self.modulator = modulator
         self.state = PremierState()
-        self.block_names = names
         self._original = dict(unet.attn_processors)
         procs = dict(self._original)
         for i, name in enumerate(names):
@@ -298,9 +295,9 @@ def denoising_loss(
 
     Premier trains on a user's preference history with the generative loss (flow matching on
     FLUX); our base is a DDPM-trained SDXL-architecture UNet, so the same role is played by its
-    ε/v-prediction loss. ``user_tokens`` None = the base model.
+    ε/v-prediction loss (``generation/denoising.py``). ``user_tokens`` None = the base model.
     """
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noisy, target = noisy_and_target(scheduler, latents, noise, timesteps)
     extra = None if user_tokens is None else {USERS_KEY: user_tokens}
     pred = unet(
         noisy,
@@ -309,14 +306,7 @@ def denoising_loss(
         added_cond_kwargs=added_cond,
         cross_attention_kwargs=extra,
     ).sample
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ValueError(f"unsupported scheduler prediction_type {kind!r}")
-    return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return per_sample_mse(pred, target)
 
 
 # --- the trainer/sampler plug-in -------------------------------------------------------------
@@ -578,8 +568,8 @@ def fit_new_users(
 
     The UNet and both preference adapters are frozen here (``requires_grad`` off for the
     duration, restored after), so the only numbers that move are ``embed``'s: the combination
-    weights of :class:`~prefgen.embeddings.premier.CombinationEmbedding` or the free tensor of a
-    :class:`~prefgen.embeddings.premier.UserEmbeddingTable`. Returns the loss curve.
+    weights of :class:`~prefgen.premier.user_tokens.CombinationEmbedding` or the free tensor of a
+    :class:`~prefgen.premier.user_tokens.UserEmbeddingTable`. Returns the loss curve.
     """
     params = [p for p in embed.parameters() if p.requires_grad]
     if not params:
