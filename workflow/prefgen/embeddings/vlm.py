@@ -49,6 +49,8 @@ PRETRAINED_STAND_IN_LABEL = (
     "instruction-tuned offline on training users' PPD prompts) - not the paper's VLM"
 )
 STAND_IN = "stand-in"
+#: The pre-trained stand-in's weight file in models/vlm_stand_in/ (written by ``vlm_pretrain``).
+STAND_IN_WEIGHTS = "model.safetensors"
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
@@ -309,8 +311,6 @@ def build_stand_in(
         copy_clip_visual_to_siglip(clip_visual, model.model.vision_tower)
     label = STAND_IN_LABEL
     if weights_dir is not None:
-        from prefgen.embeddings.vlm_pretrain import load_stand_in_weights
-
         load_stand_in_weights(model, weights_dir)
         label = PRETRAINED_STAND_IN_LABEL
     processor = build_processor(tokenizer, vision["image_size"], vision["patch_size"], mean, std)
@@ -330,6 +330,22 @@ def build_stand_in(
         config_json=json.dumps(meta, sort_keys=True),
         label=label,
     )
+
+
+def load_stand_in_weights(model: Any, folder: str | Path) -> None:
+    """Load the pre-trained stand-in's tensors (every one, strictly) into ``model``."""
+    from prefgen.core.io import check_state_shapes, load_tensors
+
+    path = Path(folder) / STAND_IN_WEIGHTS
+    state = load_tensors(path)
+    check_state_shapes(model, state, path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: does not match the stand-in built from vlm.stand_in "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
+            "rerun vlm_pretrain"
+        )
 
 
 def _load_clip_visual(clip_dir: str | Path) -> tuple[Any, list[float], list[float]]:

@@ -42,7 +42,6 @@ from prefgen.core.seeding import derive_seed, rng, seed_everything
 
 log = get_logger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
 META_NAME = "pretrain.json"
 
 #: Words of the profile answer, per attribute of ``prefgen.data.attributes.ATTRIBUTES``:
@@ -219,22 +218,6 @@ def pretrain(
     return history
 
 
-def load_stand_in_weights(model: Any, folder: str | Path) -> None:
-    """Load the pre-trained stand-in's tensors (every one, strictly) into ``model``."""
-    from prefgen.core.io import check_state_shapes, load_tensors
-
-    path = Path(folder) / WEIGHTS_NAME
-    state = load_tensors(path)
-    check_state_shapes(model, state, path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: does not match the stand-in built from vlm.stand_in "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
-            "rerun vlm_pretrain"
-        )
-
-
 # --- the command ---------------------------------------------------------------------------------
 
 
@@ -248,7 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from prefgen.embeddings.ppd import candidate_pairs, read_split
-    from prefgen.embeddings.vlm import STAND_IN, build_stand_in
+    from prefgen.embeddings.vlm import STAND_IN, STAND_IN_WEIGHTS, build_stand_in
 
     params = args.params
     seed, vlm_cfg = int(params["seed"]), params["vlm"]
@@ -277,7 +260,7 @@ def run(args: argparse.Namespace) -> None:
     with atomic_dir(args.out_dir) as tmp:
         save_tensors(
             dict(vlm.model.state_dict()),
-            Path(tmp) / WEIGHTS_NAME,
+            Path(tmp) / STAND_IN_WEIGHTS,
             metadata={"config": vlm.config_json, "pretrain": json.dumps(vlm_cfg["pretrain"])},
         )
         (Path(tmp) / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
