@@ -40,11 +40,9 @@ rule vlm_pretrain:
     conda:
         "../../envs/vlm.yaml"
     priority: PRIORITY_CHAIN
-    threads: 1
+    threads: scale_threads("vlm_pretrain")
     resources:
-        mem_mb=4000,
-        runtime=30,
-        gpu=1,
+        **scale_resources("vlm_pretrain"),
     params:
         cfg=stage_params(
             seed=config["seed"],
