@@ -59,6 +59,25 @@ def test_noisier_draws_score_lower() -> None:
     assert (table["top_k_accuracy"] <= table["ci_high"]).all()
 
 
+def test_difference_interval_is_paired() -> None:
+    """ppd minus its control: a consistent small gain is significant though both intervals
+    overlap; identical ranks give exactly 0."""
+    gen = np.random.default_rng(0)
+    control = gen.integers(0, 40, size=(200, 4))
+    better = control.copy()
+    better[gen.random(200) < 0.15, 0] = 0  # some users' first draw found at rank 0
+    diff = probe.difference_table(better, control, [1, 5], seed=0)
+    top1 = diff.iloc[0]
+    assert top1["top_k_accuracy"] > 0 and top1["ci_low"] > 0 and diff["chance"].eq(0).all()
+    alone = probe.topk_table(better, [1], seed=0).iloc[0]
+    against = probe.topk_table(control, [1], seed=0).iloc[0]
+    assert alone["ci_low"] < against["ci_high"]  # the two unpaired intervals overlap
+    same = probe.difference_table(control, control, [1, 5], seed=0)
+    assert (same[["top_k_accuracy", "ci_low", "ci_high"]] == 0).all().all()
+    with pytest.raises(ValueError, match="shape"):
+        probe.difference_table(control, control[:10], [1], seed=0)
+
+
 def test_label_shuffle_swaps_about_half_the_pairs(tmp_path: Path) -> None:
     paths = make_world(tmp_path, {u: 12 for u in range(1, 9)})
     draws = ppd.disjoint_draws(ppd.read_split(paths["train"]), 3, 4, True, seed=0, max_users=10)
@@ -115,9 +134,16 @@ def test_probe_command_writes_labelled_table(tmp_path: Path) -> None:
     assert code == 0
     table = pd.read_csv(stem.with_suffix(".csv"))
     assert list(table.columns) == probe.PROBE_COLUMNS
-    assert table["method"].tolist() == ["ppd"] * 3 + ["ppd_label_shuffled"] * 3
+    assert table["method"].tolist() == (
+        ["ppd"] * 3 + ["ppd_label_shuffled"] * 3 + ["ppd_minus_label_shuffled"] * 3
+    )
     assert table["vlm_stand_in"].all() and (table["n_users"] == 12).all()
-    assert table["chance"].tolist() == pytest.approx([1 / 12, 2 / 12, 5 / 12] * 2)
+    assert table["chance"].tolist() == pytest.approx([1 / 12, 2 / 12, 5 / 12] * 2 + [0.0] * 3)
+    by = table.set_index(["method", "k"])["top_k_accuracy"]
+    for k in (1, 2, 5):
+        assert by[("ppd_minus_label_shuffled", k)] == pytest.approx(
+            by[("ppd", k)] - by[("ppd_label_shuffled", k)]
+        )
     assert "stand-in" in stem.with_suffix(".md").read_text()
     draws = pd.read_parquet(tmp_path / "draws.parquet")
     assert draws.groupby("user_id")["draw"].nunique().eq(3).all()

@@ -22,8 +22,9 @@ from PIL import Image
 from prefgen.cli import main as cli_main
 from prefgen.core.config import ConfigError
 from prefgen.core.io import load_tensors
-from prefgen.embeddings import ppd
+from prefgen.embeddings import ppd, vlm_pretrain
 from prefgen.embeddings.vlm import (
+    PRETRAINED_STAND_IN_LABEL,
     STAND_IN_LABEL,
     build_stand_in,
     copy_clip_visual_to_siglip,
@@ -59,6 +60,7 @@ VLM_CFG: dict[str, Any] = {
             "num_key_value_heads": 2,
         },
     },
+    "pretrain": {"steps": 0, "batch_size": 4, "lr": 0.01, "warmup_steps": 2, "weight_decay": 0.0},
 }
 EMB_CFG = {"n_shots": 4, "layer": -1, "pooling": "last", "profile_tokens": 0, "exclude_ties": True}
 
@@ -388,3 +390,120 @@ def test_checkpoint_path_loads_through_from_pretrained(
     # from_pretrained rebuilds the model from the saved weights: the same numbers up to the
     # order some CPU kernels sum in
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+# --- the pre-trained stand-in (vlm_pretrain) -----------------------------------------------------
+
+
+def test_profile_answer_names_the_side_the_preferred_images_lean_to() -> None:
+    cols = ["brightness", "caption_fidelity"]
+    w = pd.DataFrame([[0.9, np.nan], [0.2, np.nan]], columns=cols)
+    l_ = pd.DataFrame([[0.1, np.nan], [0.4, np.nan]], columns=cols)
+    # brighter on average (+0.3); fidelity undefined on every shot: no word for it
+    assert vlm_pretrain.profile_answer(w, l_) == "bright."
+    assert vlm_pretrain.profile_answer(l_, w) == "dark."
+
+
+@pytest.fixture(scope="module")
+def taste_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Training users of two tastes, for a short instruction tuning: in every pair one image is
+    bright and one dark (random hues); odd users prefer the bright one, even users the dark one.
+    Held-out user 901 prefers the bright one."""
+    root = tmp_path_factory.mktemp("ppd_taste_world")
+    paths = make_world(root, {u: 16 for u in range(1, 17)} | {901: 8}, seed=3)
+    gen = np.random.default_rng(4)
+    images = pd.read_parquet(paths["images"])
+    bright = images["image_uid"].str.endswith("-0")  # side 0: the first image of each pair
+    images["jpg"] = [
+        jpeg(tuple(int(c) for c in gen.integers(190, 256, 3)))
+        if is_bright
+        else jpeg(tuple(int(c) for c in gen.integers(0, 60, 3)))
+        for is_bright in bright
+    ]
+    images.to_parquet(paths["images"], index=False)
+    train = pd.read_parquet(paths["train"])
+    dark = train["user_id"] % 2 == 0
+    train.loc[dark, ["image_w_uid", "image_l_uid"]] = train.loc[
+        dark, ["image_l_uid", "image_w_uid"]
+    ].to_numpy()
+    train.to_parquet(paths["train"], index=False)
+    return paths
+
+
+PRETRAIN_CFG = {**VLM_CFG, "pretrain": {**VLM_CFG["pretrain"], "steps": 80}}
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(taste_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("vlm_stand_in") / "vlm_stand_in"
+    params = {"seed": 0, "vlm": PRETRAIN_CFG, "ppd": {"embedding": EMB_CFG}}
+    args = ["--train", str(taste_world["train"]), "--images", str(taste_world["images"])]
+    code = cli_main(["vlm-pretrain", "--params", json.dumps(params), *args, "--out-dir", str(out)])
+    assert code == 0
+    return out
+
+
+def test_pretrained_stand_in_reads_which_image_was_preferred(
+    taste_world: dict[str, Path], pretrained_dir: Path
+) -> None:
+    """After vlm_pretrain the stand-in's PPD embedding depends on which image was preferred.
+
+    Held-out user 901 prefers the bright image of every pair. Swapping the labels of the same
+    shots moves the tuned stand-in's embedding far more than the random stand-in's (whose
+    language model mixes the image tokens nearly order-blind: mini probe ppd = its control),
+    and moves its answer towards "dark" (its training users have both tastes, so an answer
+    that ignores the images cannot do that).
+    """
+    tuned = load_vlm(PRETRAIN_CFG, seed=0, stand_in_dir=pretrained_dir)
+    random_lm = load_vlm(VLM_CFG, seed=0)
+    assert tuned.label == PRETRAINED_STAND_IN_LABEL and random_lm.label == STAND_IN_LABEL
+    meta = json.loads((pretrained_dir / vlm_pretrain.META_NAME).read_text())
+    losses = (meta["history"][0]["loss"], meta["history"][-1]["loss"])
+
+    unseen = ppd.read_split(taste_world["test_unseen"])
+    shots, _ = ppd.select_shots(unseen, 4, True, seed=0)
+    swapped = shots.assign(image_w_uid=shots["image_l_uid"], image_l_uid=shots["image_w_uid"])
+    images = ppd.load_pil_images(
+        taste_world["images"], pd.concat([shots["image_w_uid"], shots["image_l_uid"]])
+    )
+
+    cfg_emb = {**EMB_CFG, "layer": -1, "profile_tokens": 0}  # the prompt's last token
+
+    def swap_gap(model: Any) -> float:
+        a = ppd.embed_shots(model, shots, images, cfg_emb, 2)[1]
+        b = ppd.embed_shots(model, swapped, images, cfg_emb, 2)[1]
+        return float((a - b).norm() / a.norm())
+
+    def lean(model: Any, group: pd.DataFrame) -> float:
+        """log p("bright") - log p("dark") for the profile's first word."""
+        question, uids = ppd.build_prompt(group, model.processor.image_token)
+        text = ppd.chat_text(model.processor, question)
+        inputs = model.processor(
+            text=[text], images=[[images[u] for u in uids]], return_tensors="pt"
+        )
+        tok = model.processor.tokenizer
+        with torch.no_grad():
+            logits = model.model(**inputs).logits[0, -1]
+        bright, dark = (
+            tok(w, add_special_tokens=False)["input_ids"][0] for w in ("bright", "dark")
+        )
+        return float(logits[bright] - logits[dark])
+
+    leans = (lean(tuned, shots), lean(tuned, swapped))
+    gaps = (swap_gap(tuned), swap_gap(random_lm))
+    seen = f"losses {losses}, bright-dark leans {leans}, swap gaps tuned/random {gaps}"
+    assert losses[1] < losses[0] / 2, seen
+    # the embedding depends on which image was preferred (the random LM's barely does)
+    assert gaps[0] > 5 * gaps[1], seen
+    # and in the direction the labels say: swapping them moves the answer towards "dark"
+    assert leans[0] > leans[1], seen
+
+
+def test_pretrain_config_needs_the_weights(pretrained_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="vlm_pretrain"):
+        load_vlm(PRETRAIN_CFG, seed=0)
+    # weights written under another shape are refused with the file named
+    other = json.loads(json.dumps(PRETRAIN_CFG))
+    other["stand_in"]["text"]["hidden_size"] = 48
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_vlm(other, seed=0, stand_in_dir=pretrained_dir)

@@ -260,6 +260,7 @@ def test_contamination_audit_is_clean_and_complete(smoke_run: Path) -> None:
         "premier_stage1_and_2",
         "lpp",
         "user_probe",
+        "ppd_vlm_pretrain",
         "judge_pipe_checkpoint_selection",
     } <= set(table["consumer"])
     assert table.groupby("consumer").size().eq(5).all()

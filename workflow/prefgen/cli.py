@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "foundation": "prefgen.generation.foundation",
     "encode": "prefgen.generation.encode",
     "user-embeddings": "prefgen.embeddings.pipe",
+    "vlm-pretrain": "prefgen.embeddings.vlm_pretrain",
     "vlm-embeddings": "prefgen.embeddings.ppd",
     "user-embedding-probe": "prefgen.embeddings.probe",
     "train-adapter": "prefgen.generation.train_adapter",

@@ -211,6 +211,22 @@ def vlm_clip_arg(wildcards, input):
     return f"--clip '{input.clip}'" if input.clip else ""
 
 
+def vlm_pretrained():
+    """True when PPD's stand-in VLM is instruction-tuned by the rule vlm_pretrain."""
+    vlm = config["vlm"]
+    return vlm["model"] == "stand-in" and vlm["pretrain"]["steps"] > 0
+
+
+def vlm_stand_in_input():
+    """models/vlm_stand_in/ (the pre-trained stand-in's weights) when vlm_pretrain runs."""
+    return f"{RUN}/models/vlm_stand_in" if vlm_pretrained() else []
+
+
+def vlm_stand_in_arg(wildcards, input):
+    """The --vlm-stand-in option for the pre-trained stand-in (empty otherwise)."""
+    return f"--vlm-stand-in '{input.stand_in}'" if input.stand_in else ""
+
+
 # ---- Generation: foundation, encoding, adapter training (train.smk) -----------
 def adapter_methods():
     """Adapter methods the run trains and samples (keys of train.methods)."""
@@ -626,6 +642,16 @@ def contamination_spec():
         "ppd_embedding": {
             "trains_on": [split_source(rules.vlm_embeddings.output.shots)],
             "evaluated_on": {"generation": generation},
+        },
+        "ppd_vlm_pretrain": {
+            "trains_on": (
+                [split_source(rules.vlm_pretrain.input.train)]
+                if vlm_pretrained()
+                else []
+            ),
+            "evaluated_on": {
+                "generation": "every PPD embedding (the pre-trained stand-in VLM)"
+            },
         },
         "premier_stage1_and_2": {
             "trains_on": [

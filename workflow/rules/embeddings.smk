@@ -27,12 +27,42 @@ rule user_embeddings:
 # PPD: few-shot VLM user embeddings and the user-classification probe (PPD Fig. 2).
 
 
+# The stand-in VLM's instruction tuning on training users' PPD prompts (mini/smoke only).
+rule vlm_pretrain:
+    input:
+        train=rules.split_ppd.output.train,
+        images=rules.ingest.output.images,
+        clip=vlm_clip_input(),
+    output:
+        model=directory(f"{RUN}/models/vlm_stand_in"),
+    log:
+        f"{LOGS}/vlm_pretrain/vlm_pretrain.log",
+    conda:
+        "../../envs/vlm.yaml"
+    priority: PRIORITY_CHAIN
+    threads: scale_threads("vlm_pretrain")
+    resources:
+        **scale_resources("vlm_pretrain"),
+    params:
+        cfg=stage_params(
+            seed=config["seed"],
+            vlm=config["vlm"],
+            ppd={"embedding": config["ppd"]["embedding"]},
+        ),
+        clip=vlm_clip_arg,
+    shell:
+        "prefgen vlm-pretrain --params {params.cfg:q} --train {input.train:q}"
+        " --images {input.images:q} {params.clip} --out-dir {output.model:q}"
+        " --threads {threads} > {log} 2>&1"
+
+
 rule vlm_embeddings:
     input:
         train=rules.split_ppd.output.train,
         support=rules.split_ppd.output.support,
         images=rules.ingest.output.images,
         clip=vlm_clip_input(),
+        stand_in=vlm_stand_in_input(),
     output:
         emb=f"{RUN}/embeddings/ppd.safetensors",
         shots=f"{RUN}/embeddings/ppd_shots.parquet",
@@ -52,9 +82,10 @@ rule vlm_embeddings:
             ppd={"embedding": config["ppd"]["embedding"]},
         ),
         clip=vlm_clip_arg,
+        stand_in=vlm_stand_in_arg,
     shell:
         "prefgen vlm-embeddings --params {params.cfg:q} --train {input.train:q}"
-        " --support {input.support:q} --images {input.images:q} {params.clip}"
+        " --support {input.support:q} --images {input.images:q} {params.clip} {params.stand_in}"
         " --out {output.emb:q} --shots {output.shots:q} --stats {output.stats:q} > {log} 2>&1"
 
 
@@ -63,6 +94,7 @@ rule user_embedding_probe:
         train=rules.split_ppd.output.train,
         images=rules.ingest.output.images,
         clip=vlm_clip_input(),
+        stand_in=vlm_stand_in_input(),
         features=rules.features.output.images,
         pasta=f"{RUN}/user_model/pasta.safetensors",
         pasta_meta=f"{RUN}/user_model/pasta.json",
@@ -90,9 +122,10 @@ rule user_embedding_probe:
             **{"lambda": config["lambda"]},
         ),
         clip=vlm_clip_arg,
+        stand_in=vlm_stand_in_arg,
         stem=lambda wildcards, output: os.path.splitext(output.table)[0],
         features=features_dir,
     shell:
         "prefgen user-embedding-probe --params {params.cfg:q} --train {input.train:q}"
-        " --images {input.images:q} {params.clip} --features {params.features:q}"
+        " --images {input.images:q} {params.clip} {params.stand_in} --features {params.features:q}"
         " --pasta {input.pasta:q} --out {params.stem:q} --draws {output.draws:q} > {log} 2>&1"

@@ -16,7 +16,8 @@ order (preferred 1, dispreferred 1, preferred 2, ...). PPD's script lets the VLM
 profile and keeps the hidden states of its last generation step (PIPE §1: "the VLM hidden state
 of the final token in this text profile"); ``profile_tokens > 0`` does the same
 (:func:`with_profile`), ``profile_tokens: 0`` reads the prompt's final token without generating
-(the mini stand-in writes no text worth reading). Layer and pooling are config keys.
+(a random stand-in writes no text worth reading; the mini stand-in, instruction-tuned by
+``vlm_pretrain``, writes the attribute profile it was taught). Layer and pooling are config keys.
 
 Outputs: ``embeddings/ppd.safetensors`` (``user_ids [U] int64, emb [U,D]``; metadata says
 whether the stand-in made it), ``embeddings/ppd_shots.parquet`` (the pairs each user showed, in
@@ -368,6 +369,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="models/clip/ (only read when vlm.stand_in.vision_init is 'clip')",
     )
+    parser.add_argument(
+        "--vlm-stand-in",
+        default=None,
+        help="models/vlm_stand_in/ (the pre-trained stand-in, when vlm.pretrain.steps > 0)",
+    )
     parser.add_argument("--out", required=True, help="embeddings/ppd.safetensors")
     parser.add_argument("--shots", required=True, help="embeddings/ppd_shots.parquet")
     parser.add_argument("--stats", required=True, help="embeddings/ppd_stats.json")
@@ -391,7 +397,7 @@ def run(args: argparse.Namespace) -> None:
     if shots.empty:
         raise ValueError(f"{args.train}, {args.support}: no user has {n_shots} usable pairs")
 
-    vlm = load_vlm(params["vlm"], seed, args.clip or None)
+    vlm = load_vlm(params["vlm"], seed, args.clip or None, args.vlm_stand_in or None)
     images = load_pil_images(args.images, pd.concat([shots["image_w_uid"], shots["image_l_uid"]]))
     user_ids, emb = embed_shots(vlm, shots, images, emb_cfg, int(params["vlm"]["batch_size"]))
     if not torch.isfinite(emb).all():

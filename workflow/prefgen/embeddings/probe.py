@@ -16,7 +16,10 @@ the same way for every representation:
   ask for*, and a few-shot prompt shows that too;
 * leave-one-draw-out: a multinomial logistic regression (L2, standardised inputs) trains on the
   other draws of every user and ranks all users for the held-out draw; top-K accuracy is
-  averaged over folds, with a bootstrap-over-users interval, next to chance ``K / n_users``.
+  averaged over folds, with a bootstrap-over-users interval, next to chance ``K / n_users``;
+* ``ppd_minus_label_shuffled`` rows: PPD's accuracy minus its control's, with a *paired*
+  bootstrap interval (the same resampled users for both), so whether the embedding carries
+  which image was preferred is read off one interval (:func:`difference_table`).
 
 Output: ``tables/user_embedding_probe.{csv,md,tex}`` with ``vlm_stand_in`` on every row.
 """
@@ -131,18 +134,56 @@ def topk_table(ranks: np.ndarray, ks: Sequence[int], seed: int, n_boot: int = 10
     return pd.DataFrame(rows)
 
 
+def difference_table(
+    ranks_a: np.ndarray, ranks_b: np.ndarray, ks: Sequence[int], seed: int, n_boot: int = 1000
+) -> pd.DataFrame:
+    """Top-K accuracy of ``a`` minus ``b`` on the same users, with a paired 95% bootstrap CI.
+
+    Both rank arrays are ``[n_users, n_draws]`` over the same users in the same order; each
+    bootstrap sample resamples users once for both (the stream :func:`topk_table` uses), so the
+    interval is the difference's own, not two overlapping intervals. ``chance`` is 0.
+    """
+    if ranks_a.shape != ranks_b.shape:
+        raise ValueError(f"paired ranks differ in shape: {ranks_a.shape} vs {ranks_b.shape}")
+    n_users = ranks_a.shape[0]
+    boot = rng(seed, "probe", "bootstrap").integers(0, n_users, size=(n_boot, n_users))
+    rows = []
+    for k in ks:
+        per_user = (ranks_a < k).mean(axis=1) - (ranks_b < k).mean(axis=1)
+        means = per_user[boot].mean(axis=1)
+        rows.append(
+            {
+                "k": int(k),
+                "top_k_accuracy": float(per_user.mean()),
+                "ci_low": float(np.quantile(means, 0.025)),
+                "ci_high": float(np.quantile(means, 0.975)),
+                "chance": 0.0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def representation_ranks(emb: np.ndarray, probe_cfg: dict[str, Any]) -> np.ndarray:
+    """The probe's ranks for one representation ``[n_users, n_draws, D]`` (finite values)."""
+    if not np.isfinite(emb).all():
+        raise FloatingPointError("user-embedding-probe: representation has non-finite values")
+    return probe_ranks(emb, float(probe_cfg["l2"]), int(probe_cfg["max_iter"]))
+
+
+def shape_columns(table: pd.DataFrame, shape: Sequence[int]) -> pd.DataFrame:
+    """Prefix ``n_users, n_draws, dim`` of a ``[n_users, n_draws, D]`` representation."""
+    table.insert(0, "dim", shape[2])
+    table.insert(0, "n_draws", shape[1])
+    table.insert(0, "n_users", shape[0])
+    return table
+
+
 def probe_representation(
     emb: np.ndarray, ks: Sequence[int], probe_cfg: dict[str, Any], seed: int
 ) -> pd.DataFrame:
     """Run the probe on one representation ``[n_users, n_draws, D]``."""
-    if not np.isfinite(emb).all():
-        raise FloatingPointError("user-embedding-probe: representation has non-finite values")
-    ranks = probe_ranks(emb, float(probe_cfg["l2"]), int(probe_cfg["max_iter"]))
-    table = topk_table(ranks, ks, derive_seed(seed, "probe"))
-    table.insert(0, "dim", emb.shape[2])
-    table.insert(0, "n_draws", emb.shape[1])
-    table.insert(0, "n_users", emb.shape[0])
-    return table
+    ranks = representation_ranks(emb, probe_cfg)
+    return shape_columns(topk_table(ranks, ks, derive_seed(seed, "probe")), emb.shape)
 
 
 def shuffle_labels(draws: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -227,6 +268,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="splits/ppd/train.parquet")
     parser.add_argument("--images", required=True, help="data/clean/images.parquet")
     parser.add_argument("--clip", default=None, help="models/clip/ (stand-in vision init)")
+    parser.add_argument(
+        "--vlm-stand-in", default=None, help="models/vlm_stand_in/ (pre-trained stand-in)"
+    )
     parser.add_argument("--features", default=None, help="features/ (PIPE rows)")
     parser.add_argument("--pasta", default=None, help="user_model/pasta.safetensors (PIPE rows)")
     parser.add_argument("--out", required=True, help="tables/user_embedding_probe (stem)")
@@ -236,7 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from prefgen.core.io import write_parquet
     from prefgen.embeddings.ppd import disjoint_draws, load_pil_images, read_split
-    from prefgen.embeddings.vlm import STAND_IN_LABEL, load_vlm
+    from prefgen.embeddings.vlm import load_vlm
 
     params = args.params
     seed = int(params["seed"])
@@ -263,7 +307,7 @@ def run(args: argparse.Namespace) -> None:
         fold_size,
     )
 
-    vlm = load_vlm(params["vlm"], seed, args.clip or None)
+    vlm = load_vlm(params["vlm"], seed, args.clip or None, args.vlm_stand_in or None)
     used = draws[draws["rank"] < n_shots]
     images = load_pil_images(args.images, pd.concat([used["image_w_uid"], used["image_l_uid"]]))
     # method -> (description, pairs per draw, embedder)
@@ -294,13 +338,21 @@ def run(args: argparse.Namespace) -> None:
             pipe_draw_embedder(args.pasta, args.features, params["lambda"], n_shots),
         )
     tables = []
-    for method, (description, pairs_per_draw, embedder) in representations.items():
-        table = probe_representation(embedder(draws), probe_cfg["top_k"], probe_cfg, seed)
+    ranks: dict[str, np.ndarray] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def add(method: str, description: str, pairs_per_draw: float, table: pd.DataFrame) -> None:
         table.insert(0, "pairs_per_draw", pairs_per_draw)
         table.insert(0, "vlm_stand_in", vlm.stand_in if method.startswith("ppd") else False)
         table.insert(0, "representation", description)
         table.insert(0, "method", method)
         tables.append(table)
+
+    for method, (description, pairs_per_draw, embedder) in representations.items():
+        emb = embedder(draws)
+        ranks[method], shapes[method] = representation_ranks(emb, probe_cfg), emb.shape
+        table = topk_table(ranks[method], probe_cfg["top_k"], derive_seed(seed, "probe"))
+        add(method, description, pairs_per_draw, shape_columns(table, emb.shape))
         top = table.iloc[-1]
         log.info(
             "probe %s: top-%d accuracy %.3f [%.3f, %.3f] (chance %.3f)",
@@ -311,12 +363,38 @@ def run(args: argparse.Namespace) -> None:
             top["ci_high"],
             top["chance"],
         )
+    if "ppd_label_shuffled" in ranks:
+        diff = difference_table(
+            ranks["ppd"],
+            ranks["ppd_label_shuffled"],
+            probe_cfg["top_k"],
+            derive_seed(seed, "probe"),
+        )
+        add(
+            "ppd_minus_label_shuffled",
+            "ppd minus ppd_label_shuffled on the same users (paired bootstrap CI; > 0: the "
+            "embedding carries which image was preferred)",
+            n_shots,
+            shape_columns(diff, shapes["ppd"]),
+        )
+        top = diff.iloc[-1]
+        log.info(
+            "probe ppd - label-shuffled: top-%d %+.3f [%.3f, %.3f]",
+            top["k"],
+            top["top_k_accuracy"],
+            top["ci_low"],
+            top["ci_high"],
+        )
     out = pd.concat(tables, ignore_index=True)[PROBE_COLUMNS]
     caption = (
         f"User-classification probe (PPD Fig. 2): top-K accuracy of a linear classifier "
         f"naming the user of a held-out draw among {n_users} users ({n_draws} disjoint "
         f"draws each, leave-one-draw-out; 95% bootstrap CI over users); chance = K/users."
     )
+    if "ppd_label_shuffled" in ranks:
+        caption += (
+            " ppd_minus_label_shuffled: accuracy difference with a paired bootstrap CI (chance 0)."
+        )
     if vlm.stand_in:
-        caption += f" PPD rows: {STAND_IN_LABEL}."
+        caption += f" PPD rows: {vlm.label}."
     write_table(out, args.out, caption=caption)

@@ -14,9 +14,13 @@ A randomly initialised stand-in knows nothing about images. To make its embeddin
 images show, the vision tower can be initialised from our mini CLIP (``vision_init: clip``): the
 open_clip ViT's patch embedding, position embeddings, transformer blocks and final LayerNorm are
 copied into the SigLIP layout (the tower's shape is taken from the CLIP checkpoint so every
-tensor fits). open_clip's class token and ``ln_pre`` have no SigLIP counterpart and are dropped;
-the projector and the language model stay random. It is a stand-in: every output that uses it is
-labelled so (:data:`STAND_IN_LABEL`).
+tensor fits). open_clip's class token and ``ln_pre`` have no SigLIP counterpart and are dropped.
+A random language model still cannot tell which image of a shot was preferred, so with
+``vlm.pretrain.steps > 0`` the rule ``vlm_pretrain`` instruction-tunes the projector and the
+language model on PPD's own prompt over training users' pairs
+(:mod:`prefgen.embeddings.vlm_pretrain`) and :func:`build_stand_in` loads those weights
+(``weights_dir``). It is a stand-in either way: every output that uses it is labelled so
+(:data:`STAND_IN_LABEL`, :data:`PRETRAINED_STAND_IN_LABEL`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ STAND_IN_LABEL = (
     "tiny LLaVA-OneVision stand-in (random-initialised language model, built "
     "offline) - not the paper's VLM"
 )
+#: The same, when the stand-in was instruction-tuned by ``vlm_pretrain``.
+PRETRAINED_STAND_IN_LABEL = (
+    "tiny LLaVA-OneVision stand-in (CLIP vision tower, projector and language model "
+    "instruction-tuned offline on training users' PPD prompts) - not the paper's VLM"
+)
 STAND_IN = "stand-in"
+#: The pre-trained stand-in's weight file in models/vlm_stand_in/ (written by ``vlm_pretrain``).
+STAND_IN_WEIGHTS = "model.safetensors"
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
@@ -87,6 +98,11 @@ class VLM:
     name: str
     stand_in: bool
     config_json: str
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = STAND_IN_LABEL if self.stand_in else self.name
 
     @property
     def device(self) -> torch.device:
@@ -107,11 +123,35 @@ def resolve_dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
-def load_vlm(vlm_cfg: dict[str, Any], seed: int, clip_dir: str | Path | None = None) -> VLM:
-    """The configured VLM: the offline stand-in, or a LLaVA-OneVision checkpoint by name/path."""
+def pretrain_steps(vlm_cfg: dict[str, Any]) -> int:
+    """Steps of ``vlm_pretrain`` the configured VLM needs (0: a checkpoint, or no pre-training)."""
+    if vlm_cfg["model"] != STAND_IN:
+        return 0
+    return int(vlm_cfg["pretrain"]["steps"])
+
+
+def load_vlm(
+    vlm_cfg: dict[str, Any],
+    seed: int,
+    clip_dir: str | Path | None = None,
+    stand_in_dir: str | Path | None = None,
+) -> VLM:
+    """The configured VLM: the offline stand-in, or a LLaVA-OneVision checkpoint by name/path.
+
+    A stand-in with ``vlm.pretrain.steps > 0`` loads the weights ``vlm_pretrain`` wrote in
+    ``stand_in_dir`` (models/vlm_stand_in/); without them it is an error, never a silent
+    fallback to the random language model.
+    """
     device, dtype = resolve_device(vlm_cfg["device"]), resolve_dtype(vlm_cfg["dtype"])
     if vlm_cfg["model"] == STAND_IN:
-        vlm = build_stand_in(vlm_cfg["stand_in"], seed, clip_dir)
+        if pretrain_steps(vlm_cfg) > 0 and stand_in_dir is None:
+            raise ConfigError(
+                "vlm.pretrain.steps > 0 but no --vlm-stand-in directory given "
+                "(models/vlm_stand_in/, written by the rule vlm_pretrain)"
+            )
+        if pretrain_steps(vlm_cfg) == 0:
+            stand_in_dir = None
+        vlm = build_stand_in(vlm_cfg["stand_in"], seed, clip_dir, stand_in_dir)
         vlm.model.to(device=device, dtype=dtype)
     else:
         vlm = load_pretrained(vlm_cfg["model"], dtype, device)
@@ -204,11 +244,18 @@ def build_processor(
     )
 
 
-def build_stand_in(cfg: dict[str, Any], seed: int, clip_dir: str | Path | None = None) -> VLM:
+def build_stand_in(
+    cfg: dict[str, Any],
+    seed: int,
+    clip_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+) -> VLM:
     """The tiny LLaVA-OneVision stand-in, deterministic from ``seed`` (and the CLIP weights).
 
     ``cfg`` is the ``vlm.stand_in`` config section. With ``vision_init: clip`` the SigLIP tower
     takes its shape and weights from the mini CLIP in ``clip_dir``; otherwise from ``cfg.vision``.
+    ``weights_dir`` (models/vlm_stand_in/ from ``vlm_pretrain``) replaces every tensor with the
+    instruction-tuned ones; the architecture, tokenizer and processor are built the same way.
     """
     from transformers import (
         LlavaOnevisionConfig,
@@ -262,20 +309,43 @@ def build_stand_in(cfg: dict[str, Any], seed: int, clip_dir: str | Path | None =
         model = LlavaOnevisionForConditionalGeneration(config)
     if clip_visual is not None:
         copy_clip_visual_to_siglip(clip_visual, model.model.vision_tower)
+    label = STAND_IN_LABEL
+    if weights_dir is not None:
+        load_stand_in_weights(model, weights_dir)
+        label = PRETRAINED_STAND_IN_LABEL
     processor = build_processor(tokenizer, vision["image_size"], vision["patch_size"], mean, std)
     meta = {
         "model": STAND_IN,
-        "label": STAND_IN_LABEL,
+        "label": label,
         "vision_init": cfg["vision_init"],
         "config": json.loads(config.to_json_string()),
     }
+    if weights_dir is not None:
+        meta["pretrained"] = True
     return VLM(
         model=model,
         processor=processor,
         name=STAND_IN,
         stand_in=True,
         config_json=json.dumps(meta, sort_keys=True),
+        label=label,
     )
+
+
+def load_stand_in_weights(model: Any, folder: str | Path) -> None:
+    """Load the pre-trained stand-in's tensors (every one, strictly) into ``model``."""
+    from prefgen.core.io import check_state_shapes, load_tensors
+
+    path = Path(folder) / STAND_IN_WEIGHTS
+    state = load_tensors(path)
+    check_state_shapes(model, state, path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: does not match the stand-in built from vlm.stand_in "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
+            "rerun vlm_pretrain"
+        )
 
 
 def _load_clip_visual(clip_dir: str | Path) -> tuple[Any, list[float], list[float]]:
