@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -125,8 +124,7 @@ def test_sample_is_real_pickapic_v2_schema() -> None:
     assert sum(p.stat().st_size for p in SAMPLE.iterdir()) < 1_000_000
 
 
-def test_paper_dag_plans_every_rule_family_fast() -> None:
-    start = time.monotonic()
+def test_paper_dag_plans_every_rule_family() -> None:
     proc = snakemake(
         "-n",
         "all",
@@ -136,7 +134,6 @@ def test_paper_dag_plans_every_rule_family_fast() -> None:
         f"data={{path: {SAMPLE_GLOB}}}",
         check=False,
     )
-    elapsed = time.monotonic() - start
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     jobs = planned_jobs(out)
@@ -149,7 +146,6 @@ def test_paper_dag_plans_every_rule_family_fast() -> None:
             assert "gpu=1" in resources, f"{rule} has no GPU request: {resources}"
         if rule in CPU_RULES:
             assert "gpu" not in resources, f"{rule} asks for a GPU: {resources}"
-    assert elapsed < 15, f"planning took {elapsed:.1f}s"
 
 
 @pytest.mark.parametrize("name", ["core.yaml", "vlm.yaml"])
