@@ -283,16 +283,49 @@ def embedding_arg(wildcards, input):
     return f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
 
 
+def shared_train_keys():
+    """The trainer keys every train_adapter and train_premier job reads: `train` without the
+    method table, the seed list and the process count (a launcher setting, train_launcher)."""
+    left_out = ("methods", "seeds", "processes")
+    return {k: v for k, v in config["train"].items() if k not in left_out}
+
+
 def train_params(wildcards):
     """train_adapter's config subset: the shared trainer keys, this method's entry only and the
-    training seed (the list train.seeds is left out: adding a seed retrains nothing else).
+    training seed (the list train.seeds is left out: adding a seed retrains nothing else; the
+    process count is the launcher's, see train_launcher).
     """
-    shared = {k: v for k, v in config["train"].items() if k not in ("methods", "seeds")}
+    shared = shared_train_keys()
     method = {wildcards.method: config["train"]["methods"][wildcards.method]}
     return stage_params(
         seed=config["seed"],
         train_seed=int(wildcards.seed),
         train={**shared, "methods": method},
+    )
+
+
+def train_processes():
+    """Training processes per train_adapter job (train.processes): one per GPU on a cluster."""
+    return int(config["train"].get("processes", 1))
+
+
+def process_threads(threads):
+    """torch threads of each training process: the job's threads shared among its processes."""
+    return max(1, int(threads) // train_processes())
+
+
+def train_launcher(wildcards, threads):
+    """How train_adapter starts the trainer: the CLI itself for one process, else
+    `accelerate launch` with that many processes (DDP; gloo on CPU, NCCL on GPUs), the run's
+    mixed precision, and port 0 so that jobs sharing a node each take a free port."""
+    processes = train_processes()
+    if processes == 1:
+        return "prefgen"
+    return (
+        f"accelerate launch --multi_gpu --num_processes {processes} --num_machines 1"
+        f" --mixed_precision {config['train']['mixed_precision']} --dynamo_backend no"
+        f" --num_cpu_threads_per_process {process_threads(threads)} --main_process_port 0"
+        " -m prefgen.cli"
     )
 
 
@@ -457,8 +490,9 @@ def premier_new_users_params(wildcards):
 
 def premier_train_params(wildcards):
     """train_adapter's params for a Premier variant: the shared trainer keys, premier.train's
-    overrides, and the method entry naming the variant's init file."""
-    shared = {k: v for k, v in config["train"].items() if k not in ("methods", "seeds")}
+    overrides, and the method entry naming the variant's init file. Premier trains in one
+    process (train.processes is train_adapter's)."""
+    shared = shared_train_keys()
     method = {
         "conditioning": "premier",
         "embedding": f"{wildcards.variant}_init",

@@ -87,10 +87,12 @@ rule train_adapter:
         foundation=foundation_model,
         embeddings=embedding_arg,
         log_dir=f"{LOGS}/tensorboard",
+        launch=train_launcher,
+        process_threads=lambda wildcards, threads: process_threads(threads),
     shell:
-        "prefgen train-adapter --params {params.cfg:q} --method {wildcards.method}"
+        "{params.launch} train-adapter --params {params.cfg:q} --method {wildcards.method}"
         " --foundation {params.foundation:q} --encoded {input.encoded}"
         " --image-index {input.image_index} --caption-index {input.caption_index}"
         " --pairs {input.pairs} --holdout {input.holdout} {params.embeddings}"
-        " --out {output.final} --log-dir {params.log_dir} --threads {threads}"
+        " --out {output.final} --log-dir {params.log_dir} --threads {params.process_threads}"
         " > {log} 2>&1"

@@ -201,6 +201,13 @@ def cross_key_errors(
             f"{support}: PPD draws an unseen user's shots from the support set, the "
             "only pairs of theirs any method sees; lower n_shots or raise support_pairs"
         )
+    train = config["train"]
+    processes = train.get("processes", 1)
+    if train["batch_size"] % processes:
+        errors.append(
+            f"train.batch_size={train['batch_size']} is not divisible by train.processes="
+            f"{processes}: every process takes an equal share of each micro-batch"
+        )
     if config["data"]["source"] == "pickapic":
         path = config["data"].get("path")
         if check_paths and not path:
