@@ -285,7 +285,8 @@ def embedding_arg(wildcards, input):
 
 def shared_train_keys():
     """The trainer keys every train_adapter and train_premier job reads: `train` without the
-    method table, the seed list and the process count (a launcher setting, train_launcher)."""
+    method table, the seed list and the process count (a launcher setting, train_launcher).
+    """
     left_out = ("methods", "seeds", "processes")
     return {k: v for k, v in config["train"].items() if k not in left_out}
 
