@@ -1,12 +1,19 @@
-"""The Slurm profile against a real Slurm: the smoke workflow runs through it end to end.
+"""The Slurm profile against a real Slurm: the rehearsal of the paper path runs through it.
 
 `tests/cluster/slurm.sh` starts a one-node Slurm (partitions `cpu` and `gpu`, one GPU GRES);
 `make slurm-profile` links the profile into a temporary HOME, so the run is exactly what a user
-types from the repo root: `snakemake --profile slurm all --configfile config/smoke.yaml`.
+types from the repo root: `prefgen rehearsal-assets --config config/rehearsal.yaml`, then
+`snakemake --profile slurm all --configfile config/rehearsal.yaml`. The rehearsal keeps every
+branch key of config/paper.yaml (Pick-a-Pic shards, pretrained open_clip, SDXL, LLaVA-OneVision
+and IDEFICS2 folders, bf16 trainer in two `accelerate launch` processes, external judges) with
+tiny random-weight models in the real formats, so this is the paper DAG's own jobs on Slurm.
 While it runs, a background thread records every job from Slurm's own view
 (`scontrol show job -o`), and the tests check what each job asked Slurm for: `train_adapter` the
 GPU partition and a GPU, every CPU rule the CPU partition and no GPU, and every job exactly the
-CPUs, memory, time limit and GPUs that config/smoke.yaml's `resources:` declares for its rule.
+CPUs, memory, time limit and GPUs that config/rehearsal.yaml's `resources:` declares for its rule.
+Then the paper-only branches are checked to have run (no world, no trained CLIP or foundation,
+PPD's greedy profile, external judges), and one adapter trained in two processes is retrained in
+one and compared.
 (The controller's job record is read rather than `sacct`: the test cluster has no accounting
 database, and `sacct --completion` over a job completion log reports only names and time
 limits. `MinMemoryNode`, `TimeLimit`, `NumCPUs` and `TresPerJob` are the values `sacct` shows as
@@ -16,8 +23,10 @@ logs/test_slurm/jobs.md and printed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -27,8 +36,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 import yaml
+from prefgen.core.io import load_tensors, tensor_metadata
 
 from tests.conftest import REPO, VENV_BIN
 from tests.workflow_copy import copy_workflow
@@ -37,14 +50,14 @@ pytestmark = pytest.mark.slurm
 
 CLUSTER = REPO / "tests" / "cluster" / "slurm.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
-SMOKE = REPO / "config" / "smoke.yaml"
+CONFIG = "config/rehearsal.yaml"
+REHEARSAL = REPO / CONFIG
 TABLE = REPO / "logs" / "test_slurm" / "jobs.md"
-# Seconds; the smoke DAG through Slurm takes minutes on 2 free cores (more on a busy machine).
+# Seconds; the rehearsal DAG through Slurm takes minutes on 2 free cores (more on a busy machine).
 RUN_TIMEOUT = int(os.environ.get("PREFGEN_SLURM_TIMEOUT", "3600"))
 # Rules that never need a GPU at any scale; the profile must keep them on the CPU
 # partition. (clip, foundation and encode are scale-dependent and follow their rule's `gpu`.)
 CPU_RULES = {
-    "world",
     "ingest",
     "split_pipe",
     "split_ppd",
@@ -190,14 +203,18 @@ class SlurmRun:
         return out
 
 
-def smoke_amounts() -> dict[str, dict[str, int]]:
-    """config/smoke.yaml's `resources:`: rule -> threads, mem_mb, runtime (min), gpu."""
-    return yaml.safe_load(SMOKE.read_text())["resources"]
+def rehearsal_config() -> dict:
+    return yaml.safe_load(REHEARSAL.read_text())
+
+
+def rehearsal_amounts() -> dict[str, dict[str, int]]:
+    """config/rehearsal.yaml's `resources:`: rule -> threads, mem_mb, runtime (min), gpu."""
+    return rehearsal_config()["resources"]
 
 
 def gpu_rules() -> set[str]:
-    """Rules whose smoke amounts ask for a GPU: the ones that must reach a GPU."""
-    return {rule for rule, a in smoke_amounts().items() if a["gpu"] > 0}
+    """Rules whose rehearsal amounts ask for a GPU: the ones that must reach a GPU."""
+    return {rule for rule, a in rehearsal_amounts().items() if a["gpu"] > 0}
 
 
 def slurm_minutes(limit: str) -> int:
@@ -276,7 +293,7 @@ def job_table(run: SlurmRun) -> str:
     rows.append("")
     rows.append(
         f"{len(run.jobs)} Slurm jobs; `snakemake --profile slurm all --configfile "
-        f"config/smoke.yaml` took {run.seconds:.0f} s (first submit to last job end "
+        f"{CONFIG}` took {run.seconds:.0f} s (first submit to last job end "
         f"{(ended - started).total_seconds():.0f} s)."
     )
     return "\n".join(rows) + "\n"
@@ -309,25 +326,35 @@ def user_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def slurm_env(home: Path) -> dict[str, str]:
+    """The environment of a user whose HOME holds the linked profile and whose PATH has the
+    project's venv first."""
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
 @pytest.fixture(scope="session")
 def slurm_run(
     slurm_cluster: None, user_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> SlurmRun:
-    """`snakemake --profile slurm all --configfile config/smoke.yaml` from a repo-root copy."""
+    """`prefgen rehearsal-assets`, then `snakemake --profile slurm all --configfile
+    config/rehearsal.yaml`, from a repo-root copy."""
     root = copy_workflow(tmp_path_factory.mktemp("slurm_wf"))
-    env = {
-        **os.environ,
-        "HOME": str(user_home),
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    cmd = [
-        str(VENV_BIN / "snakemake"),
-        "--profile",
-        "slurm",
-        "all",
-        "--configfile",
-        "config/smoke.yaml",
-    ]
+    env = slurm_env(user_home)
+    assets = subprocess.run(
+        [str(VENV_BIN / "prefgen"), "rehearsal-assets", "--config", CONFIG],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert assets.returncode == 0, assets.stderr[-3000:]
+    cmd = [str(VENV_BIN / "snakemake"), "--profile", "slurm", "all", "--configfile", CONFIG]
     dry = subprocess.run(
         [*cmd, "-n"], cwd=root, env=env, capture_output=True, text=True, timeout=300
     )
@@ -383,7 +410,7 @@ def test_profile_is_linked_where_snakemake_looks(user_home: Path) -> None:
     assert link.is_symlink() and link.resolve() == PROFILE.parent.resolve()
 
 
-def test_smoke_workflow_runs_every_job_through_slurm(slurm_run: SlurmRun) -> None:
+def test_rehearsal_runs_every_job_through_slurm(slurm_run: SlurmRun) -> None:
     assert slurm_run.returncode == 0, slurm_run.output[-6000:]
     assert slurm_run.jobs, "no Slurm job ran from the workflow copy"
     assert {j.state for j in slurm_run.jobs} == {"COMPLETED"}, job_table(slurm_run)
@@ -427,10 +454,10 @@ def test_gpu_jobs_never_shared_the_single_gpu(slurm_run: SlurmRun) -> None:
         assert start_b >= end_a, f"GPU jobs {a} and {b} overlapped"
 
 
-def test_every_job_asked_slurm_for_its_smoke_amounts(slurm_run: SlurmRun) -> None:
-    """CPUs, memory, time limit and GPUs as Slurm recorded them equal what config/smoke.yaml
+def test_every_job_asked_slurm_for_its_rehearsal_amounts(slurm_run: SlurmRun) -> None:
+    """CPUs, memory, time limit and GPUs as Slurm recorded them equal what config/rehearsal.yaml
     declares for the job's rule (first attempt: the run retried nothing)."""
-    amounts = smoke_amounts()
+    amounts = rehearsal_amounts()
     assert slurm_run.jobs
     wrong = []
     for job in slurm_run.jobs:
@@ -455,4 +482,110 @@ def test_job_table_is_written(slurm_run: SlurmRun, capsys: pytest.CaptureFixture
     text = TABLE.read_text()
     assert all(f"| {j.job_id} | {j.rule} |" in text for j in slurm_run.jobs)
     with capsys.disabled():
-        print(f"\nSlurm jobs of the smoke run ({TABLE.relative_to(REPO)}):\n{text}")
+        print(f"\nSlurm jobs of the rehearsal ({TABLE.relative_to(REPO)}):\n{text}")
+
+
+# --- the paper-only branches ran ---------------------------------------------------------------
+def test_rehearsal_ran_the_paper_loaders(slurm_run: SlurmRun) -> None:
+    config = rehearsal_config()
+    run = slurm_run.root / "results" / config["run_name"]
+    for table in (
+        "clip_retrieval",
+        "preference_accuracy",
+        "user_embedding_probe",
+        "win_rates",
+        "win_rates_per_seed",
+        "checkpoint_metrics",
+        "best_checkpoints",
+        "judge_agreement",
+        "budgets",
+        "contamination",
+        "premier_history",
+        "premier_ablation",
+        "preference_prediction_topk",
+        "lpp_prototypes",
+    ):
+        frame = pd.read_csv(run / "tables" / f"{table}.csv")
+        assert len(frame) > 0, table
+    # no world, no trained CLIP, no foundation rule: the pretrained branches ran
+    assert not (run / "data" / "world").exists()
+    assert not (run / "models" / "foundation").exists()
+    clip = json.loads((run / "models" / "clip" / "open_clip_config.json").read_text())
+    assert clip["prefgen"]["source"] == "pretrained" and clip["prefgen"]["history"] == []
+    stats = json.loads((run / "data" / "clean" / "stats.json").read_text())
+    assert stats["source"] == "pickapic"
+    # PPD read its embedding after a greedy profile, from the LLaVA-OneVision checkpoint
+    meta = tensor_metadata(run / "embeddings" / "ppd.safetensors")
+    assert meta["vlm"] == config["vlm"]["model"] and meta["vlm_stand_in"] == "false"
+    ppd = json.loads((run / "embeddings" / "ppd_stats.json").read_text())
+    assert ppd["profile_tokens"] == config["ppd"]["embedding"]["profile_tokens"] > 0
+    # external judges scored every sample of every compared model, and reached the win rates
+    judges = config["judge"]["external"]["judges"]
+    for model in ("base", "pipe/seed0"):
+        scores = pd.read_parquet(run / "scores" / "external" / f"{model}.parquet")
+        assert set(judges) <= set(scores.columns)
+        assert scores[judges].notna().all().all()
+    win_rates = pd.read_csv(run / "tables" / "win_rates.csv")
+    assert set(judges) <= set(win_rates["judge"]), sorted(set(win_rates["judge"]))
+    readme = (run / "README.md").read_text()
+    assert "Rehearsal" in readme and "(scale `rehearsal`)" in readme
+
+
+# --- train_adapter under `accelerate launch` -----------------------------------------------------
+#: One process against two with the same global batch, bf16 autocast, checkpointing and
+#: accumulation: the frozen reference's per-step losses (the same images, noise and timesteps,
+#: split over two processes and all-reduced) agree to bf16's rounding, and so do the adapter's.
+LOSS_RTOL = 1e-2
+CLOSE_SHARE_OF_DRIFT = 0.1
+MIN_CLOSE = 0.9
+
+
+def test_adapters_trained_in_two_processes_match_one(slurm_run: SlurmRun) -> None:
+    """Every adapter of the rehearsal trained in `train.processes` = 2 accelerate processes; the
+    pipe adapter retrained in one process (train.processes: 1, the same global batch) gives the
+    same per-step losses and the same weights within bf16's rounding."""
+    config = rehearsal_config()
+    assert config["train"]["processes"] == 2
+    run = slurm_run.root / "results" / config["run_name"]
+    for method in config["train"]["methods"]:
+        for seed in config["train"]["seeds"]:
+            final = json.loads(
+                (run / "adapters" / method / f"seed{seed}" / "final.json").read_text()
+            )
+            assert final["complete"] and final["processes"] == 2, (method, seed)
+    two = run / "adapters" / "pipe" / "seed0"
+    kept = slurm_run.root / "two_processes"
+    shutil.copytree(two, kept)
+    overlay = slurm_run.root / "config" / "_one_process.yaml"
+    overlay.write_text(yaml.safe_dump({"train": {"processes": 1}}))
+    target = str((two / "final.json").relative_to(slurm_run.root))
+    proc = subprocess.run(
+        [str(VENV_BIN / "snakemake"), "--cores", "2", target, "--forcerun", "train_adapter"]
+        + ["--configfile", CONFIG, str(overlay.relative_to(slurm_run.root))],
+        cwd=slurm_run.root,
+        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((two / "final.json").read_text())["processes"] == 1
+    steps = config["train"]["steps"]
+    one_log = pd.read_parquet(two / f"checkpoint-{steps}" / "train_log.parquet")
+    two_log = pd.read_parquet(kept / f"checkpoint-{steps}" / "train_log.parquet")
+    for column in ("ref_loss", "model_loss"):
+        assert np.allclose(one_log[column], two_log[column], rtol=LOSS_RTOL, atol=0), column
+    weights_one = load_tensors(two / f"checkpoint-{steps}" / "adapter.safetensors")
+    weights_two = load_tensors(kept / f"checkpoint-{steps}" / "adapter.safetensors")
+    assert weights_one.keys() == weights_two.keys()
+    diff = torch.cat([(weights_one[k] - weights_two[k]).abs().flatten() for k in weights_one])
+    # AdamW moves a coordinate by about lr per step, so two runs that differ (other pairs, other
+    # noise, a lost all-reduce) end most coordinates O(lr x steps) apart; the same run split over
+    # two processes differs only where bf16 rounding flips the sign of a near-zero gradient
+    drift = config["train"]["lr"] * steps
+    close = (diff <= CLOSE_SHARE_OF_DRIFT * drift).float().mean().item()
+    print(
+        f"\nmax |w1 - w2| {diff.max().item():.3g}; share within "
+        f"{CLOSE_SHARE_OF_DRIFT} x lr x steps: {close:.4f}"
+    )
+    assert close >= MIN_CLOSE, close
