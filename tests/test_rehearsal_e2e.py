@@ -2,14 +2,17 @@
 
 `prefgen rehearsal-assets` first writes the tiny random-weight models (SDXL pipeline folder,
 LLaVA-OneVision and IDEFICS2 checkpoint folders, an open_clip architecture + weights file, the
-aesthetic head and a PickScore CLIP folder) and the Pick-a-Pic shards at the paths the config
-names; then Snakemake runs every rule the paper config plans, through the same loaders.
+aesthetic head, a PickScore CLIP folder, ImageReward's checkpoint and BLIP's tokenizer in a hub
+cache) and the Pick-a-Pic shards at the paths the config names; then Snakemake runs every rule the
+paper config plans, through the same loaders. The external judges run in the judges environment
+(``PREFGEN_JUDGES_PYTHON``), as ImageReward's package only installs there.
 docs/paper_scale.md ("Rehearsal") lists what this executes and what it cannot.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +22,8 @@ import pytest
 import yaml
 from prefgen.core.io import tensor_metadata
 
-from tests.conftest import snakemake
-from tests.workflow_copy import copy_workflow
+from tests.conftest import NO_JUDGES_ENV, judges_python, snakemake
+from tests.workflow_copy import REPO, copy_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -29,16 +32,24 @@ CONFIG = "config/rehearsal.yaml"
 
 @pytest.fixture(scope="module")
 def rehearsal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = dict(os.environ)
+    external = yaml.safe_load((REPO / CONFIG).read_text())["judge"]["external"]["judges"]
+    if "imagereward" in external:
+        python = judges_python()
+        if python is None:
+            pytest.skip(NO_JUDGES_ENV)
+        env["PREFGEN_JUDGES_PYTHON"] = python
     work = copy_workflow(tmp_path_factory.mktemp("rehearsal"))
     proc = subprocess.run(
         [sys.executable, "-m", "prefgen.cli", "rehearsal-assets", "--config", CONFIG],
         cwd=work,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    snakemake("--cores", "2", "all", "--configfile", CONFIG, cwd=work, timeout=3000)
+    snakemake("--cores", "2", "all", "--configfile", CONFIG, cwd=work, timeout=3000, env=env)
     return work
 
 
