@@ -406,7 +406,7 @@ def test_pickscore_glue(monkeypatch: pytest.MonkeyPatch) -> None:
     processor = FakePickScoreProcessor()
     fake_tf = types.SimpleNamespace(
         AutoProcessor=types.SimpleNamespace(from_pretrained=lambda name: processor),
-        AutoModel=types.SimpleNamespace(from_pretrained=lambda name: model),
+        CLIPModel=types.SimpleNamespace(from_pretrained=lambda name: model),
     )
     monkeypatch.setitem(sys.modules, "transformers", fake_tf)
     options = {

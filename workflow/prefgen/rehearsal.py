@@ -265,7 +265,12 @@ def write_aesthetic_mlp(config: dict[str, Any], out: Path) -> None:
 
 def write_pickscore(config: dict[str, Any], out: Path) -> None:
     """A random tiny transformers ``CLIPModel`` + ``CLIPProcessor`` folder (PickScore's format:
-    ``AutoModel``/``AutoProcessor.from_pretrained``), with CLIP's real BPE vocabulary."""
+    ``CLIPModel``/``AutoProcessor.from_pretrained``), with CLIP's real BPE vocabulary.
+
+    The processor is saved as the hub's CLIP repos hold it, ``preprocessor_config.json`` beside
+    the tokenizer files, which transformers 4 (the judges environment) and 5 both read.
+    transformers 5's ``CLIPProcessor.save_pretrained`` instead nests the image processor in a
+    ``processor_config.json``, and transformers 4.49 then passes it to ``CLIPProcessor`` twice."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from prefgen.generation.models import clip_tokenizer
@@ -306,7 +311,8 @@ def write_pickscore(config: dict[str, Any], out: Path) -> None:
     )
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
+        processor.image_processor.save_pretrained(tmp)
+        processor.tokenizer.save_pretrained(tmp)
         _note(tmp, "yuvalkirstain/PickScore_v1 and its processor (transformers CLIP folder)")
 
 

@@ -6,7 +6,7 @@ user model. Their packages cannot share the core environment (image-reward pins
 package only when its judge is built, and the ``judge_external`` rule runs it with the judges
 environment's interpreter. Every judge is loaded through the package's own entry point
 (``ImageReward.load``, ``hpsv2.score``, ``open_clip.create_model_and_transforms``,
-``transformers.AutoModel.from_pretrained``); their weights come from the hubs at paper scale.
+``transformers.CLIPModel.from_pretrained``); their weights come from the hubs at paper scale.
 tests/test_judges.py checks the scoring glue against each documented interface with fakes;
 tests/test_rehearsal_assets.py runs ImageReward, the aesthetic head and PickScore for real, in
 the judges environment, on the random-weight files ``prefgen rehearsal-assets`` writes.
@@ -225,7 +225,12 @@ class PickScoreJudge:
     def load(cls, options: dict[str, Any], device: str) -> PickScoreJudge:
         transformers = _import("transformers", "pickscore")
         processor = transformers.AutoProcessor.from_pretrained(options["processor"])
-        model = transformers.AutoModel.from_pretrained(options["model"]).to(device)
+        # PickScore_v1 is a CLIPModel (config.json: model_type clip), so its own class loads it.
+        # Not AutoModel, as the model card has it: in the judges environment, transformers
+        # 4.49's AutoModel.from_pretrained lists every model config, TimmWrapperConfig's module
+        # imports timm.data.ImageNetInfo, and image-reward's timm==0.6.13 has none, so it raises
+        # for any model there.
+        model = transformers.CLIPModel.from_pretrained(options["model"]).to(device)
         return cls(model, processor, device)
 
     def score(
