@@ -49,7 +49,8 @@ def rehearsal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    snakemake("--cores", "2", "all", "--configfile", CONFIG, cwd=work, timeout=3000, env=env)
+    # ImageReward's BLIP ViT-L scores ~300 images: about 10 CPU-minutes of the run
+    snakemake("--cores", "2", "all", "--configfile", CONFIG, cwd=work, timeout=4500, env=env)
     return work
 
 
