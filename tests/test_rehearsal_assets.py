@@ -134,6 +134,7 @@ def test_external_judges_run_on_what_was_written(assets) -> None:
     out, env_out = run / "scores.parquet", run / "scores.json"
     env = dict(os.environ)
     env.update(PYTHONPATH=str(REPO / "workflow"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["OMP_NUM_THREADS"] = "1"  # two threads only spin on a shared 2-core machine
     cmd = [python, "-m", "prefgen.cli", "judge-external"]
     cmd += ["--params", json.dumps({"judge": external | {"device": "cpu"}})]
     cmd += ["--index", str(run / "samples" / "base" / "index.parquet"), "--run-dir", str(run)]
@@ -172,8 +173,14 @@ def test_imagereward_checkpoint_is_the_packages_state_dict(assets) -> None:
     assert tuple(state["mlp.layers.0.weight"].shape) == (1024, 768)
 
 
-def test_imagereward_stand_in_needs_local_config_and_hub_cache(tmp_path) -> None:
+def test_imagereward_stand_in_needs_local_config_and_hub_cache(tmp_path, monkeypatch) -> None:
     from prefgen.rehearsal import assets as plan
+    from prefgen.rehearsal import judges_python as writer_python
+
+    # the core venv cannot write ImageReward.pt itself: it says where the package lives
+    monkeypatch.delenv("PREFGEN_JUDGES_PYTHON", raising=False)
+    with pytest.raises(ConfigError, match="make judges-env"):
+        writer_python()
 
     config = load_config(REPO / "config" / "rehearsal.yaml")
     external = config["judge"]["external"]
