@@ -1,10 +1,14 @@
 # Two commands a user needs: `make run` and `make test`. Both create .venv when absent and are
 # idempotent: the install step is a stamp file that is only redone when pyproject.toml changes.
+# `make test` and `make rehearsal` also build the judges venv (.venv-judges, below): the rehearsal
+# runs ImageReward's package, which only installs there.
 # `make test-fast` is the quick tier of `make test` for development (no slow, e2e or slurm tests).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prefgen-installed
+JUDGES_VENV := .venv-judges
+JUDGES_STAMP := $(JUDGES_VENV)/.prefgen-judges-installed
 CONFIG ?= config/config.yaml
 CORES ?= 2
 export HF_HUB_OFFLINE := 1
@@ -31,11 +35,12 @@ run: $(STAMP)
 
 # The paper config's code paths on two CPU cores: tiny random-weight models in the paper models'
 # real formats and synthetic Pick-a-Pic shards (written once, nothing downloaded), then `all`.
-rehearsal: $(STAMP)
+# ImageReward's checkpoint is written, and the external judges run, by the judges venv's python.
+rehearsal: $(STAMP) $(JUDGES_STAMP)
 	$(VENV)/bin/prefgen rehearsal-assets --config config/rehearsal.yaml
 	$(VENV)/bin/snakemake all --cores $(CORES) --configfile config/rehearsal.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(JUDGES_STAMP)
 	$(VENV)/bin/pytest -q
 
 # Unit and small integration tests: the markers are registered in pyproject.toml.
@@ -72,17 +77,18 @@ slurm-profile:
 # not installed into it: the `judge_external` rule runs it with workflow/ on PYTHONPATH and this
 # interpreter (PREFGEN_JUDGES_PYTHON, exported below whenever the venv exists). Installing
 # downloads no model weights; the judges fetch theirs at paper scale, on the cluster.
-JUDGES_VENV := .venv-judges
-JUDGES_STAMP := $(JUDGES_VENV)/.prefgen-judges-installed
 ifneq ($(wildcard $(JUDGES_VENV)/bin/python),)
 export PREFGEN_JUDGES_PYTHON := $(CURDIR)/$(JUDGES_VENV)/bin/python
 endif
+# The targets that build the venv first export its python even when it did not exist yet.
+test rehearsal: export PREFGEN_JUDGES_PYTHON := $(CURDIR)/$(JUDGES_VENV)/bin/python
 
-$(JUDGES_STAMP): envs/judges.yaml $(STAMP)
+$(JUDGES_STAMP): envs/judges.yaml envs/judges.post-deploy.sh $(STAMP)
 	test -x $(JUDGES_VENV)/bin/python || python3 -m venv $(JUDGES_VENV)
 	$(JUDGES_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PY) -m prefgen.evaluation.external_judges requirements envs/judges.yaml > $(JUDGES_VENV)/requirements.txt
 	$(JUDGES_VENV)/bin/python -m pip install -q -r $(JUDGES_VENV)/requirements.txt
+	PATH=$(CURDIR)/$(JUDGES_VENV)/bin:$$PATH bash envs/judges.post-deploy.sh
 	PYTHONPATH=workflow $(JUDGES_VENV)/bin/python -m prefgen.evaluation.external_judges check
 	touch $@
 

@@ -21,12 +21,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def judges_python() -> str | None:
+    """The judges environment's python: ``PREFGEN_JUDGES_PYTHON`` (``make test`` exports it after
+    building ``.venv-judges``), else this checkout's ``.venv-judges`` if built; None without one."""
+    given = os.environ.get("PREFGEN_JUDGES_PYTHON")
+    if given:
+        return given
+    local = REPO / ".venv-judges" / "bin" / "python"
+    return str(local) if local.exists() else None
+
+
+NO_JUDGES_ENV = (
+    "no judges environment (.venv-judges, where ImageReward's package is installed): "
+    "run `make judges-env`, or `make test`, which builds it"
+)
+
+
 def snakemake(
-    *args: str, cwd: Path = REPO, check: bool = True, timeout: int = 1800
+    *args: str,
+    cwd: Path = REPO,
+    check: bool = True,
+    timeout: int = 1800,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the venv's snakemake from ``cwd`` and return the finished process (text output)."""
     cmd = [str(VENV_BIN / "snakemake"), *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         tail = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         raise AssertionError(f"{' '.join(cmd)} failed:\n{tail}")

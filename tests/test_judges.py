@@ -5,6 +5,7 @@ weights cannot be downloaded here, and their packages live in envs/judges.yaml).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_imagereward_glue(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = {}
 
     def fake_load(name, device="cpu", download_root=None, med_config=None):
-        loaded.update(name=name, device=device, download_root=download_root)
+        loaded.update(name=name, device=device, download_root=download_root, med_config=med_config)
         return model
 
     monkeypatch.setitem(sys.modules, "ImageReward", types.SimpleNamespace(load=fake_load))
@@ -225,13 +226,52 @@ def test_imagereward_glue(monkeypatch: pytest.MonkeyPatch) -> None:
         options={"imagereward": {"model": "ImageReward-v1.0", "download_root": "/w"}},
     )
     judge = build_judges(["imagereward"], "judges", ctx)["imagereward"]
-    assert loaded == {"name": "ImageReward-v1.0", "device": "cpu", "download_root": "/w"}
+    assert loaded == {
+        "name": "ImageReward-v1.0",
+        "device": "cpu",
+        "download_root": "/w",
+        "med_config": None,
+    }
     images = [grey(10), grey(100), grey(200), grey(50)]
     captions = ["cat", "a dog", "cat", "bird!"]
     got = judge.score(images, captions, np.zeros(4, dtype=np.int64))
     want = [10 / 255 + 3, 100 / 255 + 5, 200 / 255 + 3, 50 / 255 + 5]
     np.testing.assert_allclose(got, want)
     assert model.calls == [("cat", 2), ("a dog", 1), ("bird!", 1)]
+
+
+def test_imagereward_checkpoint_must_cover_every_parameter(tmp_path: Path) -> None:
+    """ImageReward.load's strict=False would leave a parameter absent from the file random."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    full = tmp_path / "full.pt"
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, full)
+    ext.check_covers_parameters(model, full)
+    partial = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in model.state_dict().items() if k != "1.bias"}, partial)
+    with pytest.raises(ValueError, match=r"partial\.pt: 1 of the model's parameters .*1\.bias"):
+        ext.check_covers_parameters(model, partial)
+
+
+def test_hub_cache_is_set_before_the_hub_library_reads_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", "unchanged")
+    ext.use_hub_cache(None)
+    assert os.environ["HF_HUB_CACHE"] == "unchanged"
+    # huggingface_hub is imported in this process and read its cache folder then
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    ext.use_hub_cache(tmp_path)
+    assert os.environ["HF_HUB_CACHE"] == str(tmp_path.resolve())
+    with pytest.raises(RuntimeError, match="imported before it was set"):
+        ext.use_hub_cache(tmp_path / "other")
+    monkeypatch.delitem(sys.modules, "huggingface_hub.constants")  # a fresh judges process
+    (tmp_path / "fresh").mkdir()
+    ext.use_hub_cache(tmp_path / "fresh")
+    assert os.environ["HF_HUB_CACHE"] == str((tmp_path / "fresh").resolve())
+    with pytest.raises(FileNotFoundError, match="hub_cache=.*missing.*no such folder"):
+        ext.use_hub_cache(tmp_path / "missing")
 
 
 def test_hpsv2_glue(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -366,7 +406,7 @@ def test_pickscore_glue(monkeypatch: pytest.MonkeyPatch) -> None:
     processor = FakePickScoreProcessor()
     fake_tf = types.SimpleNamespace(
         AutoProcessor=types.SimpleNamespace(from_pretrained=lambda name: processor),
-        AutoModel=types.SimpleNamespace(from_pretrained=lambda name: model),
+        CLIPModel=types.SimpleNamespace(from_pretrained=lambda name: model),
     )
     monkeypatch.setitem(sys.modules, "transformers", fake_tf)
     options = {

@@ -43,7 +43,7 @@ import torch
 import yaml
 from prefgen.core.io import load_tensors, tensor_metadata
 
-from tests.conftest import REPO, VENV_BIN
+from tests.conftest import NO_JUDGES_ENV, REPO, VENV_BIN, judges_python
 from tests.workflow_copy import copy_workflow
 
 pytestmark = pytest.mark.slurm
@@ -327,14 +327,22 @@ def user_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def slurm_env(home: Path) -> dict[str, str]:
-    """The environment of a user whose HOME holds the linked profile and whose PATH has the
-    project's venv first."""
-    return {
+    """The environment of a user whose HOME holds the linked profile, whose PATH has the
+    project's venv first, and who built the judges venv (`make judges-env`; `make test` does):
+    ImageReward's package installs only there, and the rehearsal's `judge_external` jobs and
+    its ImageReward checkpoint are run and written by that python."""
+    env = {
         **os.environ,
         "HOME": str(home),
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "HF_HUB_OFFLINE": "1",
     }
+    if "imagereward" in rehearsal_config()["judge"]["external"]["judges"]:
+        python = judges_python()
+        if python is None:
+            pytest.skip(NO_JUDGES_ENV)
+        env["PREFGEN_JUDGES_PYTHON"] = python
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -351,7 +359,7 @@ def slurm_run(
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     assert assets.returncode == 0, assets.stderr[-3000:]
     cmd = [str(VENV_BIN / "snakemake"), "--profile", "slurm", "all", "--configfile", CONFIG]

@@ -23,7 +23,12 @@ trained), so that ``config/rehearsal.yaml`` runs every paper-only code path end 
   ``clip.model_cfg``) and a safetensors checkpoint of random weights for it;
 - ``data.path``: Pick-a-Pic v2 shards (the 18 hub columns, real JPEG bytes) written by the
   synthetic world generator from the config's ``world`` keys (the writer of
-  ``tests/data/pickapic_sample``).
+  ``tests/data/pickapic_sample``);
+- the external judges' files: the aesthetic head, a PickScore CLIP folder, and for ImageReward
+  ``ImageReward.pt`` (the state dict of the package's own model class, written by the judges
+  environment's interpreter: ``PREFGEN_JUDGES_PYTHON``) with its ``med_config.json``, plus a
+  ``bert-base-uncased`` WordPiece tokenizer in the hub-cache layout at
+  ``judge.external.hub_cache``, where BLIP's ``BertTokenizer.from_pretrained`` finds it offline.
 
 Every folder carries ``REHEARSAL.md`` saying it is a random-weight stand-in. A path that already
 exists is left as it is (delete it to rebuild); every write is atomic.
@@ -32,7 +37,12 @@ exists is left as it is (delete it to rebuild); every write is atomic.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -255,7 +265,12 @@ def write_aesthetic_mlp(config: dict[str, Any], out: Path) -> None:
 
 def write_pickscore(config: dict[str, Any], out: Path) -> None:
     """A random tiny transformers ``CLIPModel`` + ``CLIPProcessor`` folder (PickScore's format:
-    ``AutoModel``/``AutoProcessor.from_pretrained``), with CLIP's real BPE vocabulary."""
+    ``CLIPModel``/``AutoProcessor.from_pretrained``), with CLIP's real BPE vocabulary.
+
+    The processor is saved as the hub's CLIP repos hold it, ``preprocessor_config.json`` beside
+    the tokenizer files, which transformers 4 (the judges environment) and 5 both read.
+    transformers 5's ``CLIPProcessor.save_pretrained`` instead nests the image processor in a
+    ``processor_config.json``, and transformers 4.49 then passes it to ``CLIPProcessor`` twice."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from prefgen.generation.models import clip_tokenizer
@@ -296,8 +311,135 @@ def write_pickscore(config: dict[str, Any], out: Path) -> None:
     )
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
+        processor.image_processor.save_pretrained(tmp)
+        processor.tokenizer.save_pretrained(tmp)
         _note(tmp, "yuvalkirstain/PickScore_v1 and its processor (transformers CLIP folder)")
+
+
+# --- ImageReward --------------------------------------------------------------------------------
+#: The hub repo BLIP's ``init_tokenizer`` loads (``BertTokenizer.from_pretrained``); no revision is
+#: pinned there, so the cache's ``refs/main`` names the snapshot.
+BERT_REPO = "bert-base-uncased"
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+#: BLIP's ``med_config.json`` (BERT-base with cross-attention, as THUDM/ImageReward ships it) with
+#: one layer instead of 12; ``vocab_size`` is the tiny vocabulary's + BLIP's ``[DEC]`` and
+#: ``[ENC]``. The width stays 768: ImageReward's reward head is ``MLP(768)``, and the BLIP image
+#: encoder is ViT-L/16 at 224 px whatever the config (``BLIP_Pretrain(vit='large')``), so neither
+#: can be shrunk.
+IMAGEREWARD_MED_CONFIG: dict[str, Any] = {
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 1,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "encoder_width": 768,
+    "add_cross_attention": True,
+}
+
+
+def bert_vocab() -> list[str]:
+    """An uncased WordPiece vocabulary, deterministic: BERT's specials (``[PAD]`` id 0, as in
+    BERT's), every character a-z, 0-9 and of the stand-in corpus, alone and as a ``##``
+    continuation (so every such word tokenizes), then the corpus's words whole, split as BERT's
+    pre-tokenizer splits them. (``tokenizers``' WordPiece trainer orders tied pieces differently
+    from run to run.)"""
+    import string
+
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    from prefgen.embeddings.vlm import TOKENIZER_CORPUS
+
+    words = {w for w, _ in BertPreTokenizer().pre_tokenize_str(TOKENIZER_CORPUS.lower())}
+    chars = sorted(set(string.ascii_lowercase + string.digits).union(*words))
+    whole = sorted(w for w in words if len(w) > 1)
+    return BERT_SPECIALS + chars + [f"##{c}" for c in chars] + whole
+
+
+def hub_snapshot(cache: Path, repo: str) -> Path:
+    """The snapshot folder ``refs/main`` names in a hub cache (huggingface_hub's layout)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    ref = folder / "refs" / "main"
+    if not ref.is_file():
+        raise FileNotFoundError(f"{ref}: no cached revision of {repo} in {cache}")
+    return folder / "snapshots" / ref.read_text().strip()
+
+
+def write_bert_tokenizer_cache(cache: Path) -> None:
+    """``bert-base-uncased``'s tokenizer files (``vocab.txt``, ``tokenizer_config.json``) in the
+    hub-cache layout (``models--bert-base-uncased/refs/main`` -> ``snapshots/<revision>/``), which
+    ``BertTokenizer.from_pretrained('bert-base-uncased')`` reads with ``HF_HUB_OFFLINE=1`` and
+    ``HF_HUB_CACHE`` there. The revision is the SHA-1 of the files (a stand-in commit id); the
+    files are plain copies, not links into ``blobs/`` (the reader only follows the snapshot)."""
+    files = {
+        "vocab.txt": "\n".join(bert_vocab()) + "\n",
+        "tokenizer_config.json": json.dumps({"do_lower_case": True, "model_max_length": 512})
+        + "\n",
+    }
+    revision = hashlib.sha1("".join(files[k] for k in sorted(files)).encode()).hexdigest()
+    out = cache / f"models--{BERT_REPO}"
+    with atomic_dir(out) as tmp:
+        (tmp / "refs").mkdir()
+        (tmp / "refs" / "main").write_text(revision)
+        snapshot = tmp / "snapshots" / revision
+        snapshot.mkdir(parents=True)
+        for name, text in files.items():
+            (snapshot / name).write_text(text)
+        _note(tmp, f"the {BERT_REPO} tokenizer (hub cache entry; a tiny WordPiece vocabulary)")
+
+
+def judges_python() -> str:
+    """The judges environment's interpreter: ``PREFGEN_JUDGES_PYTHON``, else this one if it has
+    the ImageReward package."""
+    given = os.environ.get("PREFGEN_JUDGES_PYTHON")
+    if given:
+        return given
+    if importlib.util.find_spec("ImageReward") is not None:
+        return sys.executable
+    raise ConfigError(
+        "judge.external.judges lists imagereward: rehearsal-assets writes its checkpoint with the "
+        "ImageReward package, which lives in the judges environment. Run `make judges-env` and "
+        "set PREFGEN_JUDGES_PYTHON=.venv-judges/bin/python (`make rehearsal` does both)"
+    )
+
+
+def write_imagereward(
+    config: dict[str, Any], out: Path, cache: Path, names: dict[str, str]
+) -> None:
+    """``med_config.json`` (``IMAGEREWARD_MED_CONFIG``) and ``ImageReward.pt`` in one folder. The
+    checkpoint is the state dict of ``ImageReward.ImageReward`` itself, random weights under a
+    derived seed, written by the judges environment's interpreter (the package cannot be
+    installed beside the core one): ``external_judges.write_imagereward_checkpoint``."""
+    import prefgen
+
+    vocab = (hub_snapshot(cache, BERT_REPO) / "vocab.txt").read_text().splitlines()
+    med = IMAGEREWARD_MED_CONFIG | {"vocab_size": len(vocab) + 2}  # + [DEC], [ENC]
+    workflow = str(Path(prefgen.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_CACHE=str(cache.resolve()),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(p for p in (workflow, env.get("PYTHONPATH")) if p),
+    )
+    seed = derive_seed(int(config["seed"]), "rehearsal", "imagereward")
+    with atomic_dir(out) as tmp:
+        med_path = tmp / names["med_config"]
+        med_path.write_text(json.dumps(med, indent=2, sort_keys=True) + "\n")
+        cmd = [judges_python(), "-m", "prefgen.evaluation.external_judges"]
+        cmd += ["imagereward-checkpoint", str(med_path), str(tmp / names["model"]), str(seed)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        _note(tmp, "THUDM/ImageReward (ImageReward.pt state dict and its med_config.json)")
 
 
 # --- Pick-a-Pic shards -------------------------------------------------------------------------
@@ -342,6 +484,30 @@ def assets(config: dict[str, Any], root: Path) -> dict[str, tuple[Path, Any]]:
         out["open_clip"] = (weights, partial(write_open_clip, config, arch, weights))
     external = config["judge"]["external"]
     models = external.get("models", {})
+    if "imagereward" in external["judges"]:
+        options = models["imagereward"]
+        if not options.get("med_config") or not external.get("hub_cache"):
+            raise ConfigError(
+                "judge.external: imagereward needs models.imagereward.med_config and hub_cache "
+                "for rehearsal-assets (else the package fetches its med_config.json and BLIP's "
+                "bert-base-uncased tokenizer from the hub)"
+            )
+        model, med = _target(root, options["model"]), _target(root, options["med_config"])
+        if model.parent != med.parent:
+            raise ConfigError(
+                "judge.external.models.imagereward: rehearsal-assets writes model and "
+                "med_config into one folder; give both keys the same folder"
+            )
+        cache = _target(root, external["hub_cache"])
+        out[BERT_REPO] = (
+            cache / f"models--{BERT_REPO}",
+            partial(write_bert_tokenizer_cache, cache),
+        )
+        names = {"model": model.name, "med_config": med.name}
+        out["imagereward"] = (
+            model.parent,
+            partial(write_imagereward, config, model.parent, cache, names),
+        )
     if "aesthetic" in external["judges"]:
         options = models["aesthetic"]
         if options.get("mlp_repo"):

@@ -6,17 +6,21 @@ user model. Their packages cannot share the core environment (image-reward pins
 package only when its judge is built, and the ``judge_external`` rule runs it with the judges
 environment's interpreter. Every judge is loaded through the package's own entry point
 (``ImageReward.load``, ``hpsv2.score``, ``open_clip.create_model_and_transforms``,
-``transformers.AutoModel.from_pretrained``); their weights come from the hubs at paper scale and
-are never needed by the tests, which check the scoring glue against each documented interface
-with fakes (tests/test_judges.py).
+``transformers.CLIPModel.from_pretrained``); their weights come from the hubs at paper scale.
+tests/test_judges.py checks the scoring glue against each documented interface with fakes;
+tests/test_rehearsal_assets.py runs ImageReward, the aesthetic head and PickScore for real, in
+the judges environment, on the random-weight files ``prefgen rehearsal-assets`` writes.
 
 ``python -m prefgen.evaluation.external_judges requirements envs/judges.yaml`` prints the pip list
-the Makefile installs into ``.venv-judges``; ``... check`` imports every package (no weights).
+the Makefile installs into ``.venv-judges``; ``... check`` imports every package (no weights);
+``... imagereward-checkpoint`` writes the state dict of the package's own ``ImageReward`` class with
+random weights (the rehearsal's stand-in for ``ImageReward.pt``, see ``prefgen.rehearsal``).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,9 +64,16 @@ class ImageRewardJudge:
     @classmethod
     def load(cls, options: dict[str, Any], device: str) -> ImageRewardJudge:
         RM = _import("ImageReward", "imagereward")
-        return cls(
-            RM.load(options["model"], device=device, download_root=options.get("download_root"))
+        # med_config None: the package fetches THUDM/ImageReward's med_config.json (BLIP's BERT)
+        model = RM.load(
+            options["model"],
+            device=device,
+            download_root=options.get("download_root"),
+            med_config=options.get("med_config"),
         )
+        if Path(options["model"]).is_file():
+            check_covers_parameters(model, options["model"])
+        return cls(model)
 
     def score(
         self, images: Sequence[Image.Image], captions: Sequence[str], user_ids: np.ndarray
@@ -73,6 +84,19 @@ class ImageRewardJudge:
                 rewards = self.model.score(caption, [images[i] for i in idx])
             out[idx] = np.atleast_1d(np.asarray(rewards, dtype=np.float64))
         return out
+
+
+def check_covers_parameters(model: nn.Module, checkpoint: str | Path) -> None:
+    """``ImageReward.load`` loads with ``load_state_dict(strict=False)``: a parameter missing from
+    a local checkpoint (another model's file, a truncated one) would silently keep its random
+    initial value. Raise naming the file and the first missing parameters instead."""
+    keys = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).keys()
+    missing = [name for name, _ in model.named_parameters() if name not in keys]
+    if missing:
+        raise ValueError(
+            f"{checkpoint}: {len(missing)} of the model's parameters are not in the checkpoint "
+            f"(e.g. {missing[:3]}); ImageReward.load would leave them at random values"
+        )
 
 
 # --- HPSv2 (human preference score: fine-tuned open_clip ViT-H-14) ---------------------------
@@ -201,7 +225,12 @@ class PickScoreJudge:
     def load(cls, options: dict[str, Any], device: str) -> PickScoreJudge:
         transformers = _import("transformers", "pickscore")
         processor = transformers.AutoProcessor.from_pretrained(options["processor"])
-        model = transformers.AutoModel.from_pretrained(options["model"]).to(device)
+        # PickScore_v1 is a CLIPModel (config.json: model_type clip), so its own class loads it.
+        # Not AutoModel, as the model card has it: in the judges environment, transformers
+        # 4.49's AutoModel.from_pretrained lists every model config, TimmWrapperConfig's module
+        # imports timm.data.ImageNetInfo, and image-reward's timm==0.6.13 has none, so it raises
+        # for any model there.
+        model = transformers.CLIPModel.from_pretrained(options["model"]).to(device)
         return cls(model, processor, device)
 
     def score(
@@ -300,6 +329,58 @@ EXTERNAL_PACKAGES = [
 ]
 
 
+def use_hub_cache(path: str | Path | None) -> None:
+    """Point this process's Hugging Face hub cache at ``path`` (``judge.external.hub_cache``).
+
+    The judges' packages resolve hub names themselves (ImageReward's BLIP calls
+    ``BertTokenizer.from_pretrained('bert-base-uncased')``), and huggingface_hub reads
+    ``HF_HUB_CACHE`` once, when it is first imported: so this runs before any judge is built.
+    ``None`` keeps the environment's cache.
+    """
+    if path is None:
+        return
+    path = Path(path).resolve()
+    constants = sys.modules.get("huggingface_hub.constants")  # where the variable is read
+    if constants is not None and Path(constants.HF_HUB_CACHE).resolve() != path:
+        raise RuntimeError(
+            f"judge.external.hub_cache={str(path)!r}: huggingface_hub was imported before it was "
+            f"set and reads {constants.HF_HUB_CACHE!r}; set HF_HUB_CACHE before starting "
+            "the process instead"
+        )
+    if not path.is_dir():
+        raise FileNotFoundError(f"judge.external.hub_cache={str(path)!r}: no such folder")
+    os.environ["HF_HUB_CACHE"] = str(path)
+
+
+def write_imagereward_checkpoint(med_config: str | Path, out: str | Path, seed: int) -> None:
+    """``torch.save`` of the state dict of the package's own ``ImageReward`` model (BLIP ViT-L
+    at 224 px, the BERT of ``med_config``, the 768-wide reward head), random weights drawn under
+    ``seed``: the key set and shapes ``ImageReward.load`` expects of ``ImageReward.pt``. The
+    reward head is redrawn with torch's default ``Linear`` init: the package's own, N(0, 1/769)
+    through five layers, gives an untrained head whose output is constant to float32 precision,
+    so no score would depend on the image. Floating tensors are stored in float16 (half the file;
+    ``load_state_dict`` copies them into the model's float32 parameters), the rest as they are.
+    Building the model calls ``BertTokenizer.from_pretrained('bert-base-uncased')``, so the hub
+    cache must hold it."""
+    from prefgen.core.io import atomic_path
+
+    RM = _import("ImageReward", "imagereward")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RM.ImageReward(med_config=str(med_config), device="cpu")
+        for layer in model.mlp.modules():
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+    state = {
+        k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    # through a file object: the archive's inner folder is then "archive", not the (random)
+    # temporary file's name, so the same seed gives the same bytes
+    with atomic_path(out) as tmp, tmp.open("wb") as fh:
+        torch.save(state, fh)
+
+
 def pip_requirements(env_file: str | Path) -> list[str]:
     """The pip section of a conda env file: the one package list for conda and the venv."""
     import yaml
@@ -312,11 +393,17 @@ def pip_requirements(env_file: str | Path) -> list[str]:
 
 
 def check_imports() -> dict[str, str]:
-    """Import every external judge package (no weights): the judges env is usable."""
+    """Import every external judge package and run what each does before loading weights: the
+    judges env is usable. HPSv2's tokenizer is built, because `hpsv2.score` builds it on every
+    call and the package as published lacks its vocabulary file (envs/judges.post-deploy.sh)."""
     from importlib.metadata import version
 
     for module in ["ImageReward", "hpsv2", "open_clip", "transformers"]:
         importlib.import_module(module)
+    hps_open_clip = importlib.import_module("hpsv2.src.open_clip")
+    tokens = hps_open_clip.get_tokenizer("ViT-H-14")(["a photo of a cat"])
+    if tuple(tokens.shape) != (1, 77):
+        raise RuntimeError(f"HPSv2's ViT-H-14 tokenizer gave shape {tuple(tokens.shape)}")
     return {p: version(p) for p in EXTERNAL_PACKAGES}
 
 
@@ -327,9 +414,12 @@ def main(argv: list[str] | None = None) -> None:
     elif argv == ["check"]:
         for name, ver in check_imports().items():
             print(f"{name}=={ver}")
+    elif len(argv) == 4 and argv[0] == "imagereward-checkpoint":
+        write_imagereward_checkpoint(argv[1], argv[2], int(argv[3]))
     else:
         raise SystemExit(
-            "usage: python -m prefgen.evaluation.external_judges {requirements ENV_YAML | check}"
+            "usage: python -m prefgen.evaluation.external_judges {requirements ENV_YAML | check"
+            " | imagereward-checkpoint MED_CONFIG OUT_PT SEED}"
         )
 
 

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> None:
         device=str(params.get("device", "cpu")),
         options=dict(params.get("models", {})),
     )
+    if environment == "judges":
+        from prefgen.evaluation.external_judges import use_hub_cache
+
+        use_hub_cache(params.get("hub_cache"))
     judges = build_judges(names, environment, ctx)
     log.info(
         "%s: %d images of method '%s', judges %s (loaded in %.1fs)",
