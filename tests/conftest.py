@@ -75,7 +75,7 @@ def smoke_run(workdir_copy: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_results(request: pytest.FixtureRequest) -> Path:
-    """``results/smoke/`` of a finished smoke run, only read: the session's own ``smoke_run``,
+    """``results/smoke/`` of a finished smoke run, only read: this test run's own ``smoke_run``,
     or, when ``PREFGEN_SMOKE_RESULTS`` names one, a finished run made earlier with
     ``snakemake all --configfile config/smoke.yaml`` from this checkout (saves re-running it)."""
     given = os.environ.get("PREFGEN_SMOKE_RESULTS")

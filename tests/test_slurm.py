@@ -43,7 +43,7 @@ import torch
 import yaml
 from prefgen.core.io import load_tensors, tensor_metadata
 
-from tests.conftest import NO_JUDGES_ENV, REPO, VENV_BIN, judges_python
+from tests.conftest import NO_JUDGES_ENV, REPO, VENV_BIN, judges_python, snakemake
 from tests.workflow_copy import copy_workflow
 
 pytestmark = pytest.mark.slurm
@@ -301,7 +301,8 @@ def job_table(run: SlurmRun) -> str:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[None]:
-    """The local Slurm, started by tests/cluster/slurm.sh (and stopped if this session did)."""
+    """The local Slurm, started by tests/cluster/slurm.sh (and stopped again if this test run
+    started it)."""
     running = subprocess.run([str(CLUSTER), "status"], capture_output=True).returncode == 0
     if not running:
         if os.geteuid() != 0:
@@ -567,16 +568,13 @@ def test_adapters_trained_in_two_processes_match_one(slurm_run: SlurmRun) -> Non
     overlay = slurm_run.root / "config" / "_one_process.yaml"
     overlay.write_text(yaml.safe_dump({"train": {"processes": 1}}))
     target = str((two / "final.json").relative_to(slurm_run.root))
-    proc = subprocess.run(
-        [str(VENV_BIN / "snakemake"), "--cores", "2", target, "--forcerun", "train_adapter"]
-        + ["--configfile", CONFIG, str(overlay.relative_to(slurm_run.root))],
+    # the conftest helper runs the venv's snakemake locally (no profile) and fails with its output
+    snakemake(
+        *("--cores", "2", target, "--forcerun", "train_adapter"),
+        *("--configfile", CONFIG, str(overlay.relative_to(slurm_run.root))),
         cwd=slurm_run.root,
-        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
-        capture_output=True,
-        text=True,
         timeout=900,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((two / "final.json").read_text())["processes"] == 1
     steps = config["train"]["steps"]
     one_log = pd.read_parquet(two / f"checkpoint-{steps}" / "train_log.parquet")

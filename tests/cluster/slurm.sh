@@ -160,7 +160,7 @@ start() {
         return 0
     fi
     write_config
-    # -c: a clean start, without jobs left over in the state dir from an earlier session.
+    # -c: a clean start, without jobs left over in the state dir from an earlier start.
     pid_alive "$STATE_DIR/run/slurmctld.pid" || slurmctld -c
     for _ in $(seq 100); do scontrol ping >/dev/null 2>&1 && break; sleep 0.1; done
     scontrol ping >/dev/null 2>&1 || { tail -n 20 "$STATE_DIR/log/slurmctld.log" >&2; die "slurmctld did not answer"; }
