@@ -4,9 +4,9 @@ Each stage module exposes ``add_arguments(parser)`` and ``run(args)`` (``args.pa
 the parsed JSON config subset, ``args._command`` the command name, for modules serving
 several); modules are imported only when their command runs, so ``prefgen world`` never pays
 for importing torch or diffusers.
-The reader's commands (``READER_COMMANDS``: ``generate``, ``score``) are not rules: they take no
-``--params`` and read what they need from a finished run folder; bad input ends in a one-line
-error, not a traceback.
+The reader's commands (``READER_COMMANDS``: ``generate``, ``score``, ``compare-verdicts``) are
+not rules: they take no ``--params`` and read what they need from finished run folders; bad input
+ends in a one-line error, not a traceback.
 Rule names map to commands one to one (``split_pipe`` -> ``prefgen split-pipe``), and to the
 module listed here, so a newcomer goes from a rule to its code in one step.
 """
@@ -57,10 +57,11 @@ COMMANDS: dict[str, str] = {
     "lpp-prototypes": "prefgen.lpp.prototypes",
     "generate": "prefgen.generation.generate",
     "score": "prefgen.evaluation.score",
+    "compare-verdicts": "prefgen.evaluation.replication",
     "rehearsal-assets": "prefgen.rehearsal",
 }
 #: commands for readers of a finished run (no --params; see the module docstring)
-READER_COMMANDS = {"generate", "score"}
+READER_COMMANDS = {"generate", "score", "compare-verdicts"}
 #: commands run before a workflow, not by a rule (no --params: they read a config file)
 SETUP_COMMANDS = {"rehearsal-assets"}
 
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
         print(
             "usage: prefgen <command> --params JSON [options]\n"
-            "       prefgen generate|score [options]   (a finished run's models)\n\n"
+            "       prefgen generate|score [options]   (a finished run's models)\n"
+            "       prefgen compare-verdicts RUN_A RUN_B   (two runs' conclusions)\n\n"
             "commands:"
         )
         for name, module in COMMANDS.items():

@@ -177,7 +177,10 @@ HEADLINE_NOTE = (
     "**shown** = the CI excludes 0.5 in the method's favour, **reversed** = it excludes 0.5 "
     "against the method, **not shown** = the CI contains 0.5 (no claim either way). Per-seed "
     "win rates: `tables/win_rates_per_seed.md`; training budgets: `tables/budgets.md`, and "
-    "the measured wall seconds of each training job: `tables/wall_seconds.md`."
+    "the measured wall seconds of each training job: `tables/wall_seconds.md`. To hold these "
+    "verdicts against a re-run (another machine, other training seeds): `prefgen "
+    "compare-verdicts <this folder> <the other run folder>` lists every comparison whose verdict "
+    "differs and exits 1 only if one run shows what the other reverses."
 )
 
 
