@@ -13,11 +13,21 @@ with other training seeds, compares the two bundles' ``tables/win_rates.csv`` ro
 
 Rows that only one run has (another method list, judge set or user groups) are an error naming
 them: verdicts of different studies are not comparable.
+
+``prefgen compare-verdicts RUN --seed-halves N`` asks the same of one run with 2k training seeds
+(or more): it splits the seeds into two disjoint halves of k, N ways, recomputes the win-rate
+table on each half exactly as the ``evaluate`` rule does (per-seed checkpoints, the three-way
+bootstrap, the run's own settings from ``MANIFEST.json``) and reports how many verdicts the two
+halves share. It tells a reader, before anyone re-runs the study, how often each comparison's
+verdict would move with another draw of k seeds (docs/decisions/51-evaluate-verdict-replication.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import random
 import sys
 from pathlib import Path
 
@@ -118,9 +128,126 @@ def summary(compared: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def seed_splits(seeds: list[int], n_splits: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Up to ``n_splits`` distinct ways of cutting ``seeds`` into two disjoint halves of
+    len(seeds) // 2 (an odd one out sits in neither), drawn reproducibly from all of them."""
+    seeds = sorted(seeds)
+    half = len(seeds) // 2
+    if half < 2:
+        raise ValueError(
+            f"seed halves need at least 4 training seeds (two per half); the run has {seeds}"
+        )
+    splits = []
+    for a in itertools.combinations(seeds, half):
+        left = [s for s in seeds if s not in a]
+        # each unordered pair once: the half holding the smaller seed is half a
+        splits += [(list(a), list(b)) for b in itertools.combinations(left, half) if a[0] < b[0]]
+    random.Random(seed).shuffle(splits)
+    return splits[:n_splits]
+
+
+def seed_halves(run_dir: str | Path, n_splits: int) -> pd.DataFrame:
+    """``compare_verdicts`` of the two halves, for each split (``split`` column: half a's seeds).
+
+    The win-rate tables are the ``evaluate`` rule's, recomputed from the run's score files on a
+    subset of seeds; the untrained base model is in both halves.
+    """
+    from prefgen.evaluation.evaluate import load_scores
+    from prefgen.evaluation.win_rates import (
+        SEED,
+        UNTRAINED,
+        checkpoint_metrics,
+        select_checkpoints,
+        win_rate_tables,
+    )
+
+    run_dir = Path(run_dir)
+    manifest = run_dir / "MANIFEST.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: expected a finished run folder (the bundle rule)")
+    config = json.loads(manifest.read_text())["config"]
+    p = config["evaluate"]
+    judges = sorted(read_win_rates(run_dir)["judge"].unique())
+    core = sorted(
+        str(f) for f in (run_dir / "scores").glob("**/*.parquet") if "external" not in f.parts
+    )
+    external = sorted(str(f) for f in (run_dir / "scores" / "external").glob("**/*.parquet"))
+    scores = load_scores(core, external, judges)
+    selected = select_checkpoints(
+        checkpoint_metrics(scores, judges), p["select_by"], p.get("reference_judge")
+    )
+    seeds = sorted(int(s) for s in scores[SEED].unique() if s != UNTRAINED)
+    pairs = [tuple(pair) for pair in p["pairs"]]
+
+    def table(half: list[int]) -> pd.DataFrame:
+        keep = [*half, UNTRAINED]
+        chosen = selected[selected[SEED].fillna(UNTRAINED).astype(int).isin(keep)]
+        wins, _ = win_rate_tables(
+            scores[scores[SEED].isin(keep)],
+            pairs,
+            judges,
+            chosen,
+            int(p["bootstrap"]),
+            float(p["confidence"]),
+            float(p["tie_tolerance"]),
+            int(config["seed"]),
+        )
+        return wins
+
+    frames = []
+    for a, b in seed_splits(seeds, n_splits, int(config["seed"])):
+        compared = compare_verdicts(table(a), table(b))
+        frames.append(compared.assign(split=" ".join(map(str, a)), other=" ".join(map(str, b))))
+    return pd.concat(frames, ignore_index=True)
+
+
+def halves_summary(halves: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Per user group, the verdicts shared per split; and per comparison the share of splits in
+    which the halves' verdicts differ (``moved``), its mean win rate over all halves and the
+    verdict the halves give most often."""
+    lines = []
+    for users, part in halves.groupby("users", sort=False):
+        same = part.groupby("split")["agreement"].apply(lambda a: int((a == "same").sum()))
+        rows = len(part) // part["split"].nunique()
+        contradictions = int((part["agreement"] == "contradiction").sum())
+        lines.append(
+            f"{users}: {same.mean():.1f} of {rows} verdicts the same per split (min {same.min()},"
+            f" max {same.max()}; all {rows} in {int((same == rows).sum())} of {len(same)} "
+            f"splits); {contradictions} contradictions"
+        )
+    both = pd.concat(
+        [
+            halves[ROW_KEYS + ["agreement", f"win_rate_{h}", f"verdict_{h}"]].rename(
+                columns={f"win_rate_{h}": "win_rate", f"verdict_{h}": "verdict"}
+            )
+            for h in ("a", "b")
+        ]
+    )
+    moved = (
+        both.assign(moved=both["agreement"] != "same")
+        .groupby(ROW_KEYS, sort=False)
+        .agg(
+            moved=("moved", "mean"),
+            mean_win_rate=("win_rate", "mean"),
+            usual_verdict=("verdict", lambda v: v.mode().iloc[0]),
+        )
+        .reset_index()
+    )
+    return "\n".join(lines), moved
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", help="run folder (results/<run>) or a win_rates.csv")
-    parser.add_argument("run_b", help="the other run folder or win_rates.csv")
+    parser.add_argument(
+        "run_b", nargs="?", default=None, help="the other run folder or win_rates.csv"
+    )
+    parser.add_argument(
+        "--seed-halves",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead of a second run: N splits of run_a's training seeds into two halves",
+    )
     parser.add_argument(
         "--users",
         default=None,
@@ -130,6 +257,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if (args.run_b is None) == (args.seed_halves is None):
+        raise ValueError("give either a second run or --seed-halves N, not both or neither")
+    if args.seed_halves is not None:
+        halves = seed_halves(args.run_a, args.seed_halves)
+        if args.users is not None:
+            halves = halves[halves["users"] == args.users]
+        if args.out is not None:
+            write_csv(halves, args.out)
+        text, moved = halves_summary(halves)
+        print(moved.round(3).to_markdown(index=False))
+        print()
+        print(text)
+        return
     a, b = read_win_rates(args.run_a), read_win_rates(args.run_b)
     if args.users is not None:
         a, b = a[a["users"] == args.users], b[b["users"] == args.users]
@@ -137,10 +277,7 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"no comparisons for users '{args.users}' in {args.run_a}")
     compared = compare_verdicts(a, b)
     if args.out is not None:
-        from prefgen.core.io import atomic_path
-
-        with atomic_path(args.out) as tmp:
-            compared.to_csv(tmp, index=False)
+        write_csv(compared, args.out)
     differ = compared[compared["agreement"] != "same"]
     cols = ROW_KEYS + ["win_rate_a", "verdict_a", "win_rate_b", "verdict_b", "agreement"]
     if not differ.empty:
@@ -153,3 +290,10 @@ def run(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1)
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    from prefgen.core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
