@@ -229,7 +229,7 @@ def test_seed_halves_recompute_the_evaluate_table_on_each_half(tmp_path: Path) -
 
     text, moved = halves_summary(halves)
     strong = moved[(moved["method"] == "pipe") & (moved["opponent"] == "base")]
-    assert (strong["usual_verdict"] == "shown").all() and (strong["moved"] == 0).all()
+    assert (strong["shown_in"] == 1).all() and (strong["moved"] == 0).all()
     assert "all: " in text and "of 6 verdicts the same per split" in text
 
 

@@ -204,7 +204,7 @@ def seed_halves(run_dir: str | Path, n_splits: int) -> pd.DataFrame:
 def halves_summary(halves: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """Per user group, the verdicts shared per split; and per comparison the share of splits in
     which the halves' verdicts differ (``moved``), its mean win rate over all halves and the
-    verdict the halves give most often."""
+    share of halves that say ``shown`` (``shown_in``) and ``reversed`` (``reversed_in``)."""
     lines = []
     for users, part in halves.groupby("users", sort=False):
         same = part.groupby("split")["agreement"].apply(lambda a: int((a == "same").sum()))
@@ -229,7 +229,8 @@ def halves_summary(halves: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         .agg(
             moved=("moved", "mean"),
             mean_win_rate=("win_rate", "mean"),
-            usual_verdict=("verdict", lambda v: v.mode().iloc[0]),
+            shown_in=("verdict", lambda v: (v == "shown").mean()),
+            reversed_in=("verdict", lambda v: (v == "reversed").mean()),
         )
         .reset_index()
     )
