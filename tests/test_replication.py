@@ -23,6 +23,8 @@ from prefgen.evaluation.replication import (
     seed_splits,
 )
 
+from tests.test_win_rates import EVAL_PARAMS
+
 
 def table(rows: list[tuple[str, str, str, str, float, float, float]]) -> pd.DataFrame:
     """A ``win_rates.csv``-shaped frame from (method, opponent, judge, users, rate, low, high)."""
@@ -142,14 +144,8 @@ def test_seed_splits_are_disjoint_halves_without_mirror_twins() -> None:
         seed_splits([0, 1, 2], 5, seed=0)
 
 
-EVALUATE = {
-    "pairs": [["pipe", "base"], ["pipe", "dpo"], ["dpo", "base"]],
-    "select_by": "pipe",
-    "reference_judge": "oracle",
-    "bootstrap": 200,
-    "confidence": 0.95,
-    "tie_tolerance": 0.0,
-}
+#: the evaluate settings of the win-rate tests' fake run (the sample grid is not drawn here)
+EVALUATE = {k: v for k, v in EVAL_PARAMS["evaluate"].items() if k != "grid"}
 JUDGES = ["oracle", "pipe"]
 
 
