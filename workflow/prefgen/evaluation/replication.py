@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from prefgen.core.io import atomic_path, read_json
 
 #: the columns that name one comparison in ``win_rates.csv``
 ROW_KEYS = ["method", "opponent", "judge", "users"]
@@ -165,7 +166,7 @@ def seed_halves(run_dir: str | Path, n_splits: int) -> pd.DataFrame:
     manifest = run_dir / "MANIFEST.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: expected a finished run folder (the bundle rule)")
-    config = json.loads(manifest.read_text())["config"]
+    config = read_json(manifest)["config"]
     p = config["evaluate"]
     judges = sorted(read_win_rates(run_dir)["judge"].unique())
     core = sorted(
@@ -294,7 +295,5 @@ def run(args: argparse.Namespace) -> None:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
-    from prefgen.core.io import atomic_path
-
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
